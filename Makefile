@@ -1,0 +1,24 @@
+# Two entry points that need no set-up: `make demo` and `make test` (run as root).
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: all bootstrap demo test unit fuzz vm-test bench clean
+
+all: test
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+demo: bootstrap
+	@$(PY) -m tracer.demo
+
+test: bootstrap
+	@$(PY) -m pytest -q $(PYTEST_ARGS)
+
+unit: bootstrap
+	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,128 @@
+"""Find the TLS read/write functions inside an ELF object.
+
+The locator is a list of strategies tried in order; the first that finds functions in an object wins.
+Each strategy answers for one ELF file (a shared library or an executable) with ELF *virtual addresses*
+(what BCC's ``attach_uprobe(name=path, addr=VA)`` expects), or ``None`` when it does not apply.
+
+Strategies:
+  * ``SymbolStrategy``   - exported/static symbols (libssl.so.*, node, anything not stripped)
+  * ``BoringSSLStrategy`` (tracer.probes.boringssl) - stripped BoringSSL inside Bun (Claude Code)
+
+Functions we care about: SSL_read, SSL_write, SSL_read_ex, SSL_write_ex (data) and SSL_free
+(connection end, optional).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from elftools.elf.elffile import ELFFile
+
+DATA_FUNCS = ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")
+ALL_FUNCS = DATA_FUNCS + ("SSL_free",)
+
+
+class LocateError(Exception):
+    """Something that looked like a TLS library was found but could not be located safely."""
+
+
+@dataclass(frozen=True)
+class FunctionLocation:
+    name: str
+    address: int          # ELF virtual address
+    method: str           # "symbol table", "dynamic symbol table", "boringssl error-site fingerprint", "cache"
+
+
+@dataclass
+class Located:
+    path: str                                  # path as given (may be /proc/PID/root/...)
+    build_id: str = ""
+    library: str = ""                          # "openssl", "boringssl", ...
+    functions: dict[str, FunctionLocation] = field(default_factory=dict)
+
+    @property
+    def has_data_funcs(self) -> bool:
+        return ("SSL_read" in self.functions or "SSL_read_ex" in self.functions) and (
+            "SSL_write" in self.functions or "SSL_write_ex" in self.functions)
+
+    def to_json(self) -> dict:
+        return {
+            "binary": self.path,
+            "build_id": self.build_id,
+            "library": self.library,
+            "functions": {n: {"address": hex(f.address), "method": f.method}
+                          for n, f in sorted(self.functions.items())},
+        }
+
+
+class Strategy(Protocol):
+    name: str
+
+    def locate(self, path: str, elf: ELFFile) -> Located | None: ...
+
+
+def build_id(elf: ELFFile) -> str:
+    for sec in elf.iter_sections():
+        if sec.header.sh_type == "SHT_NOTE":
+            for note in sec.iter_notes():
+                if note["n_type"] == "NT_GNU_BUILD_ID":
+                    return note["n_desc"]
+    return ""
+
+
+class SymbolStrategy:
+    """Functions found by name in .dynsym or .symtab."""
+
+    name = "symbols"
+
+    def locate(self, path: str, elf: ELFFile) -> Located | None:
+        found: dict[str, FunctionLocation] = {}
+        for secname, method in ((".dynsym", "dynamic symbol table"), (".symtab", "symbol table")):
+            sec = elf.get_section_by_name(secname)
+            if sec is None:
+                continue
+            for name in ALL_FUNCS:
+                if name in found:
+                    continue
+                for sym in sec.get_symbol_by_name(name) or ():
+                    if (sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF"
+                            and sym["st_value"]):
+                        found[name] = FunctionLocation(name, sym["st_value"], method)
+                        break
+        if not found:
+            return None
+        return Located(path=path, build_id=build_id(elf), library="openssl", functions=found)
+
+
+def default_strategies() -> list[Strategy]:
+    strategies: list[Strategy] = [SymbolStrategy()]
+    try:
+        from tracer.probes.boringssl import BoringSSLStrategy  # added by the Bun/BoringSSL work
+    except ImportError:
+        pass
+    else:
+        strategies.append(BoringSSLStrategy())
+    return strategies
+
+
+def is_elf(path: str | Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def locate(path: str, strategies: list[Strategy] | None = None) -> Located | None:
+    """Locate TLS functions in one ELF file, or None if it holds none we know how to find."""
+    if not is_elf(path):
+        return None
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        for strat in strategies if strategies is not None else default_strategies():
+            res = strat.locate(path, elf)
+            if res is not None and res.has_data_funcs:
+                return res
+    return None

@@ -1,0 +1,176 @@
+"""The contract every connection parser implements, and the objects they produce.
+
+A connection parser is fed the plaintext of one TLS connection, both directions, in the order the
+bytes were captured. It yields finished :class:`Exchange` objects (one request/response pair each).
+It never does I/O; bodies that grow large spill to an anonymous temporary file inside :class:`Body`
+(that is memory management, not output).
+
+    parser = Http1Connection(conn_info)
+    for ex in parser.feed(Direction.WRITE, data, ts_ns): ...
+    for ex in parser.gap(Direction.READ, nbytes): ...     # bytes lost in capture
+    for ex in parser.close(reason): ...                   # connection ended; flush partial pairs
+
+Direction is from the traced process' point of view: WRITE = bytes it sent (requests, for a client),
+READ = bytes it received (responses).
+"""
+
+from __future__ import annotations
+
+import enum
+import tempfile
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+
+class Direction(enum.IntEnum):
+    READ = 0   # received by the traced process (response side for a client)
+    WRITE = 1  # sent by the traced process (request side for a client)
+
+
+@dataclass(frozen=True)
+class ConnInfo:
+    """Identity of one traced connection (stable for the life of the connection)."""
+
+    pid: int
+    tid: int
+    comm: str
+    conn_id: str  # unique across the run, e.g. "1234:0x55d0c0ffee00:3"
+    ssl_ptr: int = 0
+
+
+class Body:
+    """An append-only byte buffer that moves to an anonymous temp file past ``spill_at`` bytes.
+
+    Keeps the tracer's memory flat for 100 MB streams. ``chunks()`` re-reads the content in pieces.
+    """
+
+    __slots__ = ("_mem", "_file", "size", "spill_at")
+
+    def __init__(self, spill_at: int = 8 << 20):
+        self._mem = bytearray()
+        self._file = None
+        self.size = 0
+        self.spill_at = spill_at
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._mem += data
+        if len(self._mem) > self.spill_at:
+            self._file = tempfile.TemporaryFile(prefix="tracer-body-")
+            self._file.write(self._mem)
+            self._mem = bytearray()
+
+    @property
+    def spilled(self) -> bool:
+        return self._file is not None
+
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        if self._file is None:
+            for i in range(0, len(self._mem), size):
+                yield bytes(self._mem[i:i + size])
+            return
+        self._file.flush()
+        self._file.seek(0)
+        while True:
+            b = self._file.read(size)
+            if not b:
+                break
+            yield b
+        self._file.seek(0, 2)
+
+    def getvalue(self) -> bytes:
+        """All bytes in memory. Only for bodies known to be small (or tests)."""
+        if self._file is None:
+            return bytes(self._mem)
+        return b"".join(self.chunks())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._mem = bytearray()
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclass
+class Message:
+    """One HTTP message as seen on the wire (headers in wire order, names as sent)."""
+
+    ts_ns: int = 0            # capture time (CLOCK_MONOTONIC ns) of the message's first byte
+    end_ts_ns: int = 0        # capture time of its last byte
+    method: str = ""          # requests
+    target: str = ""          # requests: path?query as sent (HTTP/1.1) or :path (h2)
+    authority: str = ""       # requests: Host header / :authority
+    scheme: str = "https"
+    status: int = 0           # responses
+    reason: str = ""
+    http_version: str = "1.1"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    body: Body = field(default_factory=Body)        # decoded (Content-Encoding removed) when possible
+    wire_bytes: int = 0       # bytes of this message on the wire (head + framed body)
+    complete: bool = False
+    content_encoding: str = ""
+    decode_error: str = ""    # why decoding failed (body then holds the raw bytes)
+    decoded_truncated_at: int = 0  # decoded body cut at this many bytes (decompression cap)
+    first_body_ts_ns: int = 0 # capture time of the first body byte (time to first token etc.)
+    unknown_headers: int = 0  # h2: header fields that could not be decoded (unknown HPACK state)
+
+    def header(self, name: str, default: str = "") -> str:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return default
+
+
+@dataclass
+class Exchange:
+    """One request/response pair on a connection. ``response`` is None when none arrived."""
+
+    conn: ConnInfo
+    request: Message
+    response: Message | None = None
+    notes: list[str] = field(default_factory=list)   # human-readable: what was odd about this pair
+    gaps: list[tuple[str, int]] = field(default_factory=list)  # (direction, bytes lost inside pair)
+    stream_id: int | None = None  # HTTP/2 stream id, None for HTTP/1.x
+    protocol: str = "http/1.1"
+
+    @property
+    def incomplete(self) -> bool:
+        return (self.response is None or not self.response.complete
+                or not self.request.complete or bool(self.gaps))
+
+
+@dataclass
+class ParserStats:
+    """Counters a connection parser keeps; summed into the run summary."""
+
+    exchanges: int = 0
+    skipped_bytes: int = 0        # bytes dropped while resynchronising (mid-stream attach, after gaps)
+    parse_errors: int = 0
+    gap_bytes: int = 0            # bytes the capture lost (reported by gap())
+    decode_errors: int = 0
+    unknown_header_blocks: int = 0  # h2: header blocks that could not be decoded
+    not_http: int = 0             # connections recognised as not HTTP/1.x (e.g. h2 before issue 7)
+
+    def add(self, other: "ParserStats") -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+class ConnectionParser(Protocol):
+    stats: ParserStats
+
+    def feed(self, direction: Direction, data: bytes, ts_ns: int) -> list[Exchange]: ...
+
+    def gap(self, direction: Direction, nbytes: int, ts_ns: int) -> list[Exchange]: ...
+
+    def close(self, reason: str, ts_ns: int) -> list[Exchange]: ...
