@@ -20,5 +20,10 @@ test: bootstrap
 unit: bootstrap
 	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
+# eBPF tests inside QEMU guests on several Debian kernels (see vm-tests/README.md).
+# KERNELS="bookworm-6.1 trixie-6.12" picks a subset; PAYLOAD=smoke runs vm-tests/smoke.py instead.
+vm-test:
+	@KERNELS="$(KERNELS)" PAYLOAD="$(PAYLOAD)" python3 vm-tests/vmtest.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
