@@ -115,14 +115,27 @@ def is_elf(path: str | Path) -> bool:
         return False
 
 
-def locate(path: str, strategies: list[Strategy] | None = None) -> Located | None:
-    """Locate TLS functions in one ELF file, or None if it holds none we know how to find."""
+def locate(path: str, strategies: list[Strategy] | None = None, use_cache: bool = True) -> Located | None:
+    """Locate TLS functions in one ELF file, or None if it holds none we know how to find.
+
+    Results of expensive strategies (``cacheable = True``) are cached by ELF build-id
+    (tracer.probes.cache); a hit reports method "cache".
+    """
     if not is_elf(path):
         return None
+    strategies = strategies if strategies is not None else default_strategies()
     with open(path, "rb") as f:
         elf = ELFFile(f)
-        for strat in strategies if strategies is not None else default_strategies():
+        bid = build_id(elf) if use_cache and any(getattr(s, "cacheable", False) for s in strategies) else ""
+        if bid:
+            from tracer.probes import cache
+            hit = cache.load(bid, path)
+            if hit is not None:
+                return hit
+        for strat in strategies:
             res = strat.locate(path, elf)
             if res is not None and res.has_data_funcs:
+                if bid and getattr(strat, "cacheable", False):
+                    cache.store(res)
                 return res
     return None

@@ -1,0 +1,60 @@
+"""`tracer locate BINARY`: show where the TLS read/write functions are in an ELF object."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import click
+from elftools.common.exceptions import ELFError
+
+from tracer.probes.locate import LocateError, is_elf, locate
+
+
+def _fail(msg: str) -> None:
+    raise click.ClickException(msg)
+
+
+@click.command("locate")
+@click.argument("binary", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--no-cache", is_flag=True, help="Ignore the build-id cache (always run discovery).")
+def locate_cmd(binary: str, as_json: bool, no_cache: bool) -> None:
+    """Find SSL_read/SSL_write (and friends) in BINARY.
+
+    Works on shared libraries with symbols (libssl.so.3), executables with a static OpenSSL (node)
+    and stripped Bun / Claude Code executables with BoringSSL inside (error-site fingerprinting).
+    """
+    if not os.path.exists(binary):
+        _fail("%s: no such file" % binary)
+    if not os.access(binary, os.R_OK) or os.path.isdir(binary):
+        _fail("%s: cannot read it" % binary)
+    if not is_elf(binary):
+        _fail("no TLS library found in %s: not an ELF file" % binary)
+    t0 = time.monotonic()
+    try:
+        res = locate(binary, use_cache=not no_cache)
+    except LocateError as e:
+        _fail(str(e))
+    except (ELFError, ValueError, IndexError, OSError) as e:  # truncated / malformed ELF
+        _fail("cannot parse %s as ELF: %s" % (binary, e))
+    elapsed = time.monotonic() - t0
+    if res is None:
+        _fail("no TLS library found in %s" % binary)
+    if as_json:
+        out = {"binary": binary, "build_id": res.build_id, "library": res.library,
+               "functions": {n: {"address": hex(f.address), "method": f.method}
+                             for n, f in sorted(res.functions.items())}}
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(binary)
+    click.echo("  build-id: %s" % (res.build_id or "(none)"))
+    click.echo("  library:  %s" % (res.library or "?"))
+    width = max(len(n) for n in res.functions)
+    for n, f in sorted(res.functions.items()):
+        click.echo("  %-*s  %#010x  %s" % (width, n, f.address, f.method))
+    click.echo("  (%.2f s)" % elapsed)
+
+
+COMMANDS = [locate_cmd]
