@@ -142,6 +142,9 @@ class Exchange:
     gaps: list[tuple[str, int]] = field(default_factory=list)  # (direction, bytes lost inside pair)
     stream_id: int | None = None  # HTTP/2 stream id, None for HTTP/1.x
     protocol: str = "http/1.1"
+    # (offset in the response body before content decoding, capture ts_ns) for each captured read that
+    # carried response body bytes: lets deferred parsing time SSE events (first token, tokens/s)
+    body_times: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def incomplete(self) -> bool:

@@ -1,0 +1,94 @@
+"""Decoder for `struct tracer_event`, built from bpf/tracer_event.h so C and Python share one definition."""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+HEADER = BPF_DIR / "tracer_event.h"
+
+_CTYPES = {"u64": "Q", "u32": "I", "u16": "H", "u8": "B", "s64": "q", "s32": "i"}
+
+
+def _parse_struct(text: str, name: str) -> list[tuple[str, str]]:
+    m = re.search(r"struct\s+%s\s*\{(.*?)\};" % re.escape(name), text, re.S)
+    if not m:
+        raise ValueError(f"struct {name} not found in {HEADER}")
+    body = re.sub(r"/\*.*?\*/", "", m.group(1), flags=re.S)
+    body = re.sub(r"//[^\n]*", "", body)
+    fields = []
+    for decl in body.split(";"):
+        decl = decl.strip()
+        if not decl:
+            continue
+        fm = re.fullmatch(r"(\w+)\s+(\w+)\s*(?:\[(\d+)\])?", decl)
+        if not fm:
+            raise ValueError(f"cannot parse field {decl!r} of struct {name}")
+        ctype, fname, arr = fm.groups()
+        if ctype == "char" and arr:
+            fmt = f"{arr}s"
+        elif ctype in _CTYPES and not arr:
+            fmt = _CTYPES[ctype]
+        else:
+            raise ValueError(f"unsupported field type {decl!r} in struct {name}")
+        fields.append((fname, fmt))
+    return fields
+
+
+def _parse_defines(text: str) -> dict[str, int]:
+    return {k: int(v, 0) for k, v in re.findall(r"#define\s+(TRACER_\w+)\s+(0x[0-9a-fA-F]+|\d+)", text)}
+
+
+_text = HEADER.read_text()
+EVENT_FIELDS = _parse_struct(_text, "tracer_event")
+DROP_FIELDS = _parse_struct(_text, "tracer_drops")
+CONST = _parse_defines(_text)
+EVENT_STRUCT = struct.Struct("<" + "".join(f for _, f in EVENT_FIELDS))
+DROP_STRUCT = struct.Struct("<" + "".join(f for _, f in DROP_FIELDS))
+HEADER_SIZE = EVENT_STRUCT.size
+
+EV_DATA = CONST["TRACER_EV_DATA"]
+EV_CLOSE = CONST["TRACER_EV_CLOSE"]
+DIR_READ = CONST["TRACER_DIR_READ"]
+DIR_WRITE = CONST["TRACER_DIR_WRITE"]
+F_TRUNCATED = CONST["TRACER_F_TRUNCATED"]
+F_COPY_FAIL = CONST["TRACER_F_COPY_FAIL"]
+F_EX = CONST["TRACER_F_EX"]
+
+
+@dataclass(slots=True)
+class Event:
+    ts_ns: int
+    conn: int
+    stream_off: int
+    pid: int
+    tid: int
+    total_len: int
+    offset: int
+    len: int
+    type: int
+    dir: int
+    flags: int
+    comm: str
+    data: bytes
+
+
+_NAMES = [n for n, _ in EVENT_FIELDS]
+assert _NAMES == ["ts_ns", "conn", "stream_off", "pid", "tid", "total_len", "offset", "len",
+                  "type", "dir", "flags", "comm"], _NAMES
+
+
+def decode(raw: bytes | memoryview) -> Event:
+    """Decode one ring-buffer record (header + payload)."""
+    vals = EVENT_STRUCT.unpack_from(raw, 0)
+    n = 0 if vals[10] & F_COPY_FAIL else vals[7]
+    comm = vals[11].split(b"\0", 1)[0].decode("utf-8", "replace")
+    data = bytes(raw[HEADER_SIZE:HEADER_SIZE + n])
+    return Event(*vals[:11], comm, data)
+
+
+def decode_drops(raw: bytes) -> dict[str, int]:
+    return dict(zip((n for n, _ in DROP_FIELDS), DROP_STRUCT.unpack_from(raw, 0)))

@@ -1,0 +1,251 @@
+"""Ring buffer -> per-connection byte streams -> protocol parsers -> exchanges.
+
+Two threads, as the seed's zero-latency design asks:
+  * the poll thread runs BCC's ring_buffer_poll; its callback only copies each record's bytes into
+    an in-memory queue (no parsing), so the kernel ring drains as fast as possible;
+  * the worker thread decodes records, keeps one stream per connection (pid, SSL*), detects capture
+    gaps from the kernel's per-stream offsets, feeds the connection's parser and hands finished
+    exchanges to `on_exchange`.
+With deferred parsing off (--no-deferred-parsing) the callback does the worker's job inline.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tracer.capture import event as ev
+from tracer.protocols.base import ConnInfo, Direction, Exchange, ParserStats
+from tracer.protocols.http1 import Http1Connection, looks_like_http1_request, looks_like_http1_response
+
+try:  # HTTP/2 support lands separately; without it h2 connections are recognised and counted
+    from tracer.protocols import http2 as _h2
+except ImportError:  # pragma: no cover
+    _h2 = None
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+@dataclass
+class ConnState:
+    info: ConnInfo
+    parser: object | None = None
+    kind: str = ""                      # "http/1.1", "h2", "other"
+    expect: list[int] = field(default_factory=lambda: [0, 0])
+    seen: list[bool] = field(default_factory=lambda: [False, False])
+    bytes: list[int] = field(default_factory=lambda: [0, 0])
+    last_ts: int = 0
+
+
+@dataclass
+class CaptureStats:
+    ring_records: int = 0
+    data_events: int = 0
+    close_events: int = 0
+    bytes_captured: int = 0
+    connections: int = 0
+    gap_events: int = 0
+    gap_bytes: int = 0
+    truncated_bytes: int = 0
+    copy_fail_bytes: int = 0
+    key_reuse: int = 0
+    h2_connections: int = 0
+    other_connections: int = 0
+    worker_errors: int = 0
+    queue_peak: int = 0
+
+
+class Capture:
+    def __init__(self, on_exchange: Callable[[Exchange], None], *, deferred: bool = True,
+                 max_decoded_body: int = 512 << 20):
+        self.on_exchange = on_exchange
+        self.deferred = deferred
+        self.max_decoded_body = max_decoded_body
+        self.stats = CaptureStats()
+        self.parser_stats = ParserStats()
+        self.conns: dict[tuple[int, int], ConnState] = {}
+        self._seq = 0
+        self._inbox: deque[bytes] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()      # guards connection state (worker vs. control calls)
+        self._worker: threading.Thread | None = None
+        self.last_error = ""
+
+    # -- ring buffer side ---------------------------------------------------------------------
+    def ring_callback(self, _ctx, data, size):
+        raw = ctypes.string_at(data, size)
+        if self.deferred:
+            self._inbox.append(raw)
+            if len(self._inbox) == 1:
+                self._wake.set()
+        else:
+            with self._lock:
+                self._handle(raw)
+        return 0
+
+    # -- worker -------------------------------------------------------------------------------
+    def start(self):
+        if self.deferred:
+            self._worker = threading.Thread(target=self._run, name="tracer-worker", daemon=True)
+            self._worker.start()
+
+    def _run(self):
+        inbox = self._inbox
+        while True:
+            if not inbox:
+                if self._stop.is_set():
+                    return
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            n = len(inbox)
+            if n > self.stats.queue_peak:
+                self.stats.queue_peak = n
+            with self._lock:
+                for _ in range(min(n, 4096)):
+                    self._handle(inbox.popleft())
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far has been processed."""
+        deadline = time.monotonic() + timeout
+        while self._inbox and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.005)
+        with self._lock:  # the batch in hand is finished once we get the lock
+            pass
+        return not self._inbox
+
+    def stop(self):
+        self.drain()
+        self._stop.set()
+        self._wake.set()
+        if self._worker:
+            self._worker.join(timeout=10)
+
+    # -- per record ---------------------------------------------------------------------------
+    def _handle(self, raw: bytes):
+        self.stats.ring_records += 1
+        try:
+            e = ev.decode(raw)
+            if e.type == ev.EV_DATA:
+                self._data(e)
+            elif e.type == ev.EV_CLOSE:
+                self.stats.close_events += 1
+                self._close_conn((e.pid, e.conn), "SSL_free", e.ts_ns)
+        except Exception as exc:  # a bug must not stop the capture; it is counted and shown
+            self.stats.worker_errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def _new_conn(self, e: ev.Event) -> ConnState:
+        self._seq += 1
+        self.stats.connections += 1
+        info = ConnInfo(pid=e.pid, tid=e.tid, comm=e.comm,
+                        conn_id=f"{e.pid}:{e.conn:#x}:{self._seq}", ssl_ptr=e.conn)
+        st = ConnState(info)
+        self.conns[(e.pid, e.conn)] = st
+        return st
+
+    def _pick_parser(self, st: ConnState, d: Direction, data: bytes):
+        head = data[:64]
+        if head.startswith(H2_PREFACE[:len(head)]) and len(head) >= 3:
+            st.kind = "h2"
+        elif (looks_like_http1_request(head) or looks_like_http1_response(head)):
+            st.kind = "http/1.1"
+        elif _h2 is not None and _h2.looks_like_h2_frames(data):
+            st.kind = "h2"
+        else:
+            st.kind = "http/1.1"   # unknown start: the HTTP/1 parser resynchronises or skips
+        if st.kind == "h2":
+            self.stats.h2_connections += 1
+            if _h2 is None:
+                st.kind = "other"
+                self.stats.other_connections += 1
+                return None
+            return _h2.Http2Connection(st.info, max_decoded_body=self.max_decoded_body)
+        return Http1Connection(st.info, max_decoded_body=self.max_decoded_body)
+
+    def _data(self, e: ev.Event):
+        self.stats.data_events += 1
+        key = (e.pid, e.conn)
+        st = self.conns.get(key)
+        d = Direction(e.dir)
+        if st is not None and e.stream_off < st.expect[d] and st.seen[d]:
+            # offsets restart only for a new connection on a reused SSL* whose SSL_free we missed
+            self.stats.key_reuse += 1
+            self._close_conn(key, "connection key reused", e.ts_ns)
+            st = None
+        if st is None:
+            st = self._new_conn(e)
+        st.last_ts = e.ts_ns
+        gap = e.stream_off - st.expect[d]
+        if gap > 0:   # records of this stream were dropped (ring full) before this one
+            self._gap(st, d, gap, e.ts_ns)
+        st.seen[d] = True
+        st.expect[d] = e.stream_off + e.len
+        if e.flags & ev.F_COPY_FAIL:
+            self.stats.copy_fail_bytes += e.len
+            self._gap(st, d, e.len, e.ts_ns)
+        elif e.data:
+            self.stats.bytes_captured += len(e.data)
+            st.bytes[d] += len(e.data)
+            if st.parser is None and st.kind == "":
+                st.parser = self._pick_parser(st, d, e.data)
+            if st.parser is not None:
+                self._emit(st.parser.feed(d, e.data, e.ts_ns))
+        if e.flags & ev.F_TRUNCATED:
+            rest = e.total_len - (e.offset + e.len)
+            self.stats.truncated_bytes += rest
+            st.expect[d] += rest
+            self._gap(st, d, rest, e.ts_ns)
+
+    def _gap(self, st: ConnState, d: Direction, n: int, ts: int):
+        self.stats.gap_events += 1
+        self.stats.gap_bytes += n
+        if st.parser is not None:
+            self._emit(st.parser.gap(d, n, ts))
+
+    def _emit(self, exchanges):
+        for ex in exchanges:
+            try:
+                self.on_exchange(ex)
+            except Exception as exc:
+                self.stats.worker_errors += 1
+                self.last_error = f"sink: {type(exc).__name__}: {exc}"
+
+    def _close_conn(self, key, reason: str, ts: int):
+        st = self.conns.pop(key, None)
+        if st is None:
+            return
+        if st.parser is not None:
+            self._emit(st.parser.close(reason, ts))
+            self.parser_stats.add(st.parser.stats)
+
+    # -- control (called from the session thread) ----------------------------------------------
+    def close_pid(self, pid: int, reason: str):
+        """The process is gone: finish all its connections (after draining what it sent)."""
+        self.drain()
+        with self._lock:
+            now = time.monotonic_ns()
+            for key in [k for k in self.conns if k[0] == pid]:
+                self._close_conn(key, reason, now)
+
+    def close_all(self, reason: str):
+        self.drain()
+        with self._lock:
+            now = time.monotonic_ns()
+            for key in list(self.conns):
+                self._close_conn(key, reason, now)
+
+    def live_parser_stats(self) -> ParserStats:
+        total = ParserStats()
+        total.add(self.parser_stats)
+        with self._lock:
+            for st in self.conns.values():
+                if st.parser is not None:
+                    total.add(st.parser.stats)
+        return total

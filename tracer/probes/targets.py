@@ -1,0 +1,72 @@
+"""Which ELF objects of a process carry TLS functions (read from /proc/PID/maps)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from tracer.probes.locate import LocateError, Located, is_elf, locate
+
+
+@dataclass(frozen=True)
+class MappedObject:
+    path: str        # path inside the process' mount namespace, as /proc/PID/maps shows it
+    host_path: str   # the same file reached through /proc/PID/root (works for containers)
+    dev: int
+    inode: int
+
+
+def mapped_objects(pid: int) -> list[MappedObject]:
+    """Distinct file-backed executable mappings of a process, in map order."""
+    seen: set[tuple[int, int]] = set()
+    out: list[MappedObject] = []
+    with open(f"/proc/{pid}/maps") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        parts = line.split(None, 5)
+        if len(parts) < 6 or "x" not in parts[1]:
+            continue
+        path = parts[5]
+        if not path.startswith("/") or path.endswith(" (deleted)"):
+            continue
+        host = f"/proc/{pid}/root{path}"
+        try:
+            st = os.stat(host)
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(MappedObject(path, host, st.st_dev, st.st_ino))
+    return out
+
+
+class Locator:
+    """Locates TLS functions per file, remembering answers by (device, inode, mtime)."""
+
+    def __init__(self):
+        self._memo: dict[tuple[int, int, int], Located | None] = {}
+        self.errors: dict[str, str] = {}
+
+    def locate_file(self, path: str) -> Located | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        if key not in self._memo:
+            try:
+                self._memo[key] = locate(path) if is_elf(path) else None
+            except LocateError as e:
+                self.errors[path] = str(e)
+                self._memo[key] = None
+        return self._memo[key]
+
+    def tls_objects(self, pid: int) -> list[tuple[MappedObject, Located]]:
+        out = []
+        for mo in mapped_objects(pid):
+            loc = self.locate_file(mo.host_path)
+            if loc is not None:
+                out.append((mo, loc))
+        return out

@@ -1,0 +1,305 @@
+"""A tracing session: BPF program + targets + capture pipeline + log writer, and its summary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from tracer.capture.pipeline import Capture
+from tracer.probes.attach import BpfProgram, TracerError
+from tracer.probes.targets import Locator, mapped_objects
+from tracer.protocols.base import Exchange
+from tracer.sinks.jsonl import JsonlWriter, make_log_dir
+from tracer.sinks.record import Clock, Filter, build_record
+
+
+@dataclass
+class Options:
+    output_dir: Path = Path(".claude-trace")
+    log_name: str | None = None
+    include_all: bool = False
+    redact: bool = True
+    batch_size: int = 100
+    flush_ms: int = 100
+    durable: bool = False
+    ring_buffer_mb: int = 8
+    copy_limit: int = 1 << 20
+    deferred: bool = True
+    html: bool = True
+    status: bool = True
+    watch_interval: float = 0.25
+
+
+@dataclass
+class Target:
+    pid: int
+    attached: set = field(default_factory=set)     # (dev, inode) of files with probes
+    files: list = field(default_factory=list)      # (path, library, methods)
+    alive: bool = True
+
+
+def ensure_tracefs() -> str:
+    """BCC detaches uprobes through tracefs; mount it where a minimal system has not."""
+    for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if os.path.exists(os.path.join(p, "uprobe_events")):
+            return p
+    try:
+        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=True,
+                       capture_output=True, timeout=10)
+        return "/sys/kernel/tracing (mounted by tracer)"
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def ssl_library_candidates() -> list[str]:
+    """System libssl files a process may load later (dlopen): probes are put on them up front."""
+    out: list[str] = []
+    try:
+        res = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10)
+        for line in res.stdout.splitlines():
+            if "libssl.so" in line and "=>" in line:
+                out.append(line.split("=>", 1)[1].strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    seen, uniq = set(), []
+    for p in out:
+        rp = os.path.realpath(p)
+        if rp not in seen and os.path.exists(rp):
+            seen.add(rp)
+            uniq.append(rp)
+    return uniq
+
+
+def command_files(argv0: str, env: dict) -> list[str]:
+    """The executable a command will run, and its script interpreter (shebang), resolved."""
+    files: list[str] = []
+    exe = shutil.which(argv0, path=env.get("PATH", os.defpath))
+    if not exe:
+        return files
+    exe = os.path.realpath(exe)
+    files.append(exe)
+    try:
+        with open(exe, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return files
+    if first.startswith(b"#!"):
+        parts = first[2:].decode("utf-8", "replace").split()
+        if parts:
+            interp = parts[0]
+            if os.path.basename(interp) == "env" and len(parts) > 1:
+                args = [a for a in parts[1:] if not a.startswith("-")]
+                interp = shutil.which(args[0], path=env.get("PATH", os.defpath)) if args else None
+            if interp:
+                files.append(os.path.realpath(interp))
+    return files
+
+
+def read_environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    env = {}
+    for item in raw.split(b"\0"):
+        if b"=" in item:
+            k, v = item.split(b"=", 1)
+            env[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
+    return env
+
+
+class Session:
+    def __init__(self, opts: Options, *, stderr=None):
+        self.opts = opts
+        self.stderr = stderr or sys.stderr
+        self.filter = Filter(include_all=opts.include_all)
+        self.clock = Clock()
+        self.locator = Locator()
+        self.targets: dict[int, Target] = {}
+        self.pairs_seen = 0
+        self.pairs_logged = 0
+        self.pairs_filtered = 0
+        self.pairs_incomplete = 0
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.tracefs = ensure_tracefs()
+        t = time.monotonic()
+        self.prog = BpfProgram(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit)
+        self.load_seconds = time.monotonic() - t
+        out_dir = make_log_dir(opts.output_dir)
+        name = opts.log_name or f"log-{datetime.now().strftime('%Y-%m-%d-%H-%M-%S')}.jsonl"
+        path = out_dir / name
+        n = 1
+        while path.exists():
+            path = out_dir / f"{Path(name).stem}-{n}.jsonl"
+            n += 1
+        self.log_path = path
+        self.writer = JsonlWriter(path, batch_size=opts.batch_size, flush_ms=opts.flush_ms,
+                                  durable=opts.durable, stderr=self.stderr)
+        self.capture = Capture(self._on_exchange, deferred=opts.deferred)
+        self.prog.open_ring(self.capture.ring_callback)
+        self.capture.start()
+        self._poller = threading.Thread(target=self._poll, name="tracer-ring", daemon=True)
+        self._poller.start()
+
+    # -- pipeline ends -------------------------------------------------------------------------
+    def _poll(self):
+        while not self._stop.is_set():
+            self.prog.poll(100)
+        self.prog.consume()
+
+    def _on_exchange(self, ex: Exchange):
+        self.pairs_seen += 1
+        if not self.filter.wants(ex):
+            self.pairs_filtered += 1
+            ex.request.body.close()
+            if ex.response is not None:
+                ex.response.body.close()
+            return
+        if ex.incomplete:
+            self.pairs_incomplete += 1
+        self.writer.submit(build_record(ex, self.clock, redact=self.opts.redact))
+        self.pairs_logged += 1
+
+    # -- targets -------------------------------------------------------------------------------
+    def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None) -> Target:
+        tgt = self.targets.setdefault(pid, Target(pid))
+        env = env if env is not None else read_environ(pid)
+        if env.get("ANTHROPIC_BASE_URL"):
+            self.filter.add_base_url(env["ANTHROPIC_BASE_URL"])
+        for path in extra_files:
+            self._attach_file(tgt, path)
+        self.refresh_target(tgt)
+        return tgt
+
+    def _attach_file(self, tgt: Target, path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        key = (st.st_dev, st.st_ino)
+        if key in tgt.attached:
+            return False
+        loc = self.locator.locate_file(path)
+        tgt.attached.add(key)   # located or not, do not look at this file again
+        if loc is None:
+            return False
+        self.prog.attach(tgt.pid, path, loc)
+        tgt.files.append((path, loc.library, {n: f.method for n, f in loc.functions.items()}))
+        return True
+
+    def refresh_target(self, tgt: Target) -> int:
+        """Attach to TLS objects newly mapped by the target (dlopen, late loading)."""
+        n = 0
+        try:
+            objs = mapped_objects(tgt.pid)
+        except OSError:
+            return 0
+        for mo in objs:
+            if (mo.dev, mo.inode) in tgt.attached:
+                continue
+            if self._attach_file(tgt, mo.host_path):
+                n += 1
+        return n
+
+    def target_exited(self, pid: int, reason: str = "target exited"):
+        tgt = self.targets.get(pid)
+        if tgt is None or not tgt.alive:
+            return
+        tgt.alive = False
+        time.sleep(0.15)          # let the poll thread pick up the last records
+        self.capture.close_pid(pid, reason)
+        self.prog.detach_pid(pid)
+
+    def live_targets(self) -> list[int]:
+        return [p for p, t in self.targets.items() if t.alive]
+
+    # -- status and the end --------------------------------------------------------------------
+    def status_line(self) -> str:
+        drops = self.prog.drops()
+        s = self.capture.stats
+        return (f"tracer: {self.pairs_logged} logged / {self.pairs_seen} pairs, "
+                f"{s.bytes_captured / 1e6:.1f} MB, {s.connections} conns, "
+                f"drops {drops.get('events', 0)}")
+
+    def finish(self) -> dict:
+        self._stop.set()
+        if self._poller:
+            self._poller.join(timeout=5)
+        for pid in self.live_targets():
+            self.targets[pid].alive = False
+        self.capture.close_all("tracer stopped")
+        self.capture.stop()
+        self.writer.flush()
+        self.writer.close()
+        summary = self.summary()
+        self.prog.close()
+        return summary
+
+    def summary(self) -> dict:
+        drops = self.prog.drops()
+        c = self.capture.stats
+        p = self.capture.live_parser_stats()
+        w = self.writer.stats
+        return {
+            "log": str(self.log_path),
+            "duration_s": round(time.monotonic() - self.started, 3),
+            "targets": {str(pid): [f[0] for f in t.files] for pid, t in self.targets.items()},
+            "pairs_seen": self.pairs_seen,
+            "pairs_logged": self.pairs_logged,
+            "pairs_filtered_out": self.pairs_filtered,
+            "pairs_incomplete": self.pairs_incomplete,
+            "connections": c.connections,
+            "bytes_captured": c.bytes_captured,
+            "ring_records": c.ring_records,
+            "ring_drops_events": drops.get("events", 0),
+            "ring_drops_bytes": drops.get("bytes", 0),
+            "truncated_bytes": drops.get("truncated", 0),
+            "copy_fail_bytes": drops.get("copy_fail", 0),
+            "gap_bytes": c.gap_bytes,
+            "skipped_bytes": p.skipped_bytes,
+            "parse_errors": p.parse_errors,
+            "decode_errors": p.decode_errors,
+            "non_http_connections": p.not_http + c.other_connections,
+            "h2_connections": c.h2_connections,
+            "worker_errors": c.worker_errors,
+            "last_worker_error": self.capture.last_error,
+            "records_written": w.records,
+            "records_lost": w.lost_records,
+            "write_errors": w.write_errors,
+            "queue_peak": c.queue_peak,
+        }
+
+
+def format_summary(s: dict) -> str:
+    lines = [
+        f"pairs: {s['pairs_logged']} logged, {s['pairs_filtered_out']} filtered out, "
+        f"{s['pairs_incomplete']} incomplete ({s['pairs_seen']} seen on {s['connections']} connections)",
+        f"captured: {s['bytes_captured']} bytes in {s['ring_records']} ring records over {s['duration_s']} s",
+    ]
+    problems = []
+    for key, label in (("ring_drops_events", "ring-buffer drops (events)"),
+                       ("ring_drops_bytes", "ring-buffer drops (bytes)"),
+                       ("truncated_bytes", "bytes beyond the per-call copy limit"),
+                       ("copy_fail_bytes", "bytes unreadable in the target"),
+                       ("gap_bytes", "bytes missing from streams (gaps)"),
+                       ("skipped_bytes", "bytes skipped to resynchronise"),
+                       ("parse_errors", "parse errors"), ("decode_errors", "decode errors"),
+                       ("non_http_connections", "non-HTTP connections"),
+                       ("records_lost", "records lost (log write failures)"),
+                       ("worker_errors", "internal errors")):
+        if s.get(key):
+            problems.append(f"{label}: {s[key]}")
+    lines.append("losses: " + ("; ".join(problems) if problems else "none"))
+    if s.get("last_worker_error"):
+        lines.append(f"last internal error: {s['last_worker_error']}")
+    lines.append(f"log: {s['log']}")
+    return "\n".join(lines)

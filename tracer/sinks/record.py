@@ -1,0 +1,227 @@
+"""Exchange -> claude-trace record (see docs/log-format.md), plus the default filter and redaction."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+import orjson
+
+from tracer.protocols.base import Body, Exchange, Message
+
+SENSITIVE = ("authorization", "x-api-key", "x-auth-token", "cookie", "set-cookie", "x-session-token",
+             "x-access-token", "bearer", "proxy-authorization")
+MAX_CHUNK_TIMES = 4000
+INLINE_BODY_MAX = 16 << 20   # bodies above this are streamed into the log line by the writer
+
+
+def redact_value(value: str) -> str:
+    n = len(value)
+    if n > 14:
+        return value[:10] + "..." + value[-4:]
+    if n >= 5:
+        return value[:2] + "..." + value[-2:]
+    return "[REDACTED]"
+
+
+def is_sensitive(name: str) -> bool:
+    low = name.lower()
+    return any(s in low for s in SENSITIVE)
+
+
+def headers_dict(headers: list[tuple[str, str]], redact: bool) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers:
+        k = name.lower()
+        if redact and is_sensitive(k):
+            value = redact_value(value)
+        if k in out:
+            out[k] = out[k] + ("\n" if k == "set-cookie" else ", ") + value
+        else:
+            out[k] = value
+    return out
+
+
+@dataclass
+class Clock:
+    """Maps kernel CLOCK_MONOTONIC ns (bpf_ktime_get_ns) to epoch seconds."""
+
+    offset_ns: int = field(default_factory=lambda: time.time_ns() - time.monotonic_ns())
+
+    def epoch(self, mono_ns: int) -> float:
+        return (mono_ns + self.offset_ns) / 1e9
+
+
+BEDROCK_HOST = re.compile(r"^bedrock-runtime(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com$")
+BEDROCK_PATH = re.compile(r"^/model/[^/]+/(?:invoke|invoke-with-response-stream|converse|converse-stream)$")
+
+
+@dataclass
+class Filter:
+    """claude-trace's default: only Messages API calls on the API host (or Bedrock runtime)."""
+
+    include_all: bool = False
+    api_hosts: set[str] = field(default_factory=lambda: {"api.anthropic.com"})
+
+    def add_base_url(self, url: str) -> None:
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            return
+        if host:
+            self.api_hosts.add(host.lower())
+
+    def wants(self, ex: Exchange) -> bool:
+        if self.include_all:
+            return True
+        req = ex.request
+        host = _hostname(req.authority)
+        path = req.target.split("?", 1)[0]
+        if host in self.api_hosts and path.endswith("/v1/messages"):
+            return True
+        return bool(BEDROCK_HOST.match(host) and BEDROCK_PATH.match(path))
+
+
+def _hostname(authority: str) -> str:
+    a = authority.strip().lower()
+    if a.startswith("["):
+        return a[1:a.find("]")] if "]" in a else a
+    return a.rsplit(":", 1)[0] if a.count(":") == 1 else a
+
+
+def url_of(req: Message) -> str:
+    target = req.target
+    if target.startswith(("http://", "https://")):
+        return target  # absolute-form (proxies)
+    if not target.startswith("/"):
+        target = "/" + target if target != "*" else target
+    return f"{req.scheme or 'https'}://{req.authority or 'unknown-host'}{target}"
+
+
+class StreamedText:
+    """A body too big to hold as one str; the JSONL writer streams it into the line."""
+
+    def __init__(self, body: Body, base64_encoded: bool = False):
+        self.body = body
+        self.base64 = base64_encoded
+
+
+def _is_utf8(body: Body) -> bool:
+    import codecs
+    dec = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for chunk in body.chunks():
+            dec.decode(chunk)
+        dec.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def body_fields(msg: Message, is_response: bool) -> tuple[dict, dict]:
+    """(claude-trace fields, tracer extras) for a message body."""
+    extras: dict = {}
+    body = msg.body
+    if body.size == 0:
+        return ({"body": None} if not is_response else {"body_raw": ""}), extras
+    ctype = msg.header("content-type").lower()
+    if body.size > INLINE_BODY_MAX:
+        if _is_utf8(body):
+            return {"body_raw": StreamedText(body)}, extras
+        extras["encoding"] = "base64"
+        return {"body_raw": StreamedText(body, base64_encoded=True)}, extras
+    raw = body.getvalue()
+    if "event-stream" not in ctype:
+        try:
+            return {"body": orjson.loads(raw)}, extras
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        extras["encoding"] = "base64"
+        text = base64.b64encode(raw).decode("ascii")
+    if is_response:
+        return {"body_raw": text}, extras
+    return {"body": text}, extras
+
+
+def _thin(points: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    if len(points) <= limit:
+        return points
+    step = len(points) / limit
+    out = [points[int(i * step)] for i in range(limit - 1)]
+    out.append(points[-1])
+    return out
+
+
+def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
+    req, resp = ex.request, ex.response
+    t0 = req.ts_ns
+    rq_fields, rq_extra = body_fields(req, False)
+    record: dict = {
+        "request": {
+            "timestamp": clock.epoch(t0),
+            "method": req.method,
+            "url": url_of(req),
+            "headers": headers_dict(req.headers, redact),
+            **rq_fields,
+        },
+        "response": None,
+        "logged_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+    extras: dict = {
+        "pid": ex.conn.pid, "tid": ex.conn.tid, "comm": ex.conn.comm, "conn_id": ex.conn.conn_id,
+        "protocol": ex.protocol, "stream_id": ex.stream_id,
+        "complete": not ex.incomplete,
+        "notes": list(ex.notes),
+        "gaps": [{"direction": d, "bytes": n} for d, n in ex.gaps],
+        "request_bytes": req.wire_bytes,
+        "request_body_bytes": req.body.size,
+    }
+    if rq_extra.get("encoding"):
+        extras["request_body_encoding"] = rq_extra["encoding"]
+    if req.content_encoding:
+        extras["request_content_encoding"] = req.content_encoding
+    if req.decode_error:
+        extras["request_decode_error"] = req.decode_error
+    if req.unknown_headers:
+        extras["request_unknown_headers"] = req.unknown_headers
+    if resp is not None:
+        rs_fields, rs_extra = body_fields(resp, True)
+        end = resp.end_ts_ns or resp.ts_ns
+        record["response"] = {
+            "timestamp": clock.epoch(end),
+            "status_code": resp.status,
+            "headers": headers_dict(resp.headers, redact),
+            **rs_fields,
+        }
+        extras.update({
+            "response_bytes": resp.wire_bytes,
+            "response_body_bytes": resp.body.size,
+            "content_encoding": resp.content_encoding,
+            "decode_error": resp.decode_error,
+            "ttfb_ms": round((resp.ts_ns - (req.end_ts_ns or t0)) / 1e6, 3) if resp.ts_ns else None,
+            "duration_ms": round((end - t0) / 1e6, 3),
+            "response_chunks": [[off, round((ts - t0) / 1e6, 3)]
+                                for off, ts in _thin(ex.body_times, MAX_CHUNK_TIMES)],
+        })
+        if resp.decoded_truncated_at:
+            extras["decoded_truncated_at"] = resp.decoded_truncated_at
+            extras["notes"].append(f"decoded body cut at {resp.decoded_truncated_at} bytes (cap)")
+        if rs_extra.get("encoding"):
+            extras["response_body_encoding"] = rs_extra["encoding"]
+        if resp.unknown_headers:
+            extras["response_unknown_headers"] = resp.unknown_headers
+        if resp.trailers:
+            extras["trailers"] = headers_dict(resp.trailers, redact)
+        if not resp.complete:
+            extras["notes"].append("response incomplete")
+    if ex.notes or resp is None or not resp.complete:
+        record["note"] = "; ".join(extras["notes"]) or "response incomplete"
+    record["tracer"] = extras
+    return record
