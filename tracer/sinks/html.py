@@ -1,0 +1,35 @@
+"""HTML sink: turn a JSONL log into the self-contained viewer page."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tracer.viewer.logs import read_records
+from tracer.viewer.page import build_page
+
+
+def default_html_path(log_path: str | Path) -> Path:
+    p = Path(log_path)
+    return p.with_suffix(".html") if p.suffix else p.with_name(p.name + ".html")
+
+
+def write_html(log_path: str | Path, out_path: str | Path | None = None) -> Path:
+    """Write the viewer for ``log_path`` (ours or claude-trace's) and return the HTML file's path.
+
+    Default output: the log's path with ``.html``. Written to a temporary name and renamed, so a
+    reader never sees half a page.
+    """
+    log_path = Path(log_path)
+    out = Path(out_path) if out_path is not None else default_html_path(log_path)
+    records, warnings = read_records(log_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb", buffering=1 << 20) as f:
+            build_page(records, f, source=str(log_path), warnings=warnings)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
