@@ -570,3 +570,59 @@ def test_cli_help():
     for word in ("--text-bytes", "--delay-ms", "--encoding", "--status", "--h2", "records.jsonl",
                  "x-mock-"):
         assert word in res.output
+
+
+def test_http10_stream_is_close_delimited(srv):
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    t = ssl_ctx(srv).wrap_socket(s, server_hostname="127.0.0.1")
+    t.settimeout(10)
+    body = json.dumps(msg_body()).encode()
+    t.sendall(b"POST /v1/messages HTTP/1.0\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    data = b""
+    while d := t.recv(65536):
+        data += d
+    t.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and b"transfer-encoding" not in head.lower()
+    check_sequence(parse_sse(rest))
+
+
+def test_h2_hook(monkeypatch):
+    """With h2 on, ALPN offers h2 and an h2 connection goes to tracer.mock.h2.serve(reader, writer,
+    app, recorder); http/1.1 clients are unaffected."""
+    import types
+
+    calls = []
+
+    async def serve(reader, writer, app, recorder):
+        calls.append((app, recorder.conn_id, recorder.protocol))
+        writer.write(b"fake-h2")
+        await writer.drain()
+        writer.close()
+
+    monkeypatch.setitem(sys.modules, "tracer.mock.h2", types.SimpleNamespace(serve=serve))
+    with MockServer(h2=True) as s:
+        assert s.info["alpn"] == ["h2", "http/1.1"]
+        ctx = ssl_ctx(s)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", s.port)) as raw:
+            t = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            assert t.selected_alpn_protocol() == "h2"
+            t.settimeout(10)
+            assert t.recv(100) == b"fake-h2"
+            t.close()
+        assert calls and calls[0][0] is s.core.app and calls[0][2] == "h2"
+        ctx = ssl_ctx(s)
+        ctx.set_alpn_protocols(["http/1.1"])
+        c = http.client.HTTPSConnection("127.0.0.1", s.port, context=ctx, timeout=10)
+        c.request("HEAD", "/")
+        assert c.getresponse().status == 200
+        c.close()
+    with MockServer() as s:  # h2 off: ALPN never picks h2
+        assert s.info["alpn"] == ["http/1.1"]
+        ctx = ssl_ctx(s)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", s.port)) as raw:
+            t = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            assert t.selected_alpn_protocol() == "http/1.1"
+            t.close()

@@ -206,12 +206,16 @@ class MockServerProcess(_Common):
             self.stop()
             log = (self.state_dir / "server.log").read_text(errors="replace")[-4000:]
             raise RuntimeError(f"mock server did not start: {' '.join(self.cmd)}\n{log}")
-        self.info = orjson.loads(line[0])
-        self.port = self.info["port"]
-        self.cert_path = Path(self.info["cert"])
-        self.key_path = Path(self.info["key"])
-        self.ca_path = Path(self.info["ca"])
-        self.records_path = Path(self.info["records"])
+        try:
+            self.info = orjson.loads(line[0])
+            self.port = self.info["port"]
+            self.cert_path = Path(self.info["cert"])
+            self.key_path = Path(self.info["key"])
+            self.ca_path = Path(self.info["ca"])
+            self.records_path = Path(self.info["dir"]) / "records.jsonl"
+        except Exception:
+            self.stop()
+            raise
         return self
 
     def records(self) -> list[dict]:

@@ -235,8 +235,10 @@ class H1Connection:
                 await w.drain()
                 ok = True
             else:
-                w.write(head)
-                ok = await self._send_body(p, framing)
+                if framing != "length":  # SSE etc.: the head goes out on its own, like real servers
+                    w.write(head)
+                    head = b""
+                ok = await self._send_body(p, framing, head)
         except _DISCONNECT_ERRORS as e:
             p.finish(error=f"client went away: {type(e).__name__}: {e}", complete=False)
             ok = False
@@ -256,13 +258,17 @@ class H1Connection:
             return False
         return True
 
-    async def _send_body(self, p: Prepared, framing: str) -> bool:
+    async def _send_body(self, p: Prepared, framing: str, head: bytes = b"") -> bool:
+        """Write the body; ``head`` (if any) is sent together with the first piece."""
         w = self.writer
         writes = 0
         sent = 0
         async for data in p.pieces():
             for piece in _split(data, p.write_size):
                 if 0 <= p.abort_after <= writes:
+                    if head:
+                        w.write(head)
+                        await w.drain()
                     p.finish(error=f"aborted on purpose after {writes} body writes (abort_after)",
                              complete=False)
                     return False
@@ -272,10 +278,14 @@ class H1Connection:
                     sent += len(piece)
                     if framing == "length" and sent >= (p.length or 0):
                         p.finish()  # record first: the client may check it as soon as it has all
+                    if head:
+                        piece, head = head + piece, b""
                     w.write(piece)
                 writes += 1
                 await w.drain()
         p.finish()
+        if head:  # empty body
+            w.write(head)
         if framing == "chunked":
             w.write(b"0\r\n\r\n")
         await w.drain()
@@ -322,10 +332,8 @@ class MockServerCore:
         if self.config.h2:
             try:
                 self.h2_module = importlib.import_module("tracer.mock.h2")
-            except ModuleNotFoundError as e:
-                if e.name != "tracer.mock.h2":
-                    raise
-                log.warning("--h2 asked but tracer.mock.h2 is not available; offering http/1.1 only")
+            except ImportError as e:
+                log.warning("h2 asked but tracer.mock.h2 is not available (%s); offering http/1.1 only", e)
             if self.h2_module is not None:
                 protos = ["h2", "http/1.1"]
         ctx.set_alpn_protocols(protos)
