@@ -306,6 +306,18 @@ def test_thinking_block(srv):
     assert "thinking_delta" in kinds and "signature_delta" in kinds and "text_delta" in kinds
 
 
+def test_custom_text_and_runtime_knobs():
+    with MockServer(knobs={"text": "fixed answer"}) as s:
+        r, raw = post(s, msg_body(stream=False))
+        assert json.loads(raw)["content"][0]["text"] == "fixed answer"
+        r, raw = post(s, msg_body(), headers={"x-mock-text": "h\u00e9llo w\u00f6rld".encode().decode("latin-1")})
+        assert blocks(parse_sse(raw))[0]["text"] == "h\u00e9llo w\u00f6rld"
+        s.set_knobs(status=503)
+        r, raw = post(s, msg_body())
+        assert r.status == 503 and json.loads(raw)["error"]["type"] == "api_error"
+        assert len(s.wait_records(3)) == 3
+
+
 def test_small_non_streaming_and_other_routes(srv):
     r, raw = post(srv, msg_body(stream=False, max_tokens=1))
     m = json.loads(raw)

@@ -133,6 +133,10 @@ def from_request(headers: list[tuple[str, str]], query: list[tuple[str, str]]) -
     for name, value in headers:
         n = name.lower()
         if n.startswith("x-mock-"):
+            try:  # HTTP/1.1 header values arrive as latin-1 text; most clients send UTF-8
+                value = value.encode("latin-1").decode("utf-8")
+            except (UnicodeEncodeError, UnicodeDecodeError):
+                pass
             out[n[7:].replace("-", "_")] = value
     for name, value in query:
         n = name.lower().replace("_", "-")
