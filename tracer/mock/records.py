@@ -1,7 +1,7 @@
 """What the mock server received and sent, one record per request/response exchange.
 
-A record (a dict; also one line of ``records.jsonl`` in the state directory, written and flushed
-when the exchange completes — just before its last byte is sent, so a client that has its whole
+A record (a dict; also one line of ``records.jsonl`` in the state directory — a fresh file per server
+run — written and flushed when the exchange completes — just before its last byte is sent, so a client that has its whole
 response can already find the record)::
 
     {
@@ -81,7 +81,8 @@ class Recorder:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._conns = itertools.count(1)
-        self._file = open(self.path, "ab", buffering=0) if self.path else None
+        # a fresh file per server run (ids restart at 1); unbuffered: one write per line
+        self._file = open(self.path, "wb", buffering=0) if self.path else None
         self.count = 0
 
     def connection(self, peer: str = "", protocol: str = "http/1.1") -> "ConnRecorder":
@@ -93,8 +94,10 @@ class Recorder:
             self.count += 1
             if self.keep:
                 self._records.append(rec)
-            if self._file is not None:
-                self._file.write(line)  # unbuffered: one write per line, visible at once
+            if self._file is not None:  # unbuffered: visible to readers at once
+                mv = memoryview(line)
+                while mv:
+                    mv = mv[self._file.write(mv):]
 
     def records(self) -> list[dict]:
         with self._lock:
