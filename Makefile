@@ -15,6 +15,7 @@ demo: bootstrap
 	@$(PY) -m tracer.demo
 
 test: bootstrap
+	@bash scripts/bootstrap-browser.sh
 	@$(PY) -m pytest -q $(PYTEST_ARGS)
 
 unit: bootstrap

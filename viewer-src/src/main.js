@@ -359,6 +359,9 @@ function renderSession(root, s) {
     chain.forEach((id, k) => {
       if (k > 0) conv.append(h("div", { class: "compacted" }, "Conversation compacted — continued below from a summary"));
       conv.append(renderThread(id, { top: k === 0 }));
+      // Lets tests and benchmarks read when the first message was painted (Element Timing API).
+      const first = conv.querySelector(".msg .role");
+      if (first && !document.querySelector("[elementtiming]")) first.setAttribute("elementtiming", "first-message");
     });
     const aux = s.threads.filter((id) => THREADS[id].kind === "aux");
     if (aux.length) {

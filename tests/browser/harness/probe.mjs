@@ -37,8 +37,22 @@ try {
   await page.waitForSelector(".conversation .msg", { timeout: 60000 });
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
   out.firstConversationMs = Date.now() - t0;
-  out.inPage = await page.evaluate(() => ({ appRendered: window.__tracerViewer && window.__tracerViewer.painted,
-    paintedAt: performance.now(), readyState: document.readyState }));
+  out.inPage = await page.evaluate(() => {
+    const nav = performance.getEntriesByType("navigation")[0] || {};
+    const paint = Object.fromEntries(performance.getEntriesByType("paint").map((p) => [p.name, Math.round(p.startTime)]));
+    return { appRendered: window.__tracerViewer && Math.round(window.__tracerViewer.painted),
+      paintedAt: Math.round(performance.now()), readyState: document.readyState,
+      domInteractive: Math.round(nav.domInteractive || 0), domContentLoaded: Math.round(nav.domContentLoadedEventEnd || 0), paint };
+  });
+  out.firstMessagePaintMs = await page.evaluate(() => new Promise((resolve) => {
+    // Element Timing: when the first message of the first conversation was painted (ms since navigation).
+    const obs = new PerformanceObserver((list) => {
+      const e = list.getEntries().find((x) => x.identifier === "first-message");
+      if (e) { obs.disconnect(); resolve(Math.round(e.renderTime || e.loadTime)); }
+    });
+    obs.observe({ type: "element", buffered: true });
+    setTimeout(() => resolve(null), 5000);
+  }));
   await page.waitForLoadState("load", { timeout: 120000 });
   out.loadMs = Date.now() - t0;
   out.sessions = await page.locator(".session-item").count();
@@ -54,6 +68,7 @@ try {
     }
     // The calls table.
     await page.locator("details.calls-box > summary").click();
+    await page.waitForSelector("table.calls tbody tr");
     out.callRows = await page.locator("table.calls tbody tr").count();
     const shot = opt("--screenshot");
     if (shot) await page.screenshot({ path: shot, fullPage: true });
@@ -70,11 +85,13 @@ try {
     await page.locator('button.tab[data-view="raw"]').click();
     out.rawRows = await page.locator("details.call").count();
     await page.locator("details.call > summary").first().click();
+    await page.waitForSelector("details.call .details-body h4");
     out.rawFirst = await page.locator("details.call").first().innerText();
     // JSON debug view.
     await page.locator('button.tab[data-view="json"]').click();
     out.jsonRows = await page.locator("details.call").count();
     await page.locator("details.call > summary").nth(1).click();
+    await page.waitForSelector("details.call:nth-child(2) .details-body pre");
     out.jsonSecond = await page.locator("details.call").nth(1).innerText();
     const shot3 = opt("--screenshot3");
     if (shot3) await page.screenshot({ path: shot3 });

@@ -1,0 +1,127 @@
+"""The HTML viewer in a real headless Chromium (Debian's, driven by playwright-core; see
+scripts/bootstrap-browser.sh). Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tracer.sinks.html import write_html
+from tracer.viewer.synth import XSS_IMG, XSS_SCRIPT, big_log, claude_code_session, compacted_session, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+HARNESS = Path(__file__).resolve().parent / "harness"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and shutil.which("node") and (HARNESS / "node_modules" / "playwright-core").exists()),
+    reason="needs chromium and the browser harness: run scripts/bootstrap-browser.sh")
+
+
+def probe(page: Path, *extra: str, timeout: float = 240) -> dict:
+    r = subprocess.run(["node", str(HARNESS / "probe.mjs"), str(page), *extra], capture_output=True, text=True,
+                       timeout=timeout, cwd=HARNESS)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert "fatal" not in out, out.get("fatal")
+    return out
+
+
+@pytest.fixture(scope="module")
+def session_page(tmp_path_factory) -> tuple[Path, object]:
+    d = tmp_path_factory.mktemp("viewer")
+    log = claude_code_session()
+    compacted_session(log)
+    path = d / "claude-code.jsonl"
+    write_jsonl(log.records, path)
+    return write_html(path), log
+
+
+@pytest.fixture(scope="module")
+def seen(session_page) -> dict:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return probe(session_page[0], "--screenshot", str(ARTIFACTS / "viewer-conversation.png"),
+                 "--screenshot2", str(ARTIFACTS / "viewer-compacted.png"),
+                 "--screenshot3", str(ARTIFACTS / "viewer-json-debug.png"))
+
+
+def test_no_errors_and_no_network(seen):
+    assert seen["consoleErrors"] == [] and seen["pageErrors"] == []
+    assert seen["requests"] == []
+    assert seen["dialogs"] == 0
+
+
+def test_prompt_tool_round_trip_and_answer_visible(seen):
+    text = seen["conversationText"]
+    assert "Fix the failing price test in shop/cart.py" in text                   # user prompt
+    assert "$ cd /home/dev/shop && python -m pytest -q tests/test_cart.py" in text  # Bash tool call
+    assert "test_total: assert 10.0 == 9.99" in text                             # its result
+    assert "All tests pass." in text and "Fixed" in text                          # final answer (markdown)
+    for tool in ("TodoWrite", "Bash", "Glob", "Read", "Edit", "Task", "MultiEdit", "WebSearch", "WebFetch", "Write"):
+        assert tool in seen["toolNames"]
+    assert "Run the test suite" in text                                           # TodoWrite checklist
+    assert "+     return round_price(sum(i.price for i in items))" in text        # Edit as a diff
+    assert "TTFT" in text and "tok/s" in text                                     # per-call figures
+
+
+def test_subagent_and_compaction(seen):
+    assert "Find every caller of round_price" in seen["subagentText"]
+    assert "shop/money.py:3:def round_price(x):" in seen["subagentText"]
+    assert seen["compactedMarkers"] == 1
+    assert "Refactor the billing module" in seen["session2Text"]
+    assert "Done refactoring." in seen["session2Text"]
+    assert seen["callRows"] == 16
+
+
+def test_payloads_shown_as_text_never_run(seen):
+    assert seen["xss"] == 0 and seen["imgOnerror"] == 0
+    # the payload is visible, literally, as text
+    assert XSS_IMG in seen["conversationText"] and XSS_SCRIPT in seen["conversationText"]
+
+
+def test_raw_and_json_views_and_model_filter(seen, session_page):
+    _, log = session_page
+    assert seen["rawRows"] == len(log.records)
+    assert seen["jsonRows"] == sum(1 for r in log.records if "messages" in (r["request"].get("body") or {}))
+    assert "x-api-key" in seen["rawFirst"] and "sk-ant-api...abcd" in seen["rawFirst"]
+    assert '"stop_reason": "tool_use"' in seen["jsonSecond"] and '"name": "TodoWrite"' in seen["jsonSecond"]
+    assert "rebuilt from the SSE stream" in seen["jsonSecond"]
+    assert seen["hasModelFilter"] and seen["filterModel"].startswith("claude-3-5-haiku")
+    assert seen["filteredJsonRows"] == 2
+
+
+def test_screenshot_written(seen):
+    png = ARTIFACTS / "viewer-conversation.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_thousand_pairs_first_conversation_within_3s(tmp_path):
+    log = tmp_path / "big.jsonl"
+    recs = big_log(n_pairs=1000, target_bytes=100 << 20)
+    write_jsonl(recs, log)
+    t0 = time.monotonic()
+    page = write_html(log)
+    build_s = time.monotonic() - t0
+    runs = [probe(page, "--timing-only") for _ in range(2)]
+    for r in runs:
+        assert r["consoleErrors"] == [] and r["pageErrors"] == [] and r["sessions"] == 10
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "viewer-bench.json").write_text(json.dumps({
+        "pairs": len(recs), "log_bytes": log.stat().st_size, "html_bytes": page.stat().st_size,
+        "build_s": round(build_s, 2),
+        # Element Timing: first message of the first conversation painted, ms since navigation start
+        "first_message_paint_ms": [r["firstMessagePaintMs"] for r in runs],
+        # from page.goto() until the conversation is on screen and the page answers scripted input
+        "first_conversation_interactive_ms": [r["firstConversationMs"] for r in runs],
+        "load_ms": [r["loadMs"] for r in runs]}, indent=1))
+    assert len(recs) == 1000 and log.stat().st_size > 95 << 20
+    assert all(r["firstMessagePaintMs"] is not None for r in runs)
+    assert min(r["firstMessagePaintMs"] for r in runs) <= 3000, runs
+    assert min(r["firstConversationMs"] for r in runs) <= 3000, runs
