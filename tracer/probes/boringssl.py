@@ -130,6 +130,31 @@ class _Image:
                 return o + (va - v)
         return None
 
+    def data_ranges(self):
+        """(va, offset, size) of read-only, non-executable PT_LOADs (where .rodata lives); all
+        non-writable PT_LOADs when there is none (old single-segment layouts)."""
+        ro = [(va, o, min(sz, self.size - o)) for va, o, sz, fl in self.loads if not fl & 3 and sz]
+        return ro or [(va, o, min(sz, self.size - o)) for va, o, sz, fl in self.loads
+                      if not fl & 2 and sz]
+
+    def find_in(self, ranges, needle: bytes) -> list[int]:
+        """File offsets of every occurrence of needle inside the given ranges."""
+        out = []
+        for _, off, size in ranges:
+            p = self.mm.find(needle, off, off + size)
+            while p >= 0:
+                out.append(p)
+                p = self.mm.find(needle, p + 1, off + size)
+        return out
+
+    def prefetch(self, ranges) -> None:
+        for _, off, size in ranges:
+            start = off & ~(mmap.PAGESIZE - 1)
+            try:
+                self.mm.madvise(mmap.MADV_WILLNEED, start, size + (off - start))
+            except (AttributeError, OSError, ValueError):
+                pass
+
     def exec_ranges(self):
         """(va, offset, size) of every executable PT_LOAD, clipped to the file."""
         for va, o, sz, fl in self.loads:
@@ -155,7 +180,7 @@ class BoringSSLStrategy:
         with open(path, "rb") as f:
             img = _Image(f, elf)
             try:
-                if img.mm.find(_FILE_SUFFIX) < 0:
+                if not img.find_in(img.data_ranges(), _FILE_SUFFIX):
                     return None
                 an = analyze(img, path)
             finally:
@@ -173,15 +198,13 @@ class BoringSSLStrategy:
 def _file_string_vas(img: _Image) -> list[int]:
     """VAs of every ``…/boringssl/ssl/ssl_lib.cc`` string (the start of the NUL-terminated string)."""
     out = []
-    pos = img.mm.find(_FILE_SUFFIX)
-    while pos >= 0:
+    for pos in img.find_in(img.data_ranges(), _FILE_SUFFIX):
         start = img.mm.rfind(b"\x00", max(0, pos - 4096), pos) + 1
         if start == 0:
             start = pos - 4096 if pos >= 4096 else 0
         va = img.off_to_va(start)
         if va is not None:
             out.append(va)
-        pos = img.mm.find(_FILE_SUFFIX, pos + 1)
     return out
 
 
@@ -401,9 +424,13 @@ def _call_targets(img: _Image):
 
 def _boundaries_before(img: _Image, va: int, limit: int = _MAX_FUNC) -> list[int]:
     """Plausible function starts <= va, nearest first: 16-byte aligned addresses preceded by int3
-    padding or starting with the frame-pointer prologue ``push %rbp; mov %rsp,%rbp`` (functions
-    that end in a noreturn call exactly on a 16-byte boundary leave no padding)."""
-    lo = max(va - limit, 16) & ~0xF
+    padding (clang) or starting with ``push %rbp`` (frame-pointer prologue; needed where a function
+    ends in a noreturn call exactly on a 16-byte boundary and leaves no padding, and for gcc, which
+    pads with nops). Callers additionally require a direct call to the address."""
+    seg_lo = next((v for v, _, sz in img.exec_ranges() if v <= va < v + sz), None)
+    if seg_lo is None:
+        return []
+    lo = (max(va - limit, seg_lo + 1) + 15) & ~0xF
     off = img.va_to_off(lo)
     if off is None or off < 1:
         return []
@@ -412,7 +439,7 @@ def _boundaries_before(img: _Image, va: int, limit: int = _MAX_FUNC) -> list[int
     # a[i] is the byte at lo - 1 + i; A = lo + 16k: byte A-1 is a[16k], bytes A.. are a[16k+1..]
     grid = np.arange(0, n - 4, 16)
     ok = a[grid] == 0xCC
-    ok |= (a[grid + 1] == 0x55) & (a[grid + 2] == 0x48) & (a[grid + 3] == 0x89) & (a[grid + 4] == 0xE5)
+    ok |= a[grid + 1] == 0x55
     cands = lo + grid[ok]
     cands = cands[cands <= va]
     return [int(x) for x in cands[::-1]]
@@ -460,6 +487,7 @@ def analyze(img: _Image, path: str = "") -> Analysis | None:
     if not an.file_string_va:
         return None
     tset = set(an.file_string_va)
+    img.prefetch(list(img.exec_ranges()))      # cold start: let readahead work while we scan
     refs = _reference_candidates(img, an.file_string_va)
     dec = _Decoder(img)
     sites: list[ErrorSite] = []
@@ -485,7 +513,8 @@ def analyze(img: _Image, path: str = "") -> Analysis | None:
         sites = [s for s in sites if s.err_call in (0, common)]
 
     callers, callees_all = _call_targets(img)
-    callee_sorted = np.unique(callees_all)
+    # function starts are 16-byte aligned: only aligned targets matter for membership tests
+    callee_sorted = np.sort(callees_all[(callees_all & 0xF) == 0])
     fmap = _function_of(img, [s.address for s in sites], callee_sorted)
     funcs: dict[int, set[int]] = {}
     for s in sites:
@@ -535,7 +564,7 @@ def analyze_path(path: str) -> Analysis | None:
         elf = ELFFile(f)
         img = _Image(f, elf)
         try:
-            if img.mm.find(_FILE_SUFFIX) < 0:
+            if not img.find_in(img.data_ranges(), _FILE_SUFFIX):
                 return None
             return analyze(img, path)
         finally:

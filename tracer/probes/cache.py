@@ -7,6 +7,10 @@ binary, which the GNU build-id identifies. One small JSON file per build-id:
     {"version": 1, "build_id": "...", "size": 402325736, "library": "boringssl",
      "functions": {"SSL_read": {"address": "0x35314b0", "found_by": "boringssl error-site fingerprint"}, ...}}
 
+The key is the build-id alone: Bun computes it over the linked runtime, and Claude Code releases
+that only differ in the JavaScript payload appended to the same runtime share it (and the
+addresses). ``size``/``binary`` are informational.
+
 Cache directory: ``$TRACER_CACHE_DIR/locate`` if set, else ``/var/cache/tracer/locate`` as root, else
 ``$XDG_CACHE_HOME/tracer/locate`` (``~/.cache/tracer/locate``). Everything here is best effort: an
 unreadable, corrupt, foreign or stale entry is a miss (and gets overwritten), a read-only cache
@@ -65,9 +69,6 @@ def load(build_id: str, path: str) -> Located | None:
     try:
         data = json.loads(entry.read_text())
         if data.get("version") != CACHE_VERSION or data.get("build_id") != build_id.lower():
-            return None
-        size = data.get("size")
-        if isinstance(size, int) and size >= 0 and size != _file_size(path):
             return None
         funcs = {}
         for name, f in data["functions"].items():

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Run BoringSSL discovery over every Claude Code linux-x64 release (and optionally Bun releases).
+
+    .venv/bin/python bench/locate_releases.py [--from 2.1.110] [--to LATEST] [--keep 2.1.113,2.1.332]
+                                              [--json OUT.json] [VERSION ...]
+
+For each release: download (cached, tracer.testing.releases), evict the binary from the page cache
+(fsync + POSIX_FADV_DONTNEED) so the first discovery is cold, run discovery without the build-id
+cache, time a second (warm) run, and print one table row. Unpacked releases not listed in --keep
+are deleted afterwards (they are 200-400 MB each). Exit status 1 when any release failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from elftools.elf.elffile import ELFFile  # noqa: E402
+
+from tracer.probes.boringssl import analyze_path  # noqa: E402
+from tracer.probes.locate import LocateError, build_id  # noqa: E402
+from tracer.testing import releases  # noqa: E402
+
+CLAUDE = "@anthropic-ai/claude-code-linux-x64"
+
+
+def vkey(v: str):
+    return tuple(int(x) if x.isdigit() else 0 for x in v.split("."))
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def one(package: str, version: str, keep: bool) -> dict:
+    row = {"package": package, "version": version}
+    was_cached = releases.is_cached(package, version)
+    t = time.monotonic()
+    try:
+        prog = releases.fetch_npm_release(package, version)
+    except releases.ReleaseError as e:
+        row.update(status="download failed", error=str(e)[-300:])
+        return row
+    row["fetch_s"] = round(time.monotonic() - t, 2)
+    row["size_mb"] = round(prog.stat().st_size / 1e6, 1)
+    with open(prog, "rb") as f:
+        row["build_id"] = build_id(ELFFile(f))
+    evict(prog)
+    try:
+        t = time.monotonic()
+        an = analyze_path(str(prog))
+        row["cold_s"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        analyze_path(str(prog))
+        row["warm_s"] = round(time.monotonic() - t, 3)
+        if an is None:
+            row.update(status="no boringssl")
+        else:
+            row.update(status="ok", SSL_read=hex(an.found["SSL_read"]),
+                       SSL_write=hex(an.found["SSL_write"]),
+                       ssl_read_impl=hex(an.internal.get("ssl_read_impl", 0)),
+                       sites=len(an.sites), functions=len(an.functions))
+    except LocateError as e:
+        row.update(status="LocateError", error=str(e))
+    finally:
+        if not keep and not was_cached:
+            releases.remove_npm_release(package, version)
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("versions", nargs="*")
+    ap.add_argument("--package", default=CLAUDE)
+    ap.add_argument("--from", dest="vfrom", default="2.1.110")
+    ap.add_argument("--to", dest="vto", default="")
+    ap.add_argument("--keep", default="", help="comma-separated versions to keep unpacked")
+    ap.add_argument("--json", dest="json_out", default="")
+    args = ap.parse_args()
+    versions = args.versions or [
+        v for v in releases.npm_versions(args.package)
+        if vkey(v) >= vkey(args.vfrom) and (not args.vto or vkey(v) <= vkey(args.vto))]
+    versions.sort(key=vkey)
+    keep = set(filter(None, args.keep.split(",")))
+    rows = []
+    print("| version | size MB | build-id | SSL_read | SSL_write | cold s | warm s | status |")
+    print("|---|---|---|---|---|---|---|---|")
+    for v in versions:
+        row = one(args.package, v, v in keep)
+        rows.append(row)
+        print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            v, row.get("size_mb", ""), row.get("build_id", "")[:12], row.get("SSL_read", ""),
+            row.get("SSL_write", ""), row.get("cold_s", ""), row.get("warm_s", ""),
+            row["status"] if row["status"] == "ok" else "%s: %s" % (row["status"], row.get("error", ""))),
+            flush=True)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(rows, indent=1))
+    ok = [r for r in rows if r["status"] == "ok"]
+    if ok:
+        cold = sorted(r["cold_s"] for r in ok)
+        print("\n%d/%d ok; cold discovery median %.2f s, max %.2f s" % (
+            len(ok), len(rows), cold[len(cold) // 2], cold[-1]))
+    return 0 if len(ok) == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
