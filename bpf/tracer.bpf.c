@@ -35,7 +35,16 @@ struct stream_key {
     u32 dir;
 };
 
-BPF_HASH(active, u64, struct call_args, 16384);
+/* In-flight calls, keyed by (thread, direction): a read may run a write inside it (Node writes
+ * pending request bytes from within SSL_read once the handshake completes), and both must be
+ * reported; only a same-direction call inside another (SSL_write -> SSL_write_ex) is one transfer. */
+struct active_key {
+    u64 pid_tgid;
+    u32 dir;
+    u32 pad;
+};
+
+BPF_HASH(active, struct active_key, struct call_args, 16384);
 BPF_TABLE("lru_hash", struct stream_key, u64, offsets, 65536);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(drops, struct tracer_drops, 1);
@@ -60,9 +69,13 @@ static __always_inline int enter(struct pt_regs *ctx, u8 dir, u8 ex)
 {
     u64 id = bpf_get_current_pid_tgid();
     u64 sp = PT_REGS_SP(ctx);
-    struct call_args *a = active.lookup(&id);
+    struct active_key k = {};
+    k.pid_tgid = id;
+    k.dir = dir;
+    struct call_args *a = active.lookup(&k);
     if (a && sp < a->sp) {
-        /* a probed function called by another probed one: the outer call reports the bytes */
+        /* a probed function called by another of the same direction: the outer call reports the
+         * bytes (an entry left by a call whose return we never saw has a lower stack: replaced) */
         a->depth += 1;
         return 0;
     }
@@ -74,7 +87,7 @@ static __always_inline int enter(struct pt_regs *ctx, u8 dir, u8 ex)
     n.depth = 1;
     n.dir = dir;
     n.ex = ex;
-    active.update(&id, &n);
+    active.update(&k, &n);
     return 0;
 }
 
@@ -142,10 +155,13 @@ drop:
     count_drop(len, 0, 0);
 }
 
-static __always_inline int leave(struct pt_regs *ctx)
+static __always_inline int leave(struct pt_regs *ctx, u8 dir)
 {
     u64 id = bpf_get_current_pid_tgid();
-    struct call_args *a = active.lookup(&id);
+    struct active_key k = {};
+    k.pid_tgid = id;
+    k.dir = dir;
+    struct call_args *a = active.lookup(&k);
     if (!a)
         return 0;
     if (a->depth > 1) {
@@ -153,7 +169,7 @@ static __always_inline int leave(struct pt_regs *ctx)
         return 0;
     }
     struct call_args c = *a;
-    active.delete(&id);
+    active.delete(&k);
 
     long ret = PT_REGS_RC(ctx);
     u64 moved = 0;
@@ -205,7 +221,8 @@ int probe_read_enter(struct pt_regs *ctx)     { return enter(ctx, TRACER_DIR_REA
 int probe_write_enter(struct pt_regs *ctx)    { return enter(ctx, TRACER_DIR_WRITE, 0); }
 int probe_read_ex_enter(struct pt_regs *ctx)  { return enter(ctx, TRACER_DIR_READ, 1); }
 int probe_write_ex_enter(struct pt_regs *ctx) { return enter(ctx, TRACER_DIR_WRITE, 1); }
-int probe_return(struct pt_regs *ctx)         { return leave(ctx); }
+int probe_read_return(struct pt_regs *ctx)    { return leave(ctx, TRACER_DIR_READ); }
+int probe_write_return(struct pt_regs *ctx)   { return leave(ctx, TRACER_DIR_WRITE); }
 
 int probe_free(struct pt_regs *ctx)
 {

@@ -12,6 +12,7 @@ With deferred parsing off (--no-deferred-parsing) the callback does the worker's
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 from collections import deque
@@ -75,10 +76,14 @@ class Capture:
         self._lock = threading.Lock()      # guards connection state (worker vs. control calls)
         self._worker: threading.Thread | None = None
         self.last_error = ""
+        dump = os.environ.get("TRACER_DUMP_EVENTS")   # debugging: raw ring records, length-prefixed
+        self.dump = open(dump, "ab") if dump else None
 
     # -- ring buffer side ---------------------------------------------------------------------
     def ring_callback(self, _ctx, data, size):
         raw = ctypes.string_at(data, size)
+        if self.dump is not None:
+            self.dump.write(len(raw).to_bytes(4, "little") + raw)
         if self.deferred:
             self._inbox.append(raw)
             if len(self._inbox) == 1:

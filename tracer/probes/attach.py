@@ -14,12 +14,12 @@ from tracer.capture.event import BPF_DIR, decode_drops
 from tracer.probes import kheaders
 from tracer.probes.locate import Located
 
-# function name -> (entry program, has return probe)
+# function name -> (entry program, return program)
 PROBES = {
-    "SSL_read": "probe_read_enter",
-    "SSL_write": "probe_write_enter",
-    "SSL_read_ex": "probe_read_ex_enter",
-    "SSL_write_ex": "probe_write_ex_enter",
+    "SSL_read": ("probe_read_enter", "probe_read_return"),
+    "SSL_write": ("probe_write_enter", "probe_write_return"),
+    "SSL_read_ex": ("probe_read_ex_enter", "probe_read_return"),
+    "SSL_write_ex": ("probe_write_ex_enter", "probe_write_return"),
 }
 
 
@@ -97,7 +97,7 @@ class BpfProgram:
         with _capture_stderr() as err:
             try:
                 self.bpf = BPF(src_file=str(BPF_DIR / "tracer.bpf.c").encode(), cflags=cflags)
-                for fn in list(PROBES.values()) + ["probe_return", "probe_free"]:
+                for fn in sorted({f for pair in PROBES.values() for f in pair}) + ["probe_free"]:
                     self.bpf.load_func(fn.encode(), BPF.KPROBE)
             except Exception as e:
                 text = err.getvalue().decode("utf-8", "replace").strip()
@@ -114,14 +114,14 @@ class BpfProgram:
         att = Attachment(pid, path, located)
         name = path.encode()
         try:
-            for func, entry in PROBES.items():
+            for func, (entry, ret) in PROBES.items():
                 loc = located.functions.get(func)
                 if loc is None:
                     continue
                 self.bpf.attach_uprobe(name=name, addr=loc.address, fn_name=entry.encode(), pid=pid)
                 att.probes.append(("uprobe", loc.address, entry))
-                self.bpf.attach_uretprobe(name=name, addr=loc.address, fn_name=b"probe_return", pid=pid)
-                att.probes.append(("uretprobe", loc.address, "probe_return"))
+                self.bpf.attach_uretprobe(name=name, addr=loc.address, fn_name=ret.encode(), pid=pid)
+                att.probes.append(("uretprobe", loc.address, ret))
             free = located.functions.get("SSL_free")
             if free is not None:
                 self.bpf.attach_uprobe(name=name, addr=free.address, fn_name=b"probe_free", pid=pid)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from elftools.elf.elffile import ELFFile
 
 DATA_FUNCS = ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")
@@ -73,7 +74,10 @@ def build_id(elf: ELFFile) -> str:
 
 
 class SymbolStrategy:
-    """Functions found by name in .dynsym or .symtab."""
+    """Functions found by name in .dynsym or .symtab.
+
+    Symbol tables of big executables (node: ~100k symbols) are scanned with numpy over the raw
+    section bytes: pyelftools' per-symbol objects take seconds there."""
 
     name = "symbols"
 
@@ -81,19 +85,50 @@ class SymbolStrategy:
         found: dict[str, FunctionLocation] = {}
         for secname, method in ((".dynsym", "dynamic symbol table"), (".symtab", "symbol table")):
             sec = elf.get_section_by_name(secname)
-            if sec is None:
+            if sec is None or sec["sh_size"] == 0:
                 continue
-            for name in ALL_FUNCS:
-                if name in found:
-                    continue
-                for sym in sec.get_symbol_by_name(name) or ():
-                    if (sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF"
-                            and sym["st_value"]):
-                        found[name] = FunctionLocation(name, sym["st_value"], method)
-                        break
+            missing = [n for n in ALL_FUNCS if n not in found]
+            if not missing:
+                break
+            strtab = elf.get_section(sec["sh_link"])
+            for name, value in _find_symbols(elf, sec, strtab, missing).items():
+                found[name] = FunctionLocation(name, value, method)
         if not found:
             return None
         return Located(path=path, build_id=build_id(elf), library="openssl", functions=found)
+
+
+_SYM64 = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
+                   ("value", "<u8"), ("size", "<u8")])
+
+
+def _find_symbols(elf: ELFFile, symsec, strtab, names: list[str]) -> dict[str, int]:
+    """Defined STT_FUNC symbols among `names` -> st_value."""
+    out: dict[str, int] = {}
+    if elf.elfclass == 64 and elf.little_endian and symsec["sh_entsize"] == _SYM64.itemsize:
+        strings = strtab.data()
+        offsets = {}
+        for n in names:
+            needle = b"\0" + n.encode() + b"\0"
+            pos = strings.find(needle)
+            while pos >= 0:
+                offsets.setdefault(pos + 1, n)
+                pos = strings.find(needle, pos + 1)
+        if not offsets:
+            return out
+        syms = np.frombuffer(symsec.data(), dtype=_SYM64)
+        hit = np.isin(syms["name"], np.fromiter(offsets, dtype=np.uint32))
+        for sym in syms[hit]:
+            name = offsets[int(sym["name"])]
+            if (sym["info"] & 0xF) == 2 and sym["shndx"] != 0 and sym["value"] and name not in out:
+                out[name] = int(sym["value"])
+        return out
+    for n in names:  # other ELF flavours: pyelftools
+        for sym in symsec.get_symbol_by_name(n) or ():
+            if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF" and sym["st_value"]:
+                out[n] = sym["st_value"]
+                break
+    return out
 
 
 def default_strategies() -> list[Strategy]:

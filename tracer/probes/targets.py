@@ -61,6 +61,11 @@ class Locator:
             except LocateError as e:
                 self.errors[path] = str(e)
                 self._memo[key] = None
+            except OSError:
+                return None          # the process (and its /proc/PID/root view) went away
+            except Exception as e:   # a malformed ELF must not stop the trace
+                self.errors[path] = f"cannot read ELF: {type(e).__name__}: {e}"
+                self._memo[key] = None
         return self._memo[key]
 
     def tls_objects(self, pid: int) -> list[tuple[MappedObject, Located]]:

@@ -1,0 +1,118 @@
+"""Shared fixtures for real-eBPF integration tests: one mock server per session, helpers to run the
+tracer as a user would (`python -m tracer.cli run|attach ...`) and to compare logs with what the
+server recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import bpf_unavailable_reason
+from tracer.mock import MockServer, body_bytes
+
+CLIENTS = Path(__file__).resolve().parent / "clients"
+
+_reason = bpf_unavailable_reason()
+if _reason and os.environ.get("CI"):
+    raise RuntimeError(f"integration tests must run in CI but cannot: {_reason}")
+pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath) and _reason:
+            item.add_marker(pytest.mark.skip(reason=_reason))
+
+
+@pytest.fixture(scope="session")
+def mock():
+    with MockServer() as srv:
+        yield srv
+
+
+def tracer_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "tracer.cli", *args]
+
+
+def client_env(mock, **extra) -> dict:
+    env = dict(os.environ)
+    env.update({"NODE_EXTRA_CA_CERTS": str(mock.ca_path), "ANTHROPIC_BASE_URL": mock.url})
+    env.update(extra)
+    return env
+
+
+def py_client(mock, *args) -> list[str]:
+    return ["/usr/bin/python3", str(CLIENTS / "py_client.py"), mock.url, str(mock.ca_path), *args]
+
+
+def node_client(mock, *args) -> list[str]:
+    return [shutil.which("node") or "/usr/bin/node", str(CLIENTS / "node_client.mjs"), mock.url, *args]
+
+
+def curl_client(mock, *, stream: bool, extra: list[str] = ()) -> list[str]:
+    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": stream,
+                       "messages": [{"role": "user", "content": "hello from curl"}]})
+    return ["curl", "-sS", "--http1.1", "--cacert", str(mock.ca_path), "-X", "POST",
+            f"{mock.url}/v1/messages", "-H", "content-type: application/json",
+            "-H", "x-api-key: sk-ant-api03-curlsecretcurlsecret", "-d", body, "-o", "/dev/null",
+            "-w", "%{http_code}\n", *extra]
+
+
+def read_log(out_dir: Path) -> list[dict]:
+    logs = sorted(Path(out_dir).glob("*.jsonl"))
+    assert len(logs) == 1, f"expected one log in {out_dir}, found {logs}"
+    lines = logs[0].read_bytes().splitlines()
+    return [orjson.loads(l) for l in lines]
+
+
+def run_traced(cmd: list[str], out_dir: Path, *, env=None, extra=(), timeout=120):
+    """`tracer run -- cmd`; returns (CompletedProcess, records)."""
+    p = subprocess.run(tracer_cmd("run", "-o", str(out_dir), "--quiet", "--no-html", *extra, "--", *cmd),
+                       env=env, capture_output=True, text=True, timeout=timeout)
+    return p, read_log(out_dir)
+
+
+def mock_record(mock, logged: dict) -> dict:
+    rid = logged["response"]["headers"].get("x-mock-record-id")
+    assert rid, f"no x-mock-record-id in {logged['response']['headers']}"
+    for r in mock.records():
+        if str(r["id"]) == rid:
+            return r
+    raise AssertionError(f"mock has no record {rid}")
+
+
+def assert_pair_matches(mock, logged: dict):
+    """The logged pair equals, byte for byte after decoding, what the mock server recorded."""
+    m = mock_record(mock, logged)
+    req, resp = logged["request"], logged["response"]
+    assert req["method"] == m["method"]
+    assert req["url"].endswith(m["target"])
+    assert req["body"] == orjson.loads(body_bytes(m["request_body"]))
+    assert resp["status_code"] == m["status"]
+    sent = body_bytes(m["response_body"])
+    if "body_raw" in resp:
+        assert resp["body_raw"].encode() == sent
+    else:
+        assert resp["body"] == orjson.loads(sent)
+    assert logged["tracer"]["complete"] is True, logged["tracer"]
+    # default redaction of the API key
+    assert "secret" not in req["headers"].get("x-api-key", "")
+    return m
+
+
+def wait_for(pred, timeout=10.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return pred()
