@@ -476,15 +476,45 @@ def test_curl_expect_100_continue(srv):
     assert code == b"200" and json.loads(body)["type"] == "message"
 
 
-def test_abort_and_error_event(srv):
-    c = conn(srv)
-    c.request("POST", "/v1/messages", body=json.dumps(msg_body()), headers={"x-mock-abort-after": "3"})
-    r = c.getresponse()
-    with pytest.raises((http.client.IncompleteRead, ConnectionError, ssl.SSLError)):
-        r.read()
-    c.close()
-    rec = record_for(srv, r.getheaders())
+def dechunk(data: bytes) -> tuple[bytes, bool]:
+    """De-chunk a (possibly truncated) chunked body -> (body, saw the terminator)."""
+    out = b""
+    while data:
+        line, sep, rest = data.partition(b"\r\n")
+        if not sep:
+            break
+        n = int(line, 16)
+        if n == 0:
+            return out, True
+        out += rest[:n]
+        data = rest[n + 2:]
+    return out, False
+
+
+def test_abort_records_what_was_sent(srv):
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    t = ssl_ctx(srv).wrap_socket(s, server_hostname="127.0.0.1")
+    t.settimeout(10)
+    body = json.dumps(msg_body()).encode()
+    t.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-mock-abort-after: 3\r\nx-mock-delay-ms: 5\r\n"
+              b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    data = b""
+    try:
+        while d := t.recv(65536):
+            data += d
+    except (ConnectionError, ssl.SSLError):
+        pass
+    t.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    got, finished = dechunk(rest)
+    assert not finished
+    hdrs = [tuple(x.split(": ", 1)) for x in head.decode().split("\r\n")[1:]]
+    rec = record_for(srv, hdrs)
     assert rec["complete"] is False and "abort" in rec["error"]
+    assert body_bytes(rec["response_body"]) == got and got.count(b"\n\n") == 3
+
+
+def test_error_event(srv):
 
     r, raw = post(srv, msg_body(), headers={"x-mock-error-after": "2"})
     ev = parse_sse(raw)

@@ -40,8 +40,8 @@ class Prepared:
             hdrs.append(("vary", "accept-encoding"))
         hdrs.append(("x-mock-record-id", str(record.id)))
         self.headers: list[tuple[str, str]] = hdrs
-        self._materialized: list[tuple[float, bytes]] | None = None
-        self._replay = False
+        # (delay, decoded bytes, wire bytes) when the whole body is known up front
+        self._materialized: list[tuple[float, bytes, bytes]] | None = None
         body = response.body
         if isinstance(body, (bytes, bytearray, memoryview)):
             # small in-memory body: encode now so the length is known
@@ -51,11 +51,9 @@ class Prepared:
                 wire = e.feed(data) + e.finish()
             else:
                 wire = data
-            self._decoded_whole = data
-            self._materialized = [(0.0, wire)] if wire else []
+            self._materialized = [(0.0, data, wire)] if (data or wire) else []
             self.length: int | None = len(wire)
         else:
-            self._decoded_whole = None
             self.length = None
         self.close = response.close
         self.ttfb = response.ttfb
@@ -85,51 +83,45 @@ class Prepared:
             for item in body:
                 yield norm(item)
 
-    async def _raw(self) -> AsyncIterator[tuple[float, bytes]]:
-        """(delay, wire bytes) with recording; no sleeping."""
-        rec = self.record
-        if self._materialized is not None:
-            if self._decoded_whole is not None:
-                rec.body(self._decoded_whole)
-                self._decoded_whole = None
-            for d, w in self._materialized:
-                rec.wire(len(w))
-                yield d, w
-            return
+    async def _gen(self) -> AsyncIterator[tuple[float, bytes, bytes]]:
+        """(delay, decoded, wire) for a streamed body; no sleeping, no recording."""
         enc = _enc.Encoder(self.content_encoding) if self.content_encoding else None
         async for d, data in self._source():
-            rec.body(data)
-            w = enc.feed(data) if enc else data
-            if w:
-                rec.wire(len(w))
-                yield d, w
+            yield d, data, (enc.feed(data) if enc else data)
         if enc:
             tail = enc.finish()
             if tail:
-                rec.wire(len(tail))
-                yield 0.0, tail
+                yield 0.0, b"", tail
 
     async def materialize(self) -> int:
         """Produce the whole (encoded) body now so its length is known; returns the length."""
         if self._materialized is None:
-            self._materialized = [p async for p in self._raw()]  # noqa: records the body once
-            self.length = sum(len(w) for _, w in self._materialized)
-            self._decoded_whole = None
-            self._replay = True
+            self._materialized = [p async for p in self._gen()]
+            self.length = sum(len(w) for _, _, w in self._materialized)
         return self.length or 0
 
     async def pieces(self) -> AsyncIterator[bytes]:
-        """Wire body pieces (content-encoded, not framed), sleeping the configured delays."""
-        if getattr(self, "_replay", False):
-            for d, w in self._materialized or ():
-                if d > 0:
-                    await asyncio.sleep(d)
-                yield w
-            return
-        async for d, w in self._raw():
+        """Wire body pieces (content-encoded, not framed, never empty), after the configured delays.
+
+        A piece is recorded (decoded bytes into the record's body) as it is handed out, i.e. after
+        its delay, so an exchange cut short records only what was handed to the transport.
+        """
+        rec = self.record
+        src = self._materialized if self._materialized is not None else None
+        if src is not None:
+            async def it():
+                for x in src:
+                    yield x
+            source = it()
+        else:
+            source = self._gen()
+        async for d, dec, w in source:
             if d > 0:
                 await asyncio.sleep(d)
-            yield w
+            rec.body(dec)
+            if w:
+                rec.wire(len(w))
+                yield w
 
     # -- end ---------------------------------------------------------------------------------
     def sent_head(self, headers: list[tuple[str, str]]) -> None:

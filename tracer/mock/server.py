@@ -263,15 +263,18 @@ class H1Connection:
         w = self.writer
         writes = 0
         sent = 0
+
+        async def abort() -> bool:
+            if head:
+                w.write(head)
+                await w.drain()
+            p.finish(error=f"aborted on purpose after {writes} body writes (abort_after)", complete=False)
+            return False
+
+        if p.abort_after == 0:
+            return await abort()
         async for data in p.pieces():
             for piece in _split(data, p.write_size):
-                if 0 <= p.abort_after <= writes:
-                    if head:
-                        w.write(head)
-                        await w.drain()
-                    p.finish(error=f"aborted on purpose after {writes} body writes (abort_after)",
-                             complete=False)
-                    return False
                 if framing == "chunked":
                     w.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
                 else:
@@ -283,6 +286,9 @@ class H1Connection:
                     w.write(piece)
                 writes += 1
                 await w.drain()
+                if 0 <= p.abort_after <= writes:
+                    # (with write_size splitting, the record may hold the rest of the current piece)
+                    return await abort()
         p.finish()
         if head:  # empty body
             w.write(head)
