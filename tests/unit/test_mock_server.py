@@ -400,6 +400,12 @@ def test_delay_between_events(srv):
     # 11 events -> 10 gaps of 40 ms; the first event comes without delay, the rest trickle in
     assert t_all >= 0.38 and t_first < t_all
     assert b"message_start" in first and b"message_stop" not in first
+    rec = record_for(srv, r.getheaders())
+    offs = [o for o, _ in rec["response_chunks"]]
+    times = [t for _, t in rec["response_chunks"]]
+    raw = first + rest
+    assert len(offs) == 11 and offs[0] == 0 and all(raw[o - 2:o] == b"\n\n" for o in offs[1:])
+    assert all(0.035 < b - a < 1.0 for a, b in zip(times, times[1:]))
 
 
 def test_connection_close_knob(srv):

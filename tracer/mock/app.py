@@ -399,6 +399,7 @@ class MockApp:
     @staticmethod
     def _usage(inp: int, out: int) -> dict:
         return {"input_tokens": inp, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
                 "output_tokens": out, "service_tier": "standard"}
 
     def _sse_events(self, plan: _Plan, k: Knobs, msg_id: str) -> Iterator[bytes]:

@@ -20,6 +20,9 @@ response can already find the record)::
       "status": 200,
       "response_headers": [["content-type", "text/event-stream; charset=utf-8"], ...],  # as sent
       "response_body": BODY,            # bytes BEFORE content-encoding (what a tracer log decodes to)
+      "response_chunks": [[0, 1764203400.21], [412, 1764203400.25], ...],
+                                        # [offset in the decoded body, epoch seconds] per body piece
+                                        # handed to the transport (first MAX_CHUNKS only)
       "content_encoding": "gzip",       # or null
       "wire_body_bytes": 1234,          # body bytes after content-encoding, before chunk framing
       "complete": true,                 # false: client went away / aborted on purpose
@@ -46,6 +49,7 @@ from typing import Any
 import orjson
 
 DEFAULT_BODY_LIMIT = 4 << 20
+MAX_CHUNKS = 4000
 
 
 def body_bytes(body: dict) -> bytes | None:
@@ -157,6 +161,7 @@ class ExchangeRecord:
         self._len = 0
         self._buf: bytearray | None = bytearray()
         self.wire_bytes = 0
+        self.chunks: list[list] = []
         self.finished = False
 
     def head(self, status: int, headers: list[tuple[str, str]], content_encoding: str | None) -> None:
@@ -172,6 +177,8 @@ class ExchangeRecord:
         """Decoded (pre-content-encoding) response body bytes."""
         if not data:
             return
+        if len(self.chunks) < MAX_CHUNKS:
+            self.chunks.append([self._len, time.time()])
         self._hash.update(data)
         self._len += len(data)
         if self._buf is not None:
@@ -209,6 +216,7 @@ class ExchangeRecord:
             "response_headers": [list(h) for h in self.response_headers],
             "response_body": _body_dict(bytes(self._buf) if self._buf is not None else None,
                                         self._len, self._hash.hexdigest(), self._buf is not None),
+            "response_chunks": self.chunks,
             "content_encoding": self.content_encoding,
             "wire_body_bytes": self.wire_bytes,
             "complete": complete and error is None,
