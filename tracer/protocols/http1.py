@@ -194,7 +194,10 @@ class _Side:
         self._feed_sync(data)
 
     def _scan(self, data: bytes) -> bytes | None:
+        """Skip to the next message start: at a line start, or where a captured write/read began
+        (a message after a Content-Length body need not follow a newline)."""
         buf = self.scan
+        boundary = len(buf)
         buf += data
         pos = 0
         while True:
@@ -202,7 +205,7 @@ class _Side:
             if m is None:
                 break
             i = m.start()
-            if i == 0 or buf[i - 1] == 0x0A:  # at a line start
+            if i == 0 or i == boundary or buf[i - 1] == 0x0A:
                 self.owner.stats.skipped_bytes += i
                 self.resynced_skip += i
                 rest = bytes(buf[i:])
