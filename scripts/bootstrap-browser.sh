@@ -18,12 +18,14 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -q "${need[@]}" >/dev/null
 fi
 
-# npm ci only when the lock file changed since the last install.
-harness=tests/browser/harness
-stamp="$harness/node_modules/.installed"
-if [ ! -f "$stamp" ] || [ "$harness/package-lock.json" -nt "$stamp" ]; then
-    echo "bootstrap-browser: npm ci in $harness" >&2
-    (cd "$harness" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error \
-        --cache "${NPM_CACHE:-/var/cache/tracer/npm}" >/dev/null)
-    touch "$stamp"
-fi
+# npm ci only when the lock file changed since the last install: the harness (playwright-core), and
+# viewer-src (esbuild & co.) so that a test can check the committed assets rebuild byte for byte.
+for dir in tests/browser/harness viewer-src; do
+    stamp="$dir/node_modules/.installed"
+    if [ ! -f "$stamp" ] || [ "$dir/package-lock.json" -nt "$stamp" ]; then
+        echo "bootstrap-browser: npm ci in $dir" >&2
+        (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error \
+            --cache "${NPM_CACHE:-/var/cache/tracer/npm}" >/dev/null)
+        touch "$stamp"
+    fi
+done

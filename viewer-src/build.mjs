@@ -7,7 +7,8 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const out = join(here, "..", "tracer", "viewer", "assets");
+// TRACER_VIEWER_OUT lets a test build elsewhere and compare with the committed assets.
+const out = process.env.TRACER_VIEWER_OUT || join(here, "..", "tracer", "viewer", "assets");
 mkdirSync(out, { recursive: true });
 
 const res = await build({

@@ -8,14 +8,15 @@ import json
 import re
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from tracer.sinks.html import default_html_path, write_html
 from tracer.viewer.analyze import analyze, analyze_call, chunk_time_ms
 from tracer.viewer.index import write_index
 from tracer.viewer.logs import read_records
 from tracer.viewer.page import embed_json
-from tracer.viewer.synth import (HAIKU, SONNET, XSS_IMG, LogBuilder, claude_code_session, compacted_session,
-                                 sse_stream, write_jsonl)
+from tracer.viewer.synth import (HAIKU, SONNET, XSS_IMG, Agent, LogBuilder, claude_code_session,
+                                 compacted_session, sse_stream, write_jsonl)
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +231,52 @@ def test_cli_html_and_index(tmp_path, cc_log):
     assert r.output.strip() == str(tmp_path / "v.html") and (tmp_path / "v.html").stat().st_size > 1000
     r = CliRunner().invoke(main, ["index", str(tmp_path), "--no-build"])
     assert r.exit_code == 0 and (tmp_path / "index.html").exists()
+
+
+def test_base64_logged_sse_body_is_decoded():
+    import base64
+    log = LogBuilder()
+    log.call({"model": SONNET, "stream": True, "messages": [{"role": "user", "content": "q"}]},
+             [{"type": "text", "text": "ok"}], usage={"input_tokens": 1, "output_tokens": 2})
+    rec = log.records[0]
+    rec["response"]["body_raw"] = base64.b64encode(rec["response"]["body_raw"].encode()).decode()
+    rec["tracer"]["response_body_encoding"] = "base64"
+    c = analyze_call(0, rec)
+    assert c.response["content"] == [{"type": "text", "text": "ok"}] and c.ttft_ms is not None
+
+
+def test_content_encoded_body_has_no_ttft():
+    log = LogBuilder()
+    log.call({"model": SONNET, "stream": True, "messages": [{"role": "user", "content": "q"}]},
+             [{"type": "text", "text": "ok"}])
+    rec = log.records[0]
+    rec["tracer"]["content_encoding"] = "gzip"
+    c = analyze_call(0, rec)
+    assert c.ttft_ms is None and c.output_tokens > 0 and c.output_tps is not None
+
+
+def test_warmup_calls_are_side_calls():
+    log = claude_code_session(with_payload=False)
+    warm = LogBuilder(t0=log.t)
+    warm.call({"model": HAIKU, "system": "You are an agent", "tools": [{"name": "Read"}],
+               "messages": [{"role": "user", "content": "Warmup"}]}, [{"type": "text", "text": "ready"}])
+    an = analyze(log.records + warm.records)
+    assert len(an.sessions) == 1
+    assert an.threads[-1].kind == "aux" and an.threads[-1].session == 0
+
+
+@given(st.permutations(range(6)))
+@settings(max_examples=30, deadline=None)
+def test_grouping_does_not_depend_on_record_order(perm):
+    log = LogBuilder()
+    a = Agent(log, "sys A", [{"name": "Bash"}], "first task")
+    b = Agent(log, "sys A", [{"name": "Bash"}], "second task")
+    for k in range(3):
+        a.tool("Bash", {"command": f"a{k}"}, "out")
+        b.tool("Bash", {"command": f"b{k}"}, "out")
+    shuffled = [log.records[i] for i in perm]
+    an = analyze(shuffled)
+    groups = sorted(sorted(shuffled[i]["request"]["body"]["messages"][0]["content"] for i in t.calls)
+                    for t in an.threads)
+    assert groups == [["first task"] * 3, ["second task"] * 3]
+    assert len(an.sessions) == 2

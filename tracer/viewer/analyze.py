@@ -24,6 +24,7 @@ no chunk times, e.g. claude-trace's).
 
 from __future__ import annotations
 
+import base64
 import bisect
 import hashlib
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from tracer.viewer.logs import dumps
 
 CONTINUATION_MARK = "This session is being continued from a previous conversation"
 SUBAGENT_TOOLS = ("Task", "Agent")
+WARMUP_TEXTS = ("Warmup",)  # Claude Code pre-warms its subagents' prompt caches with these
 
 
 # ----------------------------------------------------------------------------------------- calls
@@ -145,8 +147,16 @@ def analyze_call(index: int, rec: dict) -> CallInfo:
     chunks = tr.get("response_chunks") if isinstance(tr.get("response_chunks"), list) else []
     chunks = [ch for ch in chunks if isinstance(ch, (list, tuple)) and len(ch) >= 2]
     t_last = None
+    if tr.get("content_encoding"):
+        chunks = []  # offsets are then in the compressed body: no byte -> time mapping for the text
     if is_sse(res):
-        r = reconstruct(res["body_raw"])
+        raw: str | bytes = res["body_raw"]
+        if tr.get("response_body_encoding") == "base64":  # body not valid UTF-8: logged as base64
+            try:
+                raw = base64.b64decode(raw)
+            except ValueError:
+                pass
+        r = reconstruct(raw)
         c.response = r.message
         c.rebuild_errors = r.errors
         if r.error is not None:
@@ -374,7 +384,7 @@ def analyze(records: list[dict]) -> Analysis:
 
     # Auxiliary side calls.
     for th in threads:
-        if th.kind == "main" and len(th.calls) == 1 and not th.tools:
+        if th.kind == "main" and len(th.calls) == 1 and (not th.tools or th.first_text.strip() in WARMUP_TEXTS):
             th.kind = "aux"
 
     # Compaction: merge a continuation with the thread it continues.

@@ -301,7 +301,7 @@ function renderConversations(root) {
     const nsub = s.threads.filter((id) => THREADS[id].kind === "subagent").length;
     const item = h("button", {
       type: "button", class: "session-item" + (s.id === state.session ? " active" : ""), "data-session": s.id,
-      onclick: () => { state.session = s.id; render(); },
+      onclick: () => { state.session = s.id; history.replaceState(null, "", "#session=" + s.id); render(); },
     },
       h("div", { class: "s-title" }, s.title || "(no prompt)"),
       h("div", { class: "s-meta" },
@@ -691,6 +691,11 @@ function renderRaw(body, i) {
   const req = rec.request || {};
   const res = rec.response;
   body.append(h("div", { class: "reqline" }, h("code", null, `${req.method || ""} ${req.url || ""}`)));
+  const c = CALLS[i];
+  body.append(kv([["model", c.model], ["status", c.status === null ? "no response" : String(c.status)],
+    ["started", fmtTime(c.t)], ["tokens", c.kind === "messages" ? `input ${fmtInt(c.in)} · output ${fmtInt(c.out)} · cache read ${fmtInt(c.cr)} · cache write ${fmtInt(c.cc)}` : ""],
+    ["timing", `TTFB ${fmtMs(c.ttfb)} · TTFT ${fmtMs(c.ttft)} · duration ${fmtMs(c.dur)}` + (c.tps ? ` · ${fmtTps(c.tps)} output tok/s` : "")],
+    ["stop reason", c.stop], ["conversation", c.session !== null ? `session ${c.session + 1}, thread ${c.thread}` : ""]]));
   if (rec.note) body.append(h("div", { class: "warn" }, String(rec.note)));
   body.append(h("h4", null, "Request headers"), headersTable(req.headers));
   body.append(lazyDetails("Request body", (x) => x.append(pre(typeof req.body === "string" ? req.body : json(req.body), "json")), { class: "body", open: true }));
@@ -743,5 +748,22 @@ function renderCallList(root, mode) {
   box.append(frag);
 }
 
-render();
+function fromHash() {
+  const m = /^#(session|call)=(\d+)$/.exec(location.hash || "");
+  if (!m) return false;
+  const n = Number(m[2]);
+  if (m[1] === "session" && SESSIONS[n]) {
+    state.view = "conversations";
+    state.session = n;
+    render();
+    return true;
+  }
+  if (m[1] === "call" && CALLS[n]) {
+    withCalls([n], () => showCall(n));
+    return true;
+  }
+  return false;
+}
+window.addEventListener("hashchange", fromHash);
+if (!fromHash()) render();
 window.__tracerViewer = { painted: performance.now(), sessions: SESSIONS.length, calls: CALLS.length };
