@@ -735,3 +735,44 @@ def test_claude_code_say_hi(tmp_path):
         last_user = [m for m in second_req["messages"] if m["role"] == "user"][-1]
         (tr,) = [b for b in last_user["content"] if b.get("type") == "tool_result"]
         assert tr["tool_use_id"] == blocks(first)[-1]["id"]
+
+
+# ------------------------------------------------------------------------------------------------
+# odd input never crashes the app
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tracer.mock.app import MockApp, MockRequest  # noqa: E402
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["role", "content", "type", "tools", "name", "messages", "stream", "thinking",
+                         "tool_result", "text", "max_tokens", "model", "system", "is_error"]) | st.text(max_size=5),
+        inner, max_size=5),
+    max_leaves=25)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=_json, stream=st.booleans(), path=st.sampled_from(["/v1/messages", "/v1/messages/count_tokens",
+                                                                "/", "/x", "/v1/messages?beta=true"]),
+       method=st.sampled_from(["POST", "GET", "HEAD", "PUT"]),
+       knob=st.sampled_from([None, ("x-mock-deltas", "3"), ("x-mock-text-bytes", "100"),
+                             ("x-mock-scenario", "tool"), ("x-mock-thinking", "on"),
+                             ("x-mock-error-after", "1"), ("x-mock-status", "999"), ("x-mock-x", "1")]))
+def test_app_survives_odd_bodies(body, stream, path, method, knob):
+    if isinstance(body, dict) and stream:
+        body["stream"] = True
+    raw = json.dumps(body).encode()
+    headers = [("content-type", "application/json")] + ([knob] if knob else [])
+    resp = MockApp().handle(MockRequest(method, path, headers, raw))
+    assert 200 <= resp.status < 600 and resp.status != 500  # 500 = the app raised internally
+    data = resp.body if isinstance(resp.body, bytes) else b"".join(resp.body)
+    if resp.status >= 400:
+        assert json.loads(data)["type"] == "error"
+    elif path.startswith("/v1/messages") and "count_tokens" not in path:
+        if dict(resp.headers)["content-type"].startswith("text/event-stream"):
+            assert parse_sse(data)[0][0] == "message_start"
+        else:
+            assert json.loads(data)["type"] == "message"

@@ -205,27 +205,27 @@ class H1Connection:
                 framing = "close"
         if framing == "close":
             keep = False
-        if framing == "length":
-            await p.materialize()
-
-        headers = list(p.headers)
-        if framing == "length" or (p.head_only and p.length is not None and p.status not in (204, 304)
-                                   and p.status >= 200):
-            headers.append(("content-length", str(p.length)))
-        elif framing == "chunked":
-            headers.append(("transfer-encoding", "chunked"))
-        headers.append(("date", _http_date()))
-        headers.append(("server", "tracer-mock"))
-        if keep:
-            if version == "1.0":
-                headers.append(("connection", "keep-alive"))
-        else:
-            headers.append(("connection", "close"))
-        head = _status_line(version, p.status) + b"".join(
-            k.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n" for k, v in headers) + b"\r\n"
-
         ok = False
         try:
+            if framing == "length":
+                await p.materialize()
+
+            headers = list(p.headers)
+            if framing == "length" or (p.head_only and p.length is not None and p.status not in (204, 304)
+                                       and p.status >= 200):
+                headers.append(("content-length", str(p.length)))
+            elif framing == "chunked":
+                headers.append(("transfer-encoding", "chunked"))
+            headers.append(("date", _http_date()))
+            headers.append(("server", "tracer-mock"))
+            if keep:
+                if version == "1.0":
+                    headers.append(("connection", "keep-alive"))
+            else:
+                headers.append(("connection", "close"))
+            head = _status_line(version, p.status) + b"".join(
+                k.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n" for k, v in headers) + b"\r\n"
+
             if p.ttfb > 0:
                 await asyncio.sleep(p.ttfb)
             p.sent_head(headers)
