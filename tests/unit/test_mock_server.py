@@ -12,18 +12,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
-import zlib
 
-import brotli
 import httpx
 import pytest
-import zstandard
 from click.testing import CliRunner
 
 from tracer.mock import MockServer, MockServerProcess, body_bytes
