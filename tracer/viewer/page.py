@@ -32,7 +32,10 @@ FORMAT_VERSION = 1
 
 def embed_json(obj: Any) -> bytes:
     """JSON safe to place inside a <script> element (no '<', '>', '&', U+2028, U+2029 bytes)."""
-    b = dumps(obj)
+    return _escape(dumps(obj))
+
+
+def _escape(b: bytes) -> bytes:
     return (b.replace(b"&", b"\\u0026").replace(b"<", b"\\u003c").replace(b">", b"\\u003e")
             .replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029"))
 
@@ -47,12 +50,12 @@ class _MessageTable:
         self.blobs: list[bytes] = []
 
     def add(self, msg: Any) -> int:
-        b = embed_json(msg)
-        key = hashlib.blake2b(b, digest_size=16).digest()
+        raw = dumps(msg)
+        key = hashlib.blake2b(raw, digest_size=16).digest()
         i = self.ids.get(key)
         if i is None:
             i = self.ids[key] = len(self.blobs)
-            self.blobs.append(b)
+            self.blobs.append(_escape(raw))
         return i
 
 

@@ -288,6 +288,20 @@ def big_log(n_pairs: int = 1000, target_bytes: int = 100 << 20, sessions: int = 
     return log.records[:n_pairs] if len(log.records) > n_pairs else log.records
 
 
+def unique_log(n_pairs: int = 1000, target_bytes: int = 100 << 20, seed: int = 2) -> list[dict]:
+    """``n_pairs`` one-call conversations with distinct large prompts: nothing to deduplicate, so the
+    page is as big as the log (the worst case for the viewer's load time)."""
+    rnd = random.Random(seed)
+    log = LogBuilder()
+    words = "alpha beta gamma delta price item cart total round float config parse".split()
+    n_words = max(10, target_bytes // n_pairs // 6)
+    for i in range(n_pairs):
+        text = " ".join(rnd.choice(words) for _ in range(n_words))
+        a = Agent(log, SYSTEM, tool_defs(), [{"type": "text", "text": f"Task {i}: {text}"}])
+        a.turn([{"type": "text", "text": f"Done with task {i}."}])
+    return log.records
+
+
 def write_jsonl(records: list[dict], path) -> None:
     with open(path, "wb") as f:
         for r in records:
