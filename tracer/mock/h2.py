@@ -31,6 +31,7 @@ log = logging.getLogger("tracer.mock.h2")
 
 _DISCONNECT = (ConnectionError, OSError, asyncio.IncompleteReadError)
 _IDLE_TIMEOUT = 300.0
+_LINGER = 2.0               # after GOAWAY and the last response: wait this long for the client's EOF
 _WINDOW = 1 << 24            # our receive window: large request bodies flow without round trips
 
 
@@ -86,6 +87,8 @@ class _H2Server:
             await self.flush()
             while not self.dead:
                 timeout = None if self.streams else _IDLE_TIMEOUT
+                if self.closing and not self.streams:
+                    timeout = _LINGER   # GOAWAY sent and all answered: give the client time to leave
                 try:
                     data = await asyncio.wait_for(self.reader.read(65536), timeout)
                 except (asyncio.TimeoutError, *_DISCONNECT):
@@ -104,8 +107,6 @@ class _H2Server:
                 try:
                     await self.flush()
                 except _DISCONNECT:
-                    break
-                if self.closing and not self.streams:
                     break
         finally:
             await self.shutdown()
@@ -204,11 +205,6 @@ class _H2Server:
                 await self.flush()
         finally:
             self.streams.pop(s.sid, None)
-            if self.closing and not self.streams and not self.dead:
-                # after GOAWAY: the last response is out, end the connection
-                with contextlib.suppress(Exception):
-                    await self.flush()
-                    self.writer.close()
 
     async def _send(self, s: _Stream, p: Prepared) -> None:
         if s.reset:
@@ -230,8 +226,8 @@ class _H2Server:
         if p.head_only:
             p.finish()
             self.conn.send_headers(s.sid, wire_headers, end_stream=True)
+            self._after(p)
             await self.flush()
-            self._after(p, s)
             return
         self.conn.send_headers(s.sid, wire_headers)
         await self.flush()
@@ -246,8 +242,8 @@ class _H2Server:
                     return self._abort(p, writes)
         p.finish()   # record first: the client may look as soon as it sees END_STREAM
         self.conn.end_stream(s.sid)
+        self._after(p)
         await self.flush()
-        self._after(p, s)
 
     async def _send_data(self, s: _Stream, data: bytes) -> None:
         mv = memoryview(data)
@@ -273,11 +269,11 @@ class _H2Server:
         p.finish(error=f"aborted on purpose after {writes} body writes (abort_after)", complete=False)
         self.abort()
 
-    def _after(self, p: Prepared, s: _Stream) -> None:
+    def _after(self, p: Prepared) -> None:
+        """``close`` knob: GOAWAY right behind END_STREAM (same write), so the client sees both."""
         if p.close and not self.closing:
             self.closing = True
-            self.conn.close_connection(last_stream_id=max([s.sid, *self.streams]))
-            asyncio.get_running_loop().create_task(self.flush())
+            self.conn.close_connection(last_stream_id=self.conn.highest_inbound_stream_id)
 
 
 class _Reset(Exception):
