@@ -129,6 +129,8 @@ def fetch_npm_release(package: str, version: str) -> Path:
             if not marker.exists():
                 if rdir.exists():  # leftovers of an interrupted run
                     shutil.rmtree(rdir)
+                for stale in rdir.parent.glob(".tmp-%s-*" % version):   # killed mid-download
+                    shutil.rmtree(stale, ignore_errors=True)
                 rdir.parent.mkdir(parents=True, exist_ok=True)
                 work = Path(tempfile.mkdtemp(prefix=".tmp-%s-" % version, dir=rdir.parent))
                 try:
