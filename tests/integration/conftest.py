@@ -57,13 +57,25 @@ def node_client(mock, *args) -> list[str]:
     return [shutil.which("node") or "/usr/bin/node", str(CLIENTS / "node_client.mjs"), mock.url, *args]
 
 
-def curl_client(mock, *, stream: bool, extra: list[str] = ()) -> list[str]:
-    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": stream,
+def curl_client(mock, *, first_body_from: str | None = None) -> list[str]:
+    """curl (libcurl -> libssl SSL_read/SSL_write) making a streaming then a non-streaming request on
+    one connection. first_body_from: a file (e.g. a FIFO) to read the first body from, so a test can
+    hold curl, loaded and idle, until it has attached."""
+    def one(stream: bool, data: str) -> list[str]:
+        return ["--http1.1", "--cacert", str(mock.ca_path), "-sS", "-o", "/dev/null",
+                "-w", "%header{x-mock-record-id}\n", "-H", "content-type: application/json",
+                "-H", "x-api-key: sk-ant-api03-curlsecretcurlsecret", "-d", data, f"{mock.url}/v1/messages"]
+
+    def body(stream: bool) -> str:
+        return json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": stream,
+                           "messages": [{"role": "user", "content": "hello from curl"}]})
+    first = f"@{first_body_from}" if first_body_from else body(True)
+    return ["curl", *one(True, first), "--next", *one(False, body(False))]
+
+
+def curl_body(stream: bool) -> str:
+    return json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": stream,
                        "messages": [{"role": "user", "content": "hello from curl"}]})
-    return ["curl", "-sS", "--http1.1", "--cacert", str(mock.ca_path), "-X", "POST",
-            f"{mock.url}/v1/messages", "-H", "content-type: application/json",
-            "-H", "x-api-key: sk-ant-api03-curlsecretcurlsecret", "-d", body, "-o", "/dev/null",
-            "-w", "%{http_code}\n", *extra]
 
 
 def read_log(out_dir: Path) -> list[dict]:

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.integration.conftest import (assert_pair_matches, client_env, curl_client, node_client,
-                                        py_client, read_log, run_traced, tracer_cmd, wait_for)
+from tests.integration.conftest import (assert_pair_matches, client_env, curl_body, curl_client,
+                                        node_client, py_client, read_log, run_traced, tracer_cmd)
 
 
 def _ids(out: str) -> list[str]:
@@ -28,8 +28,8 @@ def test_run_streaming_and_json(mock, tmp_path, client):
         cmds = [node_client(mock, "--stream", "--json", "--count", "2")]
         expect = 4
     else:
-        cmds = [curl_client(mock, stream=True)]
-        expect = 1
+        cmds = [curl_client(mock)]
+        expect = 2
     p, recs = run_traced(cmds[0], tmp_path, env=env)
     assert p.returncode == 0, p.stderr
     assert len(recs) == expect, (p.stderr, recs)
@@ -40,9 +40,8 @@ def test_run_streaming_and_json(mock, tmp_path, client):
     for r in streamed:
         assert r["response"]["body_raw"].startswith("event: message_start")
         assert r["tracer"]["response_chunks"], "per-read timings for deferred SSE timing"
-    if client == "python":
-        ids = _ids(p.stdout)
-        assert [r["response"]["headers"]["x-mock-record-id"] for r in recs] == ids
+    ids = _ids(p.stdout) if client != "curl" else p.stdout.split()
+    assert [r["response"]["headers"]["x-mock-record-id"] for r in recs] == ids
     assert "losses: none" in p.stderr
 
 
@@ -109,25 +108,34 @@ def _start_attach(pid: int, out_dir, *extra):
             return t, lines
 
 
-@pytest.mark.parametrize("client", ["python", "node"])
+@pytest.mark.parametrize("client", ["python", "node", "curl"])
 def test_attach(mock, tmp_path, client):
     go = tmp_path / "go"
     env = client_env(mock)
     args = ["--stream", "--json", "--count", "2", "--go-file", str(go)]
-    cmd = py_client(mock, *args) if client == "python" else node_client(mock, *args)
+    if client == "curl":
+        os.mkfifo(go)
+        cmd = curl_client(mock, first_body_from=str(go))
+    else:
+        cmd = py_client(mock, *args) if client == "python" else node_client(mock, *args)
     target = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3 if client == "python" else 0.6)   # let it load its TLS library
+    time.sleep(0.3 if client != "node" else 0.6)   # let it load its TLS library
     tr, head = _start_attach(target.pid, tmp_path / "log")
-    go.touch()
+    if client == "curl":
+        with open(go, "w") as f:       # releases curl, blocked opening the FIFO for its first body
+            f.write(curl_body(True))
+    else:
+        go.touch()
     out, _ = target.communicate(timeout=60)
     err = tr.stderr.read()
     assert tr.wait(timeout=30) == 0, "".join(head) + err
     recs = read_log(tmp_path / "log")
-    assert len(recs) == 4, err
+    assert len(recs) == (2 if client == "curl" else 4), err
     for r in recs:
         assert_pair_matches(mock, r)
         assert r["tracer"]["pid"] == target.pid
-    assert [r["response"]["headers"]["x-mock-record-id"] for r in recs] == _ids(out)
+    ids = out.split() if client == "curl" else _ids(out)
+    assert [r["response"]["headers"]["x-mock-record-id"] for r in recs] == ids
 
 
 def test_attach_midstream_resyncs(mock, tmp_path):
