@@ -25,7 +25,10 @@ SRC = r"""
 #ifndef FILE_
 #define FILE_ "../../vendor/boringssl/ssl/ssl_lib.cc"
 #endif
-#define PUT(r) ERR_put_error(16, 0, (r), FILE_, __LINE__)
+#ifndef LIB
+#define LIB 16
+#endif
+#define PUT(r) ERR_put_error(LIB, 0, (r), FILE_, __LINE__)
 volatile int sink;
 struct ssl { void *quic; void *ctx; int hs; int n; char buf[64]; };
 NI void ERR_put_error(int lib, int unused, int reason, const char *file, unsigned line) {
@@ -114,6 +117,7 @@ def builds(tmp_path_factory):
         "peek": _build(d, "peek", "-fno-pie", "-no-pie", "-DWITH_PEEK"),
         "nobadlen": _build(d, "nobadlen", "-fno-pie", "-no-pie", "-DNO_BAD_LENGTH"),
         "nostring": _build(d, "nostring", "-fno-pie", "-no-pie", '-DFILE_="ssl/other.cc"'),
+        "otherlib": _build(d, "otherlib", "-fno-pie", "-no-pie", "-DLIB=20"),
     }
 
 
@@ -150,3 +154,20 @@ def test_without_file_string_strategy_does_not_apply(builds):
     with open(stripped, "rb") as f:
         assert BoringSSLStrategy().locate(str(stripped), ELFFile(f)) is None
     assert locate(str(stripped), use_cache=False) is None
+
+
+def test_sites_of_another_library_are_an_error(builds):
+    """The file name is loaded by code, but never for ERR_LIB_SSL: looks like BoringSSL, can't probe."""
+    _, stripped = builds["otherlib"]
+    with pytest.raises(LocateError, match=r"none decodes as ERR_put_error\(ERR_LIB_SSL"):
+        locate(str(stripped), use_cache=False)
+
+
+def test_unreferenced_file_name_is_not_boringssl(tmp_path):
+    src = tmp_path / "s.c"
+    src.write_text('__attribute__((used)) static const char s[] = "../../vendor/boringssl/ssl/ssl_lib.cc";\n'
+                   "int main(void) { return 0; }\n")
+    exe = tmp_path / "s"
+    subprocess.run(["gcc", "-O2", "-s", "-no-pie", "-o", str(exe), str(src)], check=True)
+    assert b"boringssl/ssl/ssl_lib.cc" in exe.read_bytes()
+    assert locate(str(exe), use_cache=False) is None

@@ -50,7 +50,7 @@ SSL_WRITE_REASONS = frozenset({R_SHOULD_NOT_HAVE_BEEN_CALLED, R_UNINITIALIZED,
                                R_SSL_HANDSHAKE_FAILURE, R_BAD_LENGTH})
 SSL_READ_IMPL_REASONS = frozenset({R_UNINITIALIZED, R_SSL_HANDSHAKE_FAILURE})
 
-_FILE_SUFFIX = b"/boringssl/ssl/ssl_lib.cc\x00"
+_FILE_SUFFIX = b"/ssl/ssl_lib.cc\x00"    # ...and "boringssl" earlier in the same path string
 _MAX_FUNC = 0x10000          # how far back from an error site a function may start
 _PT_LOAD = 1
 _PF_X = 1
@@ -96,6 +96,10 @@ class Analysis:
                  % (self.references, len(self.sites), len(self.functions))]
         for name, addr in sorted(self.found.items()):
             parts.append("%s=%#x" % (name, addr))
+        if self.functions:
+            parts.append("reasons per function: " + " ".join(
+                "%#x{%s}" % (f, ",".join("%x" % r for r in sorted(rs)))
+                for f, rs in sorted(self.functions.items())))
         return "; ".join(parts)
 
 
@@ -180,7 +184,7 @@ class BoringSSLStrategy:
         with open(path, "rb") as f:
             img = _Image(f, elf)
             try:
-                if not img.find_in(img.data_ranges(), _FILE_SUFFIX):
+                if not _file_string_vas(img):
                     return None
                 an = analyze(img, path)
             finally:
@@ -199,9 +203,9 @@ def _file_string_vas(img: _Image) -> list[int]:
     """VAs of every ``…/boringssl/ssl/ssl_lib.cc`` string (the start of the NUL-terminated string)."""
     out = []
     for pos in img.find_in(img.data_ranges(), _FILE_SUFFIX):
-        start = img.mm.rfind(b"\x00", max(0, pos - 4096), pos) + 1
-        if start == 0:
-            start = pos - 4096 if pos >= 4096 else 0
+        start = img.mm.rfind(b"\x00", max(0, pos - 1024), pos) + 1
+        if start == 0 or b"boringssl" not in img.mm[start:pos]:
+            continue   # OpenSSL's ssl_lib.c is .c; other ssl_lib.cc files are not BoringSSL
         va = img.off_to_va(start)
         if va is not None:
             out.append(va)
@@ -501,10 +505,13 @@ def analyze(img: _Image, path: str = "") -> Analysis | None:
         if reason is None:
             continue
         sites.append(ErrorSite(address=ins.address, reason=reason, err_call=callee))
-    if not sites:
-        return None
-    an.sites = sites
     what = path or "this object"
+    if not an.references:
+        return None          # the string is there but no code uses it: not a BoringSSL we can probe
+    if not sites:
+        raise LocateError("BoringSSL in %s: %d instruction(s) load the ssl_lib.cc file name but none "
+                          "decodes as ERR_put_error(ERR_LIB_SSL, ...)" % (what, an.references))
+    an.sites = sites
 
     # all error sites should funnel into one ERR_put_error; outliers mean misparsed sites
     callees = [s.err_call for s in sites if s.err_call]
@@ -564,7 +571,7 @@ def analyze_path(path: str) -> Analysis | None:
         elf = ELFFile(f)
         img = _Image(f, elf)
         try:
-            if not img.find_in(img.data_ranges(), _FILE_SUFFIX):
+            if not _file_string_vas(img):
                 return None
             return analyze(img, path)
         finally:
