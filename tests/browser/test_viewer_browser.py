@@ -130,3 +130,31 @@ def test_thousand_pairs_first_conversation_within_3s(tmp_path, shape):
     assert all(r["firstMessagePaintMs"] is not None for r in runs)
     assert min(r["firstMessagePaintMs"] for r in runs) <= 3000, runs
     assert min(r["firstConversationMs"] for r in runs) <= 3000, runs
+
+
+REAL_LOGS = sorted(p for pattern in os.environ.get("TRACER_VIEWER_REAL_LOGS", "").split(os.pathsep) if pattern
+                   for p in Path("/").glob(pattern.lstrip("/")))
+
+
+@pytest.mark.skipif(not REAL_LOGS, reason="set TRACER_VIEWER_REAL_LOGS to a glob of traced Claude Code logs")
+@pytest.mark.parametrize("log", REAL_LOGS, ids=lambda p: p.name)
+def test_real_claude_code_log(tmp_path, log):
+    """A log traced from a real Claude Code (e.g. `claude -p "say hi"` against the mock API)."""
+    from tracer.viewer.analyze import analyze
+    from tracer.viewer.logs import read_records
+
+    recs, warnings = read_records(log)
+    an = analyze(recs)
+    page = write_html(log, tmp_path / "real.html")
+    seen = probe(page, "--screenshot", str(ARTIFACTS / f"viewer-real-{log.stem}.png"))
+    assert seen["consoleErrors"] == [] and seen["pageErrors"] == [] and seen["requests"] == []
+    assert not warnings and seen["sessions"] == len(an.sessions) >= 1
+    # every Messages call of a real session lands in one conversation per Claude Code session id
+    sids = {t.sid for t in an.threads if t.kind == "main"}
+    assert len([t for t in an.threads if t.kind == "main" and t.continues is None]) <= max(1, len(sids))
+    root = an.threads[an.sessions[0].root]
+    assert root.title and root.title in seen["conversationText"]
+    final = an.calls[root.final].response
+    last_text = [b["text"] for b in final["content"] if b.get("type") == "text"]
+    if last_text:
+        assert last_text[-1].strip().splitlines()[0] in seen["conversationText"]

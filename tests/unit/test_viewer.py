@@ -280,3 +280,20 @@ def test_grouping_does_not_depend_on_record_order(perm):
                     for t in an.threads)
     assert groups == [["first task"] * 3, ["second task"] * 3]
     assert len(an.sessions) == 2
+
+
+def test_session_header_separates_identical_prompts_and_tolerates_system_changes():
+    recs = []
+    for sid in ("s-1", "s-2"):
+        log = LogBuilder(session_id=sid)
+        a = Agent(log, [{"type": "text", "text": "sys"}], [{"name": "Bash"}], "same prompt")
+        a.tool("Bash", {"command": "ls"}, "x")
+        a.system = [{"type": "text", "text": "sys, now with a changed environment block"}]
+        a.turn([{"type": "text", "text": "done"}])
+        recs += log.records
+    an = analyze(recs)
+    assert [len(t.calls) for t in an.threads] == [2, 2]
+    assert len(an.sessions) == 2
+    # the billing line's checksum differs on every request and is ignored
+    systems = {json.dumps(r["request"]["body"]["system"][0]) for r in recs[:2]}
+    assert len(systems) == 2 and all("cch=" in s for s in systems)

@@ -3,9 +3,10 @@
 Definitions
 - A *call* is one record (request/response pair). Calls whose request body has a ``messages`` list are
   Messages API calls; the rest (telemetry, token counting, ...) appear in the raw view only.
-- A *thread* is one conversation: Messages calls with the same system prompt and the same first message
-  (``cache_control`` markers ignored, since clients move them between turns). What it shows is the
-  request of its longest call plus that call's response.
+- A *thread* is one conversation: Messages calls with the same Claude Code session id (request header
+  ``x-claude-code-session-id``, when present), the same system prompt (less Claude Code's per-request
+  billing line) and the same first message (``cache_control`` markers ignored, since clients move them
+  between turns). What it shows is the request of its longest call plus that call's response.
 - A *subagent* thread is one whose first user message carries the ``prompt`` of a Task/Agent tool call
   made in another thread; it hangs under that tool call.
 - A *continuation* thread starts with Claude Code's "This session is being continued from a previous
@@ -36,7 +37,9 @@ from tracer.viewer.logs import dumps
 
 CONTINUATION_MARK = "This session is being continued from a previous conversation"
 SUBAGENT_TOOLS = ("Task", "Agent")
-WARMUP_TEXTS = ("Warmup",)  # Claude Code pre-warms its subagents' prompt caches with these
+WARMUP_TEXTS = ("Warmup",)
+BILLING_PREFIX = "x-anthropic-billing-header:"
+SESSION_HEADER = "x-claude-code-session-id"  # Claude Code names its session in every request  # Claude Code pre-warms its subagents' prompt caches with these
 
 
 # ----------------------------------------------------------------------------------------- calls
@@ -202,8 +205,36 @@ def _strip_cache_control(v: Any) -> Any:
     return v
 
 
+def _normalize(v: Any) -> Any:
+    """Drop what clients change between turns of one conversation: cache_control markers, and string
+    content vs. a single text block."""
+    v = _strip_cache_control(v)
+    if isinstance(v, dict) and isinstance(v.get("content"), str):
+        v = dict(v, content=[{"type": "text", "text": v["content"]}])
+    return v
+
+
 def fingerprint(v: Any) -> str:
-    return hashlib.blake2b(dumps(_strip_cache_control(v)), digest_size=12).hexdigest()
+    return hashlib.blake2b(dumps(_normalize(v)), digest_size=12).hexdigest()
+
+
+def system_fingerprint(system: Any) -> str:
+    """Fingerprint of a system prompt without Claude Code's per-request billing line (it carries a
+    per-request checksum, ``cch=...``)."""
+    if isinstance(system, str):
+        system = [{"type": "text", "text": system}]
+    if isinstance(system, list):
+        system = [b for b in system if not (isinstance(b, dict) and isinstance(b.get("text"), str)
+                                            and b["text"].startswith(BILLING_PREFIX))]
+    return fingerprint(system)
+
+
+def header(headers: Any, name: str) -> str:
+    if isinstance(headers, dict):
+        for k, v in headers.items():
+            if str(k).lower() == name:
+                return str(v)
+    return ""
 
 
 def message_text(msg: Any) -> str:
@@ -242,7 +273,8 @@ def _prompt_preview(msg: Any, limit: int = 160) -> str:
 @dataclass
 class Thread:
     id: int
-    key: tuple[str, str]
+    key: tuple[str, str, str]
+    sid: str = ""                   # Claude Code session id (request header), if any
     calls: list[int] = field(default_factory=list)
     final: int = -1                 # index of the call whose request+response the thread shows
     tools: tuple[str, ...] = ()
@@ -326,20 +358,30 @@ def analyze(records: list[dict]) -> Analysis:
 
     # Threads: same system prompt and first message.
     threads: list[Thread] = []
-    by_key: dict[tuple[str, str], Thread] = {}
+    by_key: dict[tuple[str, str, str], Thread] = {}
+    by_sid_first: dict[tuple[str, str], Thread] = {}
     order = sorted((c for c in calls if c.kind == "messages"),
                    key=lambda c: (c.t if c.t is not None else float("inf"), c.index))
     for c in order:
         body = bodies[c.index]
         msgs = body["messages"]
-        key = (fingerprint(body.get("system")), fingerprint(msgs[0]) if msgs else "")
+        sid = header((records[c.index].get("request") or {}).get("headers"), SESSION_HEADER)
+        first = fingerprint(msgs[0]) if msgs else ""
+        key = (sid, system_fingerprint(body.get("system")), first)
         th = by_key.get(key)
+        if th is None and sid:
+            # Same Claude Code session and first message: the system prompt changed mid-conversation.
+            th = by_sid_first.get((sid, first))
+            if th is not None:
+                by_key[key] = th
         if th is None:
-            th = Thread(id=len(threads), key=key, tools=_tool_names(body))
+            th = Thread(id=len(threads), key=key, tools=_tool_names(body), sid=sid)
             th.first_text = message_text(msgs[0]) if msgs else ""
             th.title = _prompt_preview(msgs[0]) if msgs else ""
             threads.append(th)
             by_key[key] = th
+            if sid:
+                by_sid_first.setdefault((sid, first), th)
         th.calls.append(c.index)
         c.thread = th.id
         if th.final < 0 or c.n_messages >= calls[th.final].n_messages:
@@ -396,6 +438,8 @@ def analyze(records: list[dict]) -> Analysis:
                  and t_start(o) < start and o.continues != th.id]
         if not cands:
             continue
+        if th.sid:
+            cands = [o for o in cands if o.sid == th.sid] or cands
         same = [o for o in cands if o.tools == th.tools]
         pick = max(same or cands, key=t_end)
         th.continues = pick.id
@@ -419,6 +463,9 @@ def analyze(records: list[dict]) -> Analysis:
 
     # Threads whose parent is not in any session yet (a subagent of a subagent attached above is
     # handled by _attach's recursion), and auxiliary ones: the session covering their start.
+    def an_sid(sess: Session) -> str:
+        return threads[sess.root].sid
+
     spans = [(min(calls[i].t or 0 for i in s.calls), max(calls[i].t_end or calls[i].t or 0 for i in s.calls), s)
              for s in sessions if s.calls]
     for th in sorted(threads, key=t_start):
@@ -431,6 +478,10 @@ def analyze(records: list[dict]) -> Analysis:
             spans.append((t_start(th), t_end(th), s))
             continue
         ts = t_start(th)
+        same_sid = [sp for sp in spans if th.sid and an_sid(sp[2]) == th.sid]
+        if same_sid:
+            _attach(min(same_sid, key=lambda sp: min(abs(ts - sp[0]), abs(ts - sp[1])))[2], th, threads)
+            continue
         inside = [sp for sp in spans if sp[0] <= ts <= sp[1]]
         if inside:
             s = max(inside, key=lambda sp: sp[0])[2]

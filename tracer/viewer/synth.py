@@ -92,8 +92,10 @@ def sse_stream(message: dict, t_first_ms: float = 400.0, ms_per_event: float = 8
 class LogBuilder:
     """Accumulates records with plausible timestamps."""
 
-    def __init__(self, t0: float = 1764203400.0, claude_trace: bool = False, pid: int = 4242):
+    def __init__(self, t0: float = 1764203400.0, claude_trace: bool = False, pid: int = 4242,
+                 session_id: str = "3f1c2b9e-7d41-4c8a-9b2e-5a6d7e8f9012"):
         self.t = t0
+        self.session_id = session_id
         self.records: list[dict] = []
         self.claude_trace = claude_trace
         self.pid = pid
@@ -118,7 +120,8 @@ class LogBuilder:
         rec = {
             "request": {"timestamp": round(self.t, 6), "method": "POST", "url": URL,
                         "headers": {"content-type": "application/json", "anthropic-version": "2023-06-01",
-                                    "x-api-key": "sk-ant-api...abcd", "user-agent": "claude-cli/2.0.0 (external, cli)"},
+                                    "x-api-key": "sk-ant-api...abcd", "user-agent": "claude-cli/2.1.113 (external, cli)",
+                                    **({"x-claude-code-session-id": self.session_id} if self.session_id else {})},
                         "body": body},
             "response": {"timestamp": round(self.t + t_last / 1000.0, 6), "status_code": status,
                          "headers": {"content-type": "text/event-stream; charset=utf-8",
@@ -163,7 +166,13 @@ class Agent:
         self.messages: list[dict] = [{"role": "user", "content": first_user}]
 
     def body(self) -> dict:
-        return {"model": self.model, "max_tokens": 32000, "stream": True, "system": self.system,
+        system = self.system
+        if isinstance(system, list) and system is not SUB_SYSTEM:
+            # Claude Code's first system block: a billing line with a per-request checksum
+            self.log._ids += 1
+            system = [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.113.e6a; "
+                                               f"cc_entrypoint=cli; cch={self.log._ids * 7919 % 99991:05x};"}] + system
+        return {"model": self.model, "max_tokens": 32000, "stream": True, "system": system,
                 "tools": self.tools, "messages": json.loads(json.dumps(self.messages)),
                 "metadata": {"user_id": "user_abc_account__session_1"}}
 

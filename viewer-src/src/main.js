@@ -468,6 +468,12 @@ function callBadge(ci) {
 function renderMessage(m, ctx, producer) {
   if (!m || typeof m !== "object") return h("div", { class: "msg" }, pre(json(m)));
   const role = String(m.role || "?");
+  if (role === "system") {
+    // Claude Code sends some context (agent types, skills) as system messages: long, rarely read.
+    const text = typeof m.content === "string" ? m.content : systemText(m.content);
+    return h("div", { class: "msg role-other" },
+      lazyDetails(`System message (${fmtInt(text.length)} chars)`, (x) => x.append(markdown(text)), { class: "system-msg" }));
+  }
   const el = h("div", { class: "msg role-" + (role === "user" || role === "assistant" ? role : "other") });
   const head = h("div", { class: "role" }, role === "assistant" ? "Assistant" : role === "user" ? "User" : role);
   if (producer !== null && producer !== undefined) put(head, " ", callBadge(producer));
