@@ -912,6 +912,14 @@ class Http2Connection:
         if s is None:
             return
         who = "client" if side.direction == s.req_dir else "server"
+        # A message whose body reached its content-length is whole even without END_STREAM (clients
+        # often reset a stream once they have every byte, before the empty END_STREAM frame lands).
+        for msg, head, d in ((s.request, s.req_head, s.req_dir), (s.response, s.resp_head, _other(s.req_dir))):
+            if msg is None or msg.complete or not head or any(g[0] == _dir_name(d) for g in s.gaps):
+                continue
+            length = msg.header("content-length").strip()
+            if length.isdigit() and int(length) == msg.body.size:
+                msg.complete = True
         self._finish(s, ts1, f"stream reset by the {who} ({_error_name(frame.error_code)})")
 
     def _on_goaway(self, side: _Side, frame: GoAwayFrame, ts1: int) -> None:
