@@ -119,9 +119,10 @@ def test_claude_trace_log_without_tracer_key():
     rec = log.records[0]
     assert "tracer" not in rec
     c = analyze_call(0, rec)
-    assert c.ttft_ms is None and c.ttfb_ms is None
-    assert c.duration_ms == pytest.approx((rec["response"]["timestamp"] - rec["request"]["timestamp"]) * 1000)
-    assert c.output_tps == pytest.approx(10 / (c.duration_ms / 1000))
+    # claude-trace's response timestamp is taken at the headers: that is a TTFB, not a duration
+    assert c.ttft_ms is None and c.duration_ms is None and c.output_tps is None
+    assert c.ttfb_ms == pytest.approx((rec["response"]["timestamp"] - rec["request"]["timestamp"]) * 1000)
+    assert (c.input_tokens, c.output_tokens) == (5, 10)
     assert c.response["content"] == [{"type": "text", "text": "answer"}]
 
 
@@ -132,7 +133,9 @@ def test_json_response_error_and_missing_response():
                            "body": {"type": "message", "role": "assistant", "content": [{"type": "text", "text": "a"}],
                                     "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 4}}}}
     c = analyze_call(0, rec_ok)
-    assert (c.input_tokens, c.output_tokens, c.duration_ms) == (3, 4, 1000.0)
+    assert (c.input_tokens, c.output_tokens, c.ttfb_ms, c.duration_ms) == (3, 4, 1000.0, None)
+    with_tracer = dict(rec_ok, tracer={"complete": True})
+    assert analyze_call(0, with_tracer).duration_ms == 1000.0   # ours: response timestamp = last byte
     rec_err = copy.deepcopy(rec_ok)
     rec_err["response"]["status_code"] = 529
     rec_err["response"]["body"] = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}

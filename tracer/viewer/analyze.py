@@ -16,7 +16,9 @@ Definitions
   covers them (or the nearest one).
 - A *session* is a root thread with its continuations, subagents (recursively) and auxiliary threads.
 
-Timing: ``ttfb_ms`` is the tracer's (request's last byte -> response's first byte). ``ttft_ms`` is the
+Timing: ``ttfb_ms`` is the tracer's (request's last byte -> response's first byte); for claude-trace's
+logs (no ``tracer`` key), whose response timestamp is taken when the headers arrive, it is that minus
+the request timestamp, and duration and tokens per second are unknown. ``ttft_ms`` is the
 time from the request's first byte to the arrival of the first content delta, found by mapping the
 delta's byte offset in ``body_raw`` through ``tracer.response_chunks``. Output tokens per second divide
 output tokens by the time from the first delta to the last event (or by the duration, when the log has
@@ -137,10 +139,14 @@ def analyze_call(index: int, rec: dict) -> CallInfo:
         c.stream = bool(body.get("stream"))
         c.n_messages = len(body["messages"])
     dur = _num(tr.get("duration_ms"))
-    if dur is None and t0 is not None and t1 is not None:
+    c.ttfb_ms = _num(tr.get("ttfb_ms"))
+    if "tracer" not in rec and t0 is not None and t1 is not None:
+        # claude-trace stamps its response when the headers arrive, not at the end of the body: the
+        # difference is a time to first byte (measured in the client), and the duration is unknown.
+        c.ttfb_ms = max(0.0, (t1 - t0) * 1000.0)
+    elif dur is None and t0 is not None and t1 is not None:
         dur = max(0.0, (t1 - t0) * 1000.0)
     c.duration_ms = dur
-    c.ttfb_ms = _num(tr.get("ttfb_ms"))
     c.complete = bool(tr.get("complete", True)) and res is not None
     if rec.get("note"):
         c.error = str(rec["note"])
