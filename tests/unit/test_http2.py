@@ -792,3 +792,23 @@ def test_single_byte_feeding(swap):
         for j in range(len(data)):
             out += p.feed(d, data[j:j + 1], i)
     check_exact(c, out + p.close("eof", 1))
+
+
+def test_reset_after_full_content_length_body_is_complete():
+    # curl resets a stream once it has content-length bytes, before the empty END_STREAM DATA frame
+    c = Conversation()
+    sid = c.request(req_headers(0), b"{}")
+    c.server.send_headers(sid, resp_headers(0, [(b"content-length", b"5")]))
+    c.send_body(c.server, sid, b"hello", end=False)
+    c.client.reset_stream(sid, ErrorCodes.STREAM_CLOSED)
+    c.pump()
+    sid2 = c.request(req_headers(1), b"{}")
+    c.server.send_headers(sid2, resp_headers(1, [(b"content-length", b"10")]))
+    c.send_body(c.server, sid2, b"hello", end=False)
+    c.client.reset_stream(sid2, ErrorCodes.CANCEL)
+    c.pump()
+    p = Http2Connection(CONN)
+    a, b = feed_all(p, c.wire)
+    assert a.response.complete and not a.incomplete
+    assert any("reset by the client (STREAM_CLOSED)" in n for n in a.notes)
+    assert not b.response.complete and b.incomplete

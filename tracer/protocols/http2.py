@@ -47,14 +47,14 @@ from hpack.exceptions import HPACKError
 from hpack.hpack import decode_integer
 from hpack.huffman_table import decode_huffman
 from hyperframe.exceptions import HyperframeError
-from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame,
-                              PushPromiseFrame, RstStreamFrame, SettingsFrame)
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, RstStreamFrame, SettingsFrame
 
-from tracer.protocols.base import (Body, ConnInfo, Direction, Exchange, Message, ParserStats)
+from tracer.protocols.base import ConnInfo, Direction, Exchange, Message, ParserStats
+from tracer.protocols.encoding import DEFAULT_CAP, decode_body
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-DEFAULT_MAX_DECODED_BODY = 256 << 20
+DEFAULT_MAX_DECODED_BODY = DEFAULT_CAP
 
 # type -> (allowed flag bits, stream id rule: 1 must be non-zero, 0 must be zero, None either,
 #          length rule: exact int, ("min", n), ("mul", n) or None)
@@ -318,58 +318,6 @@ def _error_name(code: int) -> str:
         return ErrorCodes(code).name
     except (ValueError, ImportError):
         return f"0x{code:x}"
-
-
-def _decode_body(encoding: str, body: Body, cap: int) -> tuple[Body, str, int]:
-    try:
-        from tracer.protocols.encoding import decode_body   # the shared decoder (lead)
-    except ImportError:
-        decode_body = _interim_decode_body
-    return decode_body(encoding, body, cap)
-
-
-def _interim_decode_body(encoding: str, body: Body, cap: int) -> tuple[Body, str, int]:
-    """Stand-in until tracer.protocols.encoding lands (same signature). Codings applied in order."""
-    import zlib
-
-    import brotli
-    import zstandard
-    codings = [c.strip() for c in encoding.lower().split(",") if c.strip() and c.strip() != "identity"]
-    cur = body
-    for coding in reversed(codings):
-        if coding in ("gzip", "x-gzip"):
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            step = lambda b, d=d: d.decompress(b)          # noqa: E731
-        elif coding == "deflate":
-            first = next(cur.chunks(2), b"")
-            raw = not (len(first) == 2 and (first[0] & 0x0F) == 8 and int.from_bytes(first, "big") % 31 == 0)
-            d = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
-            step = lambda b, d=d: d.decompress(b)          # noqa: E731
-        elif coding == "br":
-            d = brotli.Decompressor()
-            step = lambda b, d=d: d.process(b)             # noqa: E731
-        elif coding == "zstd":
-            d = zstandard.ZstdDecompressor().decompressobj()
-            step = lambda b, d=d: d.decompress(b)          # noqa: E731
-        else:
-            return body, f"unsupported content-encoding {coding!r}", 0
-        out = Body(spill_at=body.spill_at)
-        try:
-            for chunk in cur.chunks():
-                out.append(step(chunk))
-                if out.size > cap:
-                    break
-        except Exception as e:
-            out.close()
-            return body, f"{coding}: {e}", 0
-        if out.size > cap:
-            data = out.getvalue()[:cap]
-            out.close()
-            out = Body(spill_at=body.spill_at)
-            out.append(data)
-            return out, "", cap
-        cur = out
-    return cur, "", 0
 
 
 class Http2Connection:
@@ -963,7 +911,7 @@ class Http2Connection:
             return
         msg.content_encoding = enc
         try:
-            body, err, cut = _decode_body(enc, msg.body, self.max_decoded_body)
+            body, err, cut = decode_body(enc, msg.body, self.max_decoded_body)
         except Exception as e:   # never let a decoder bug lose the record
             body, err, cut = msg.body, f"{type(e).__name__}: {e}", 0
         if err:
