@@ -85,6 +85,8 @@ def test_payloads_shown_as_text_never_run(seen):
     assert seen["xss"] == 0 and seen["imgOnerror"] == 0
     # the payload is visible, literally, as text
     assert XSS_IMG in seen["conversationText"] and XSS_SCRIPT in seen["conversationText"]
+    # a javascript: link keeps its text but loses its target
+    assert seen["jsLinkCount"] == 1 and not (seen["jsLinkHref"] or "").lower().startswith("javascript")
 
 
 def test_raw_and_json_views_and_model_filter(seen, session_page):

@@ -20,6 +20,7 @@ HAIKU = "claude-3-5-haiku-20241022"
 URL = "https://api.anthropic.com/v1/messages?beta=true"
 XSS_IMG = '<img src=x onerror="window.__xss=(window.__xss||0)+1">'
 XSS_SCRIPT = "<script>window.__xss=(window.__xss||0)+1</script>"
+XSS_LINK = "[see the docs](javascript:window.__xss=(window.__xss||0)+1)"
 
 TOOLS = ["Task", "Bash", "Glob", "Grep", "LS", "Read", "Edit", "MultiEdit", "Write", "WebFetch",
          "WebSearch", "TodoWrite"]
@@ -249,7 +250,7 @@ def claude_code_session(log: LogBuilder | None = None, prompt: str = "Fix the fa
     main.turn([{"type": "thinking", "thinking": "Both tests pass now; summarise.", "signature": "EqQBCkYIBxgC"},
                {"type": "text", "text": "## Fixed\n\nThe total now uses **`round_price`**, which keeps two "
                                         "decimals. All tests pass.\n\n- `shop/cart.py`\n- `shop/money.py`"
-                + (f"\n\nSpotted in the output: {XSS_IMG} {XSS_SCRIPT}" if with_payload else "")}])
+                + (f"\n\nSpotted in the output: {XSS_IMG} {XSS_SCRIPT} and {XSS_LINK}" if with_payload else "")}])
     log.call({"model": HAIKU, "max_tokens": 512, "system": [{"type": "text", "text": "Analyze if this message "
               "indicates a new conversation topic."}],
               "messages": [{"role": "user", "content": prompt}]},

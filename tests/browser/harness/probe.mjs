@@ -102,8 +102,17 @@ try {
       out.filteredJsonRows = await page.locator("details.call").count();
       out.filterModel = models[1];
     }
+    // Click the markdown link whose target is javascript: (the sanitiser must have dropped it).
+    await page.locator('button.tab[data-view="conversations"]').click();
+    const link = page.locator(".conversation a", { hasText: "see the docs" });
+    out.jsLinkCount = await link.count();
+    if (out.jsLinkCount) {
+      out.jsLinkHref = await link.first().getAttribute("href");
+      await link.first().click({ modifiers: [] }).catch(() => {});
+      await page.waitForTimeout(200);
+    }
     out.xss = await page.evaluate(() => window.__xss || 0);
-    out.imgOnerror = await page.evaluate(() => document.querySelectorAll("[onerror],[onload],#app script,#app iframe").length);
+    out.imgOnerror = await page.evaluate(() => document.querySelectorAll('[onerror],[onload],#app script,#app iframe,a[href^="javascript" i]').length);
   }
 } catch (e) {
   out.fatal = String(e && e.stack || e);
