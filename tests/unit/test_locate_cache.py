@@ -36,7 +36,7 @@ def test_second_locate_is_a_cache_hit(bun, cache_in_tmp):
     assert entry.is_file()
     t = time.monotonic()
     second = locate(bun)
-    assert time.monotonic() - t < 0.3
+    assert time.monotonic() - t < 1.0   # discovery itself takes ~0.5-2 s; a hit only reads ELF notes + JSON
     assert {f.method for f in second.functions.values()} == {"cache"}
     assert _addrs(second) == _addrs(first)
     assert second.build_id == first.build_id and second.library == "boringssl"
