@@ -812,3 +812,25 @@ def test_reset_after_full_content_length_body_is_complete():
     assert a.response.complete and not a.incomplete
     assert any("reset by the client (STREAM_CLOSED)" in n for n in a.notes)
     assert not b.response.complete and b.incomplete
+
+
+def test_h2_frames_offset_finds_a_boundary_inside_a_chunk():
+    from tracer.protocols.http2 import h2_frames_offset
+    c = big_conversation(seed=5, reframe=False, n=8)
+    server = b"".join(d for dr, d in c.wire if dr == W)[len(PREFACE):]   # the client's frames
+    # frame boundaries of the server's stream
+    bounds, i = [], 0
+    while i < len(server):
+        bounds.append(i)
+        i += 9 + int.from_bytes(server[i:i + 3], "big")
+    rng = random.Random(3)
+    found = 0
+    for _ in range(200):
+        a = rng.randrange(0, len(server) - 100)
+        off = h2_frames_offset(server[a:a + 40000])
+        if off is not None:
+            assert a + off in bounds      # never a false boundary
+            found += 1
+    assert found > 150
+    assert h2_frames_offset(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n" * 50) is None
+    assert h2_frames_offset(random.Random(1).randbytes(50000)) is None

@@ -49,7 +49,7 @@ from hpack.huffman_table import decode_huffman
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, RstStreamFrame, SettingsFrame
 
-from tracer.protocols.base import ConnInfo, Direction, Exchange, Message, ParserStats
+from tracer.protocols.base import Body, ConnInfo, Direction, Exchange, Message, ParserStats
 from tracer.protocols.encoding import DEFAULT_CAP, decode_body
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -152,6 +152,24 @@ def looks_like_h2_frames(data: bytes) -> bool:
         return False
     ok, n, _ = _chain(memoryview(data), 0)
     return ok and (n >= 1 or _frame_len(data, 0, _SYNC_MAX_FRAME, strict=True) is not None)
+
+
+def h2_frames_offset(data: bytes) -> int | None:
+    """Where a confident chain of HTTP/2 frames starts inside ``data`` (a chunk that may begin in the
+    middle of a frame, e.g. the first SSL_read after attaching), or None. Confident: 4 plausible
+    frames chained by their lengths, or 2 that end exactly at the end of ``data``."""
+    mv = memoryview(data)
+    try:
+        off = 0
+        while off + 9 <= len(data):
+            ok, n, exact = _chain(mv, off)
+            if ok and (n >= 4 or exact and n >= 2):
+                return off
+            nxt = data.find(b"\x00", off + 1)
+            off = nxt if nxt >= 0 else len(data)
+        return None
+    finally:
+        mv.release()
 
 
 class _Unknown(bytes):
@@ -288,10 +306,11 @@ class _Side:
 
 
 class _Stream:
-    def __init__(self, sid: int, req_dir: Direction):
+    def __init__(self, sid: int, req_dir: Direction, spill_at: int):
         self.sid = sid
         self.req_dir = req_dir
-        self.request = Message(http_version="2")
+        self.spill_at = spill_at
+        self.request = Message(http_version="2", body=Body(spill_at))
         self.response: Message | None = None
         self.req_head = False
         self.resp_head = False
@@ -672,7 +691,7 @@ class Http2Connection:
             return s
         if sid in self._closed:
             return None
-        s = _Stream(sid, req_dir)
+        s = _Stream(sid, req_dir, self.spill_at)
         s.last_ts = ts
         if orphan:
             s.notes.append("stream began before the capture (request head not seen)")
@@ -726,7 +745,7 @@ class Http2Connection:
                 msg.complete = s.req_head and not any(g[0] == _dir_name(sender) for g in s.gaps)
         else:
             if s.response is None:
-                s.response = Message(http_version="2", ts_ns=blk.ts_ns)
+                s.response = Message(http_version="2", ts_ns=blk.ts_ns, body=Body(s.spill_at))
             msg = s.response
             status = next((v for n, v in fields if n == b":status"), None)
             if status is not None and status[:1] == b"1" and status != b"101" and not s.resp_head:
@@ -839,7 +858,7 @@ class Http2Connection:
                 msg.complete = s.req_head and not any(g[0] == _dir_name(side.direction) for g in s.gaps)
         else:
             if s.response is None:
-                s.response = Message(http_version="2", ts_ns=ts0)
+                s.response = Message(http_version="2", ts_ns=ts0, body=Body(s.spill_at))
             msg = s.response
             msg.wire_bytes += wire
             msg.end_ts_ns = ts1
