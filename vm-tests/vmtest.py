@@ -54,7 +54,7 @@ BASE_PACKAGES = (
     "iproute2", "nodejs",
 )
 # Bumped whenever the way a layer is built changes (the cache key includes it).
-LAYER_FORMAT = {"base": 3, "venv": 2, "kernel": 2}
+LAYER_FORMAT = {"base": 3, "venv": 3, "kernel": 2}
 
 RELEASE_TAG = {"bookworm": "deb12", "trixie": "deb13"}
 
@@ -121,12 +121,17 @@ class Apt:
         (root / "etc/apt.conf").write_text("".join(f'{k} "{v}";\n' for k, v in conf.items()))
         self.env = dict(os.environ, APT_CONFIG=str(root / "etc/apt.conf"))
 
-    def update(self) -> None:
+    def update(self, max_age: float) -> None:
+        stamp = self.root / "lists" / ".updated"
+        if stamp.exists() and time.time() - stamp.stat().st_mtime < max_age:
+            return
         r = run(["apt-get", "update", "-q"], env=self.env, check=False, capture_output=True, text=True)
         if r.returncode != 0:
             if not any((self.root / "lists").glob("*Packages*")):
                 sys.exit(f"vm-test: apt-get update failed:\n{r.stderr}")
             log("apt-get update failed; using the package lists from the last run")
+        else:
+            stamp.touch()
 
     def packages(self) -> list[dict]:
         """Every kernel-related stanza of every Packages index, with the suite it came from."""
@@ -397,24 +402,45 @@ def build_venv(cache: Path, suite: str, rootfs: Path, base_key: str) -> Path:
     log(f"building the {suite} venv ({len(deps)} requirements)")
     venv = rootfs / "opt/venv"
     shutil.rmtree(venv, ignore_errors=True)
-    shutil.copy("/etc/resolv.conf", rootfs / "etc/resolv.conf")
-    pipcache = cache / "pip" / suite
-    pipcache.mkdir(parents=True, exist_ok=True)
-    mnt = rootfs / "root/.cache/pip"
-    mnt.mkdir(parents=True, exist_ok=True)
-    run(["mount", "--bind", str(pipcache), str(mnt)])
+    pyver = os.readlink(rootfs / "usr/bin/python3").removeprefix("python")      # "3.11"
+    # Wheels are fetched by the host's pip (its index, proxy and CA configuration), for the guest's
+    # python and glibc, then installed offline inside the chroot.
+    wheels = cache / "wheels" / f"{suite}-py{pyver}"
+    wheels.mkdir(parents=True, exist_ok=True)
+    host_py = REPO / ".venv/bin/python"
+    host_py = str(host_py) if host_py.exists() else sys.executable
+    glibc = run(["chroot", str(rootfs), "getconf", "GNU_LIBC_VERSION"], capture_output=True,
+                text=True).stdout.split()[-1]                                     # "2.36"
+    plats = ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"] + [
+        f"manylinux_2_{n}_x86_64" for n in range(5, int(glibc.split(".")[1]) + 1)]
+    r = run([host_py, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
+         "--python-version", pyver, "--implementation", "cp", "--abi", "cp" + pyver.replace(".", ""),
+         "--abi", "abi3", "--abi", "none", *[x for p in plats for x in ("--platform", p)],
+         "-d", str(wheels), *deps], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        sys.exit(f"vm-test: pip download failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+    mnt = rootfs / "wheels"
+    mnt.mkdir(exist_ok=True)
+    run(["mount", "--bind", str(wheels), str(mnt)])
     try:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
         run(["chroot", str(rootfs), "python3", "-m", "venv", "--system-site-packages", "/opt/venv"], env=env)
         run(["chroot", str(rootfs), "/opt/venv/bin/pip", "install", "-q", "--disable-pip-version-check",
-             "--only-binary=:all:", *deps], env=env)
+             "--no-index", "--find-links", "/wheels", "--no-cache-dir", *deps], env=env)
         run(["chroot", str(rootfs), "/opt/venv/bin/python", "-c", "import bcc, numpy, orjson, pytest"], env=env)
     finally:
         run(["umount", str(mnt)])
-        (rootfs / "etc/resolv.conf").write_text("")
+        mnt.rmdir()
+    # Not needed at run time, and every megabyte costs boot time (the guest unpacks it in TCG).
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    for junk in ("pip", "setuptools", "pkg_resources", "_distutils_hack", "distutils-precedence.pth"):
+        for p in [site / junk, *site.glob(f"{junk}-*.dist-info")]:
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    for p in list((site / "numpy").rglob("tests")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
     # The repository itself is imported from /payload/repo (like `pip install -e .`), and its
     # console scripts are thin wrappers.
-    site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "_vmtest_repo.pth").write_text("/payload/repo\n")
     for name, target in scripts.items():
         mod, func = target.split(":")
@@ -471,7 +497,7 @@ def build_kernel(cache: Path, apt: Apt, k: Kernel) -> tuple[Path, Path]:
                 else:
                     shutil.move(sub, dst)
             (stage / "lib").rmdir()
-        for ko in list((stage / "usr/lib/modules").rglob("kernel")):
+        for ko in (stage / "usr/lib/modules").glob("*/kernel"):
             shutil.rmtree(ko)
         for s in ("usr/share/doc", "usr/share/lintian", "usr/share/bug"):
             shutil.rmtree(stage / s, ignore_errors=True)
@@ -524,7 +550,13 @@ def boot(g: Guest, vmlinuz: Path, layers: list[Path], rundir: Path, timeout: int
          smp: int) -> None:
     shutil.rmtree(rundir, ignore_errors=True)
     rundir.mkdir(parents=True)
-    initrd = rundir / "initrd.cpio"
+    # The concatenated initrd (~650 MB) goes to RAM when there is room: writing it to disk costs seconds.
+    shm = Path("/dev/shm")
+    total = sum(l.stat().st_size for l in layers)
+    tmpdir = shm if shm.is_dir() and shutil.disk_usage(shm).free > 3 * total else rundir
+    fd, name = tempfile.mkstemp(prefix=f"vmtest-{g.name}-", suffix=".cpio", dir=tmpdir)
+    os.close(fd)
+    initrd = Path(name)
     with open(initrd, "wb") as out:
         for l in layers:
             with open(l, "rb") as f:
@@ -536,16 +568,18 @@ def boot(g: Guest, vmlinuz: Path, layers: list[Path], rundir: Path, timeout: int
            "-append", "console=ttyS0 panic=-1 quiet",
            "-serial", f"file:{console}", "-serial", f"file:{result}"]
     t0 = time.time()
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        qemu_out, _ = p.communicate(timeout=timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        p.kill()
-        qemu_out, _ = p.communicate()
-        timed_out = True
-    g.seconds = time.time() - t0
-    initrd.unlink(missing_ok=True)
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            qemu_out, _ = p.communicate(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            p.kill()
+            qemu_out, _ = p.communicate()
+            timed_out = True
+        g.seconds = time.time() - t0
+    finally:
+        initrd.unlink(missing_ok=True)
     text = result.read_text(errors="replace") if result.exists() else ""
     m = re.search(r"^VMTEST-EXIT (\d+)", text, re.M)
     if m and m.group(1) == "0" and not timed_out:
@@ -584,6 +618,8 @@ def main() -> int:
     ap.add_argument("--mem", default="3G")
     ap.add_argument("--smp", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep each guest's logs (always kept on failure)")
+    ap.add_argument("--lists-max-age", type=float, default=float(os.environ.get("VM_LISTS_MAX_AGE", "3600")),
+                    help="re-read the mirror's package lists when older than this many seconds (default: %(default)s)")
     ap.add_argument("--list", action="store_true", help="resolve and print the matrix, then exit")
     a = ap.parse_args()
 
@@ -593,7 +629,7 @@ def main() -> int:
     ensure_host_tools()
     a.cache.mkdir(parents=True, exist_ok=True)
     apt = Apt(a.cache / "apt")
-    apt.update()
+    apt.update(a.lists_max_age)
     guests = resolve_matrix(apt, a.kernels.split())
     for g in guests:
         k = g.kernel
