@@ -160,3 +160,45 @@ def test_real_claude_code_log(tmp_path, log):
     last_text = [b["text"] for b in final["content"] if b.get("type") == "text"]
     if last_text:
         assert last_text[-1].strip().splitlines()[0] in seen["conversationText"]
+
+
+ODD_RECORDS = [
+    {"request": {"method": "POST", "url": "https://api.anthropic.com/v1/messages", "body": {
+        "model": 42, "system": {"weird": True}, "tools": [None, "Bash", {"name": 7}],
+        "messages": [
+            {"role": "user", "content": [None, 5, "str", {"type": "text"}, {"type": "text", "text": {"x": 1}},
+                                         {"type": "image", "source": {"type": "base64", "media_type": "image/svg+xml",
+                                                                      "data": "<svg onload=alert(1)>"}},
+                                         {"type": "image", "source": {"type": "url", "url": "https://example.com/x.png"}},
+                                         {"type": "mystery", "payload": "<b>bold?</b>"}]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "t1", "name": "Edit", "input": "not an object"},
+                {"type": "tool_use", "id": "t2", "name": "TodoWrite", "input": {"todos": "nope"}},
+                {"type": "tool_use", "id": "t3", "name": "MultiEdit", "input": {"edits": [None, {"old_string": 1}]}},
+                {"type": "tool_use", "name": "Task", "input": {"prompt": None}},
+                {"type": "thinking"}, {"type": "redacted_thinking", "data": "xx"}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": {"obj": 1}},
+                                         {"type": "tool_result", "tool_use_id": "t2", "content": [None, {"type": "text"}]},
+                                         {"type": "tool_result", "tool_use_id": "zz", "is_error": True, "content": "orphan"}]},
+            None, 17, {"content": "no role"}, {"role": "user", "content": {"type": "text", "text": "dict content"}},
+        ]}},
+     "response": {"status_code": "200", "headers": ["not", "a", "dict"],
+                  "body_raw": "event: message_start\ndata: {\"type\": \"message_start\", \"message\": 5}\n\n"
+                              "event: content_block_delta\ndata: {\"type\": \"content_block_delta\", \"index\": 3, "
+                              "\"delta\": {\"type\": \"text_delta\", \"text\": \"<img src=x onerror=alert(1)>\"}}\n\n"},
+     "tracer": {"response_chunks": [[0, 1.0], ["x", 2]]}},
+    {"request": {"method": "GET", "url": None, "headers": None, "body": "plain text body"},
+     "response": {"status_code": 500, "body": "oops"}, "note": "<i>odd</i>"},
+    {"request": {"body": {"messages": []}}, "response": None},
+]
+
+
+def test_odd_records_render_without_errors(tmp_path):
+    log = tmp_path / "odd.jsonl"
+    write_jsonl(ODD_RECORDS, log)
+    out = probe(write_html(log), "--open-all")
+    assert out["consoleErrors"] == [] and out["pageErrors"] == [] and out["requests"] == []
+    assert out["xss"] == 0 and out["dialogs"] == 0
+    text = "\n".join(out["opened"])
+    assert "dict content" in text and "orphan" in text and "plain text body" in text
+    assert "<img src=x onerror=alert(1)>" in text    # shown, as text

@@ -154,7 +154,8 @@ def analyze_call(index: int, rec: dict) -> CallInfo:
         return c
 
     chunks = tr.get("response_chunks") if isinstance(tr.get("response_chunks"), list) else []
-    chunks = [ch for ch in chunks if isinstance(ch, (list, tuple)) and len(ch) >= 2]
+    chunks = sorted(ch for ch in chunks if isinstance(ch, (list, tuple)) and len(ch) >= 2
+                    and _num(ch[0]) is not None and _num(ch[1]) is not None)
     t_last = None
     if tr.get("content_encoding"):
         chunks = []  # offsets are then in the compressed body: no byte -> time mapping for the text

@@ -201,6 +201,10 @@ const PURIFY = {
 };
 function markdown(text) {
   const div = h("div", { class: "md" });
+  if (text !== undefined && text !== null && typeof text !== "string") {
+    div.append(pre(json(text), "json"));
+    return div;
+  }
   text = String(text || "");
   if (text.length > 300000) {
     div.append(pre(text));
@@ -587,7 +591,7 @@ function renderToolUse(b, ctx) {
   const head = h("div", { class: "tool-head" }, h("span", { class: "tool-name" }, name));
   const el = h("div", { class: "tool tool-" + name.replace(/[^A-Za-z0-9_-]/g, "_"), "data-tool-id": String(b.id || "") }, head);
   const path = input.file_path || input.notebook_path || input.path;
-  switch (name) {
+  switch (b.input && typeof b.input === "object" && !Array.isArray(b.input) ? name : "") {
     case "Bash":
       if (input.description) put(head, h("span", { class: "tool-desc" }, String(input.description)));
       el.append(h("pre", { class: "pre cmd" }, "$ " + String(input.command || "")));

@@ -56,7 +56,34 @@ try {
   await page.waitForLoadState("load", { timeout: 120000 });
   out.loadMs = Date.now() - t0;
   out.sessions = await page.locator(".session-item").count();
-  if (!timingOnly) {
+  if (args.includes("--open-all")) {
+    // Open every collapsible section in every session and view: renderers meet every odd record.
+    const openAll = async () => {
+      for (let round = 0; round < 4; round++) {
+        const n = await page.evaluate(() => {
+          const closed = [...document.querySelectorAll("details:not([open])")];
+          closed.forEach((d) => { d.open = true; });
+          document.querySelectorAll("button.more").forEach((b) => b.click());
+          return closed.length;
+        });
+        await page.waitForTimeout(50);
+        if (!n) break;
+      }
+    };
+    const nSessions = await page.locator(".session-item").count();
+    out.opened = [];
+    for (let k = 0; k < nSessions; k++) {
+      await page.locator(".session-item").nth(k).click();
+      await openAll();
+      out.opened.push(await page.locator("main").innerText());
+    }
+    for (const view of ["raw", "json"]) {
+      await page.locator(`button.tab[data-view="${view}"]`).click();
+      await openAll();
+      out.opened.push(await page.locator("main").innerText());
+    }
+    out.xss = await page.evaluate(() => window.__xss || 0);
+  } else if (!timingOnly) {
     out.conversationText = await page.locator(".conversation").innerText();
     out.toolNames = await page.locator(".conversation .tool-name").allInnerTexts();
     out.hasModelFilter = (await page.locator("select.model-filter").count()) > 0;
