@@ -202,3 +202,9 @@ def test_odd_records_render_without_errors(tmp_path):
     text = "\n".join(out["opened"])
     assert "dict content" in text and "orphan" in text and "plain text body" in text
     assert "<img src=x onerror=alert(1)>" in text    # shown, as text
+
+
+def test_session_deep_link(session_page):
+    out = probe(session_page[0], "--timing-only", "--hash", "#session=1")
+    assert out["activeSession"] == "1" and out["headline"] == "Refactor the billing module"
+    assert out["consoleErrors"] == [] and out["pageErrors"] == []

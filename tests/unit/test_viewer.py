@@ -217,7 +217,7 @@ def test_index_lists_logs_sessions_and_totals(tmp_path, cc_log):
     page = out.read_text()
     assert (tmp_path / "log-a.html").exists() and 'href="log-a.html"' in page and 'href="log-b.html"' in page
     assert "Refactor the billing module" in page and "claude-sonnet-4-5-20250929" in page
-    assert "1 subagent" in page
+    assert "1 subagent" in page and 'href="log-a.html#session=1"' in page
     assert XSS_IMG not in page and _html.escape(XSS_IMG, quote=True)[:20] in page
     an = analyze(cc_log.records)
     total_out = sum(c.output_tokens for c in an.calls)

@@ -59,7 +59,7 @@ def summarize_log(path: Path) -> LogSummary:
     s.end = max(ends) if ends else None
     for sess in an.sessions:
         t = sess.totals(an.calls)
-        s.sessions.append({"title": an.threads[sess.root].title, "calls": t["calls"], "models": t["models"],
+        s.sessions.append({"id": sess.id, "title": an.threads[sess.root].title, "calls": t["calls"], "models": t["models"],
                            "in": t["in"], "out": t["out"], "cr": t["cr"], "cc": t["cc"],
                            "wall_ms": t["wall_ms"], "start": t["start"],
                            "subagents": sum(1 for tid in sess.threads if an.threads[tid].kind == "subagent")})
@@ -118,8 +118,11 @@ def render_index(dir_path: Path, logs: list[LogSummary]) -> str:
             f'<td class="n">{_dur(lg.duration_ms)}</td></tr>')
         for s in lg.sessions:
             sub = f' <span class="mut">+{s["subagents"]} subagent(s)</span>' if s["subagents"] else ""
+            title = e(s["title"] or "(no prompt)")
+            if lg.html is not None:  # opens the viewer on that session
+                title = f'<a href="{e(quote(lg.html.name))}#session={int(s["id"])}">{title}</a>'
             rows.append(
-                f'<tr class="sess"><td class="title">{e(s["title"] or "(no prompt)")}{sub}</td><td></td>'
+                f'<tr class="sess"><td class="title">{title}{sub}</td><td></td>'
                 f'<td>{e(", ".join(s["models"]))}</td><td class="n">{s["calls"]}</td>'
                 f'<td class="n">{_tok(s["in"])} / {_tok(s["out"])}</td>'
                 f'<td class="n">{_tok(s["cr"])} / {_tok(s["cc"])}</td><td class="n">{_dur(s["wall_ms"])}</td></tr>')

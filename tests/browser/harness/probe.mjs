@@ -33,7 +33,7 @@ try {
   page.on("request", (r) => { const u = r.url(); if (!u.startsWith("file:") && !u.startsWith("data:")) out.requests.push(u); });
 
   const t0 = Date.now();
-  await page.goto(pathToFileURL(page_path).href, { waitUntil: "commit" });
+  await page.goto(pathToFileURL(page_path).href + (opt("--hash") || ""), { waitUntil: "commit" });
   await page.waitForSelector(".conversation .msg", { timeout: 60000 });
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
   out.firstConversationMs = Date.now() - t0;
@@ -56,6 +56,8 @@ try {
   await page.waitForLoadState("load", { timeout: 120000 });
   out.loadMs = Date.now() - t0;
   out.sessions = await page.locator(".session-item").count();
+  out.activeSession = await page.locator(".session-item.active").getAttribute("data-session").catch(() => null);
+  out.headline = await page.locator("h2.s-head").first().innerText().catch(() => null);
   if (args.includes("--open-all")) {
     // Open every collapsible section in every session and view: renderers meet every odd record.
     const openAll = async () => {
