@@ -310,6 +310,7 @@ function renderConversations(root) {
       h("div", { class: "s-title" }, s.title || "(no prompt)"),
       h("div", { class: "s-meta" },
         `${fmtTime(t.start)} · ${t.calls} call${t.calls === 1 ? "" : "s"}` + (nsub ? ` · ${nsub} subagent${nsub === 1 ? "" : "s"}` : "")),
+      h("div", { class: "s-meta" }, `in ${fmtTok(t.in)} · out ${fmtTok(t.out)} · cache ${fmtTok(t.cr)} · ${fmtMs(t.wall_ms)}`),
       h("div", { class: "s-meta" }, (t.models || []).map(shortModel).join(", ")));
     list.append(item);
   }
