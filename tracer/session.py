@@ -138,7 +138,7 @@ class Session:
         name = opts.log_name or f"log-{datetime.now().strftime('%Y-%m-%d-%H-%M-%S')}.jsonl"
         path = out_dir / name
         n = 1
-        while path.exists():
+        while os.path.lexists(path):   # a dangling symlink counts as taken (never opened through)
             path = out_dir / f"{Path(name).stem}-{n}.jsonl"
             n += 1
         self.log_path = path
