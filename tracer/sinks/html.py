@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tracer.sinks.jsonl import _owner_ids
 from tracer.viewer.logs import read_records
 from tracer.viewer.page import build_page
 
@@ -26,7 +27,12 @@ def write_html(log_path: str | Path, out_path: str | Path | None = None) -> Path
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb", buffering=1 << 20) as f:
+        # private like the log (0600, the invoking user's under sudo), never through a planted link
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        uid, gid = _owner_ids()
+        if uid is not None:
+            os.fchown(fd, uid, gid if gid is not None else -1)
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             build_page(records, f, source=str(log_path), warnings=warnings)
         os.replace(tmp, out)
     finally:
