@@ -263,9 +263,14 @@ def test_warmup_calls_are_side_calls():
     warm = LogBuilder(t0=log.t)
     warm.call({"model": HAIKU, "system": "You are an agent", "tools": [{"name": "Read"}],
                "messages": [{"role": "user", "content": "Warmup"}]}, [{"type": "text", "text": "ready"}])
+    # a warm-up that got a tool call answered has two calls; it is still a side call
+    w2 = Agent(warm, "You are another agent", [{"name": "Bash"}],
+               [{"type": "text", "text": "<system-reminder>ctx</system-reminder>"}, {"type": "text", "text": "Warmup"}])
+    w2.tool("Bash", {"command": "true"}, "")
+    w2.turn([{"type": "text", "text": "ok"}])
     an = analyze(log.records + warm.records)
     assert len(an.sessions) == 1
-    assert an.threads[-1].kind == "aux" and an.threads[-1].session == 0
+    assert [t.kind for t in an.threads[-2:]] == ["aux", "aux"] and an.threads[-1].session == 0
 
 
 @given(st.permutations(range(6)))

@@ -259,21 +259,29 @@ def message_text(msg: Any) -> str:
     return "\n".join(out)
 
 
-def _prompt_preview(msg: Any, limit: int = 160) -> str:
+def user_text(msg: Any) -> str:
     """What the user typed: the last text block that is not a <system-reminder>."""
     if not isinstance(msg, dict):
         return ""
     c = msg.get("content")
-    texts = [c] if isinstance(c, str) else [b.get("text") for b in c or []
-                                             if isinstance(b, dict) and b.get("type") == "text"
-                                             and isinstance(b.get("text"), str)]
+    if isinstance(c, str):
+        texts = [c]
+    elif isinstance(c, list):
+        texts = [b["text"] for b in c if isinstance(b, dict) and b.get("type") == "text"
+                 and isinstance(b.get("text"), str)]
+    else:
+        texts = []
     pick = ""
     for t in texts:
         if not t.lstrip().startswith("<system-reminder>"):
             pick = t
     if not pick and texts:
         pick = texts[-1]
-    pick = " ".join(pick.split())
+    return pick
+
+
+def _prompt_preview(msg: Any, limit: int = 160) -> str:
+    pick = " ".join(user_text(msg).split())
     return pick[:limit] + ("…" if len(pick) > limit else "")
 
 
@@ -292,7 +300,8 @@ class Thread:
     children: list[tuple[str, int]] = field(default_factory=list)   # (tool_use id, thread id)
     title: str = ""
     session: int | None = None
-    first_text: str = ""
+    first_text: str = ""            # all text blocks of the first message
+    prompt: str = ""                # its last non-reminder text block (what the user typed)
 
     def summary(self, calls: list[CallInfo], bodies: list[Any]) -> dict:
         producers = []
@@ -384,6 +393,7 @@ def analyze(records: list[dict]) -> Analysis:
         if th is None:
             th = Thread(id=len(threads), key=key, tools=_tool_names(body), sid=sid)
             th.first_text = message_text(msgs[0]) if msgs else ""
+            th.prompt = user_text(msgs[0]) if msgs else ""
             th.title = _prompt_preview(msgs[0]) if msgs else ""
             threads.append(th)
             by_key[key] = th
@@ -433,7 +443,7 @@ def analyze(records: list[dict]) -> Analysis:
 
     # Auxiliary side calls.
     for th in threads:
-        if th.kind == "main" and len(th.calls) == 1 and (not th.tools or th.first_text.strip() in WARMUP_TEXTS):
+        if th.kind == "main" and ((len(th.calls) == 1 and not th.tools) or th.prompt.strip() in WARMUP_TEXTS):
             th.kind = "aux"
 
     # Compaction: merge a continuation with the thread it continues.

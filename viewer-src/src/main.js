@@ -370,7 +370,7 @@ function renderSession(root, s) {
     });
     const aux = s.threads.filter((id) => THREADS[id].kind === "aux");
     if (aux.length) {
-      conv.append(lazyDetails(`Side calls (${aux.length}): titles, topics and other short requests`, (b) => {
+      conv.append(lazyDetails(`Side calls (${aux.length}): warm-ups, titles, topics and other short requests`, (b) => {
         for (const id of aux) b.append(renderThread(id, { compact: true }));
       }, { class: "aux" }));
     }
