@@ -45,13 +45,27 @@ class _Deflate(_Zlib):
     def __init__(self):
         super().__init__(zlib.MAX_WBITS)
         self._sniffed = False
+        self._head = b""      # the zlib header is 2 bytes; a body may arrive 1 byte at a time
 
     def feed(self, data: bytes, limit: int) -> bytes:
-        if not self._sniffed and data:
+        if not self._sniffed:
+            data = self._head + data
+            if len(data) < 2:
+                self._head = data
+                return b""
+            self._head = b""
             self._sniffed = True
-            if (data[0] & 0x0F) != 8 or ((data[0] << 8) | (data[1] if len(data) > 1 else 0)) % 31:
+            if (data[0] & 0x0F) != 8 or ((data[0] << 8) | data[1]) % 31:
                 self._d = zlib.decompressobj(-zlib.MAX_WBITS)
         return super().feed(data, limit)
+
+    def flush(self) -> bytes:
+        if not self._sniffed and self._head:   # a 1-byte body: cannot be zlib-wrapped
+            self._sniffed = True
+            self._d = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = self._d.decompress(self._head)
+            return out + self._d.flush()
+        return super().flush()
 
 
 class _Brotli:
