@@ -27,6 +27,7 @@ import ctypes
 import errno
 import os
 import platform
+import re
 import select
 import struct
 import sys
@@ -292,13 +293,18 @@ def file_offset(path: str, vaddr: int) -> int:
     raise OSError(errno.EINVAL, f"address {vaddr:#x} is in no PT_LOAD segment of {path}")
 
 
-def open_uprobe(prog_fd: int, path: str, offset: int, pid: int, retprobe: bool) -> int:
+PERF_UPROBE_REF_CTR_OFFSET_SHIFT = 32
+
+
+def open_uprobe(prog_fd: int, path: str, offset: int, pid: int, retprobe: bool,
+                ref_ctr_offset: int = 0) -> int:
     """A perf event for a uprobe/uretprobe at file `offset` of `path`, for `pid` (-1: all), with
     the BPF program attached and enabled. Close the fd to detach."""
     ptype, retbit = uprobe_pmu()
     p = ctypes.create_string_buffer(path.encode())
     a = _attr(PERF_ATTR_SIZE_VER5)
-    struct.pack_into("<IIQ", a, 0, ptype, PERF_ATTR_SIZE_VER5, (1 << retbit) if retprobe else 0)
+    config = ((1 << retbit) if retprobe else 0) | (ref_ctr_offset << PERF_UPROBE_REF_CTR_OFFSET_SHIFT)
+    struct.pack_into("<IIQ", a, 0, ptype, PERF_ATTR_SIZE_VER5, config)
     struct.pack_into("<QQ", a, 56, ctypes.addressof(p), offset)     # config1, config2
     fd = perf_event_open(a, pid, -1 if pid >= 0 else 0)
     try:
@@ -308,6 +314,52 @@ def open_uprobe(prog_fd: int, path: str, offset: int, pid: int, retprobe: bool) 
         os.close(fd)
         raise
     return fd
+
+
+_REF_CTR_MISMATCH = re.compile(rb"ref_ctr_offset mismatch\. inode: 0x([0-9a-f]+) offset: 0x([0-9a-f]+) "
+                               rb"ref_ctr_offset\(old\): 0x([0-9a-f]+)")
+
+
+def held_ref_ctr_offset(path: str, offset: int, retprobe: bool) -> int | None:
+    """The reference-counter offset of an existing uprobe at (path, offset), or None.
+
+    The kernel keeps one uprobe per (inode, offset) and refuses (EINVAL) a consumer whose
+    ref_ctr_offset differs from the registered one, saying so only in the kernel log. BCC 0.26's
+    Python attach_uprobe leaves that argument uninitialised (stack garbage, 6 on Debian 12), so
+    next to a BCC tool (bpfcc-tools' sslsniff, tracer's own BCC fallback) our zero offset is
+    refused. Repeat the refused registration with the kernel log open and read the old value."""
+    try:
+        kfd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        os.lseek(kfd, 0, os.SEEK_END)
+        ptype, retbit = uprobe_pmu()
+        pbuf = ctypes.create_string_buffer(path.encode())
+        a = _attr(PERF_ATTR_SIZE_VER5)
+        struct.pack_into("<IIQ", a, 0, ptype, PERF_ATTR_SIZE_VER5, (1 << retbit) if retprobe else 0)
+        struct.pack_into("<QQ", a, 56, ctypes.addressof(pbuf), offset)
+        try:       # our own pid, no program: only to have the kernel log the mismatch again
+            os.close(perf_event_open(a, os.getpid(), -1))
+        except OSError:
+            pass
+        ino = os.stat(path).st_ino
+        found = None
+        for _ in range(10000):
+            try:
+                rec = os.read(kfd, 8192)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.EPIPE:      # overwritten records: keep reading
+                    continue
+                break
+            m = _REF_CTR_MISMATCH.search(rec)
+            if m and int(m.group(1), 16) == ino and int(m.group(2), 16) == offset:
+                found = int(m.group(3), 16)
+        return found
+    finally:
+        os.close(kfd)
 
 
 # -- ring buffer --------------------------------------------------------------------------------
@@ -440,7 +492,8 @@ class LoadedProgram:
 
     backend = "cached bytecode"
 
-    def __init__(self, entry: dict):
+    def __init__(self, entry: dict, stderr=None):
+        self.stderr = stderr
         if os.geteuid() != 0:
             raise TracerError("tracer needs root (or CAP_BPF + CAP_PERFMON) to load eBPF programs; "
                               "run it with sudo")
@@ -457,6 +510,7 @@ class LoadedProgram:
         self.prog_fds: dict[str, int] = {}
         self._maps: dict[int, dict] = {}        # our fd -> definition
         self.closed = False
+        self.notes: list[str] = []
         try:
             fdmap: dict[int, int] = {}
             for m in entry["maps"]:
@@ -532,7 +586,7 @@ class LoadedProgram:
                 todo.append(("uprobe", free.address, "probe_free"))
             for kind, addr, fn in todo:
                 off = file_offset(path, addr)
-                fd = open_uprobe(self.prog_fds[fn], path, off, pid, kind == "uretprobe")
+                fd = self._open_probe(self.prog_fds[fn], path, off, pid, kind == "uretprobe")
                 att.fds.append(fd)
                 att.probes.append((kind, addr, fn))
         except Exception as e:
@@ -550,6 +604,26 @@ class LoadedProgram:
         with self._lock:
             self.attachments.append(att)
         return att
+
+    def _open_probe(self, prog_fd: int, path: str, off: int, pid: int, ret: bool) -> int:
+        try:
+            return open_uprobe(prog_fd, path, off, pid, ret)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            first = e
+        # another tool's uprobe on this function with a non-zero reference-counter offset
+        ref = held_ref_ctr_offset(path, off, ret)
+        if not ref:
+            raise first
+        fd = open_uprobe(prog_fd, path, off, pid, ret, ref_ctr_offset=ref)
+        note = (f"{path}: another tool has uprobes on these functions with reference-counter "
+                f"offset {ref:#x} (BCC's attach_uprobe); attached with the same offset so both work")
+        if note not in self.notes:
+            self.notes.append(note)
+            if self.stderr is not None:
+                print(f"tracer: {note}", file=self.stderr)
+        return fd
 
     def _detach(self, att: LoadedAttachment):
         for fd in att.fds:
@@ -657,14 +731,14 @@ def load_program(ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *, stderr=N
     try:
         entry, hit = bpfcache.get_entry(ring_buffer_mb, copy_limit, cache_dir=cache_dir)
         try:
-            prog = LoadedProgram(entry)
+            prog = LoadedProgram(entry, stderr=stderr)
         except (OSError, ValueError, KeyError) as e:
             if not hit or (isinstance(e, OSError) and e.errno == errno.EPERM):
                 raise
             # a stale entry the kernel refuses: compile afresh once before giving up on the cache
             bpfcache.invalidate(ring_buffer_mb, copy_limit, cache_dir=cache_dir)
             entry, hit = bpfcache.get_entry(ring_buffer_mb, copy_limit, cache_dir=cache_dir)
-            prog = LoadedProgram(entry)
+            prog = LoadedProgram(entry, stderr=stderr)
     except bpfcache.CompileError as e:
         # BCC itself could not compile/load the program: in-process BCC would fail the same way
         raise TracerError(str(e)) from None
