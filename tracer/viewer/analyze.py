@@ -303,7 +303,7 @@ class Thread:
     first_text: str = ""            # all text blocks of the first message
     prompt: str = ""                # its last non-reminder text block (what the user typed)
 
-    def summary(self, calls: list[CallInfo], bodies: list[Any]) -> dict:
+    def summary(self, calls: list[CallInfo]) -> dict:
         producers = []
         for ci in self.calls:
             n = calls[ci].n_messages

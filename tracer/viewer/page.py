@@ -111,7 +111,7 @@ def build_page(records: list[dict], out: BinaryIO, *, source: str = "", warnings
         "source": source,
         "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "calls": [c.summary() for c in an.calls],
-        "threads": [t.summary(an.calls, []) for t in an.threads],
+        "threads": [t.summary(an.calls) for t in an.threads],
         "sessions": [{"id": s.id, "root": s.root, "threads": s.threads, "calls": s.calls,
                       "title": an.threads[s.root].title, "totals": s.totals(an.calls)}
                      for s in an.sessions],
