@@ -320,7 +320,9 @@ class _Stream:
         self.gaps: list[tuple[str, int]] = []
         self.last_ts = 0
         self.gap_ts = 0           # capture time of a framing-loss gap that may have eaten its end
-        self.resp_chunks: list[tuple[int, int]] = []
+        self.times: dict[Direction, list[tuple[int, int]]] = {Direction.READ: [], Direction.WRITE: []}
+        self.guessed = False      # req_dir is the default guess (roles unknown when it was created)
+        self.first_end: Direction | None = None   # direction of the first END_STREAM seen
 
 
 def _dir_name(d: Direction) -> str:
@@ -348,9 +350,10 @@ class Http2Connection:
                  spill_at: int = 8 << 20, from_start: bool | None = None,
                  client_dir: Direction | None = None, stale_after_s: float = 60.0,
                  max_chunk_times: int = 100_000):
-        """``from_start``: the capture saw this connection from its first byte (e.g. ALPN "h2" at the
-        handshake); None lets the parser infer it from the prefaces. ``client_dir``: which direction
-        carries requests, when the caller knows (otherwise inferred, default WRITE)."""
+        """``from_start=False``: the caller knows the capture began mid-connection (a SETTINGS frame
+        first is then not taken for the server preface); None infers it from the prefaces.
+        ``client_dir``: which direction carries requests, when the caller knows (otherwise inferred
+        from prefaces and pseudo-headers; the default guess is WRITE, a traced client)."""
         self.conn = conn
         self.stats = ParserStats()
         self.max_decoded_body = max_decoded_body
@@ -359,6 +362,9 @@ class Http2Connection:
         self.max_chunk_times = max_chunk_times
         self._from_start = from_start
         self._client_dir = client_dir
+        # sure: from the client preface, a :method/:status, or the caller; otherwise a guess (a
+        # SETTINGS frame first, the order of END_STREAMs, or the default: the traced process is the client)
+        self._roles_sure = client_dir is not None
         self._sides = {d: _Side(d) for d in Direction}
         self._streams: dict[int, _Stream] = {}
         self._closed: collections.OrderedDict[int, None] = collections.OrderedDict()
@@ -397,17 +403,16 @@ class Http2Connection:
                 side.buf += bytes(nbytes)
                 self._drain(side, ts_ns)
                 return self._take()
-        if side.state == _START and self._started() and not side.buf:
-            # The very first bytes of this direction were lost: framing unknown from here.
-            pass
         self._lose_framing(side, nbytes, ts_ns)
         return self._take()
 
     def close(self, reason: str, ts_ns: int) -> list[Exchange]:
-        for side in self._sides.values():
-            # Bytes still waiting for a confident resync: last chance for the final frames.
+        # Bytes still waiting for a confident resync: last chance for the final frames (the side
+        # whose bytes were captured first goes first, so END_STREAM order is kept).
+        for side in sorted(self._sides.values(), key=lambda sd: sd.buf_ts):
             if side.state == _SYNC and side.buf and self._resync(side, lenient=True):
-                self._frames(side, ts_ns)
+                self._frames(side, side.buf_ts)
+        for side in self._sides.values():
             if side.buf and side.state != _START:
                 self.stats.skipped_bytes += len(side.buf)
             side.buf.clear()
@@ -422,9 +427,6 @@ class Http2Connection:
     def _take(self) -> list[Exchange]:
         out, self._out = self._out, []
         return out
-
-    def _started(self) -> bool:
-        return bool(self._from_start)
 
     def _drain(self, side: _Side, ts_ns: int) -> None:
         while True:
@@ -446,25 +448,24 @@ class Http2Connection:
                 return False
             del buf[:len(PREFACE)]
             self._from_start = True
-            if self._client_dir is None:
-                self._client_dir = side.direction
+            if not self._roles_sure:
+                self._set_client_dir(side.direction, sure=True)
             self._begin(side, complete=True)
             return True
         if len(buf) < 9:
-            # Could still turn into a frame header; wait (unless clearly not HTTP/2 text).
-            return False
-        if self._from_start:
-            self._begin(side, complete=True)
-            return True
+            return False        # could still become a frame header
         hi, lo, typ, flags, sid = _HDR.unpack_from(buf, 0)
-        if typ == 0x4 and not flags & 1 and sid == 0 and _frame_len(buf, 0, _SYNC_MAX_FRAME):
+        if (typ == 0x4 and not flags & 1 and sid == 0 and _frame_len(buf, 0, _SYNC_MAX_FRAME)
+                and self._client_dir != side.direction and self._from_start is not False):
             # A non-ACK SETTINGS first: the server preface of a connection seen from its start.
+            # (The client side counts as seen from its start only with its own preface: the capture
+            # may have begun between the client's preface and the server's.)
             self._from_start = True
             if self._client_dir is None:
-                self._client_dir = _other(side.direction)
+                self._set_client_dir(_other(side.direction), sure=False)
             self._begin(side, complete=True)
             return True
-        side.state = _SYNC     # attached to a running connection
+        side.state = _SYNC     # attached to a running connection (or its start was not captured)
         side.decoder = _ObserverDecoder(complete=False)
         return True
 
@@ -477,8 +478,8 @@ class Http2Connection:
         """Find a frame boundary in an unsynchronised buffer. False: need more bytes.
 
         First where captured chunks began (SSL_write calls are usually frame-aligned): a chain of 2
-        plausible frames, or 1 that ends exactly where the captured bytes end. Then anywhere: a chain
-        of 4, or of 2 ending exactly at the end (``lenient``, at close: 1)."""
+        plausible frames (``lenient``, at close: or 1 ending exactly at the end). Then anywhere: a
+        chain of 4, or of 2 ending exactly at the end."""
         buf = side.buf
         mv = memoryview(buf)
         found = wait = None
@@ -487,7 +488,7 @@ class Http2Connection:
                 if c + 9 > len(buf):
                     break
                 ok, n, exact = _chain(mv, c)
-                if ok and (n >= 2 or exact and n >= 1):
+                if ok and (n >= 2 or lenient and exact and n == 1):
                     found = c
                     break
                 if ok and wait is None:
@@ -495,7 +496,7 @@ class Http2Connection:
             off = 0
             while found is None and off + 9 <= len(buf) and (wait is None or off < wait):
                 ok, n, exact = _chain(mv, off)
-                if ok and (n >= 4 or exact and (n >= 2 or n == 1 and lenient)):
+                if ok and (n >= 4 or exact and n >= 2):
                     found = off
                     break
                 if ok:          # plausible so far but too short to tell: wait for more
@@ -575,7 +576,8 @@ class Http2Connection:
             active = (not s.req_done) if s.req_dir == d else (not s.resp_done)
             if active:
                 s.gaps.append((_dir_name(d), nbytes))
-                s.notes.append(f"capture gap in the {_dir_name(d)} direction; HTTP/2 framing "
+                why = "capture gap" if nbytes else "unparseable bytes"
+                s.notes.append(f"{why} in the {_dir_name(d)} direction; HTTP/2 framing "
                                "resynchronised, frames of this stream may be missing")
                 s.gap_ts = ts_ns
                 self._gap_streams = True
@@ -678,12 +680,50 @@ class Http2Connection:
         return Direction.WRITE
 
     def _learn_roles(self, sid: int, sender: Direction, pseudo: set[str]) -> None:
-        if self._client_dir is not None or sid % 2 == 0:
+        if self._roles_sure or sid % 2 == 0:
             return
         if ":method" in pseudo:
-            self._client_dir = sender
+            self._set_client_dir(sender, sure=True)
         elif ":status" in pseudo:
-            self._client_dir = _other(sender)
+            self._set_client_dir(_other(sender), sure=True)
+
+    def _set_client_dir(self, d: Direction, sure: bool) -> None:
+        self._client_dir = d
+        self._roles_sure = sure
+        # Streams created on a guess (DATA before any readable header block) now get the right roles.
+        for s in list(self._streams.values()):
+            if not s.guessed:
+                continue
+            s.guessed = not sure
+            if s.req_dir != d and s.sid % 2 == 1:
+                self._swap_roles(s)
+            if s.resp_done:
+                self._finish(s, s.last_ts)
+
+    def _ended(self, s: _Stream, direction: Direction, end_stream: bool, ts1: int) -> None:
+        """After a frame of ``s``: write the pair out once the response has ended."""
+        if end_stream and s.first_end is None:
+            s.first_end = direction
+        if not s.resp_done or s.sid not in self._streams:
+            return
+        if s.guessed and not self._roles_sure:
+            # Roles unknown: this END_STREAM may have been the request's. Wait for the other side;
+            # when both ended, the request is the one that ended first.
+            if not s.req_done:
+                return
+            if s.sid % 2 == 1 and s.first_end is not None:
+                self._set_client_dir(s.first_end, sure=False)
+                return
+        self._finish(s, ts1)
+
+    @staticmethod
+    def _swap_roles(s: _Stream) -> None:
+        old_req, old_resp = s.request, s.response
+        s.request = old_resp if old_resp is not None else Message(http_version="2", body=Body(s.spill_at))
+        s.response = old_req if (old_req.body.size or old_req.wire_bytes or s.req_head) else None
+        s.req_dir = _other(s.req_dir)
+        s.req_head, s.resp_head = s.resp_head, s.req_head
+        s.req_done, s.resp_done = s.resp_done, s.req_done
 
     def _stream(self, sid: int, req_dir: Direction, ts: int, orphan: bool) -> _Stream | None:
         s = self._streams.get(sid)
@@ -723,6 +763,7 @@ class Http2Connection:
             s = self._stream(blk.stream_id, req_dir, blk.ts_ns, orphan=(sender != req_dir))
             if s is None:
                 return
+            s.guessed = not pseudo and not self._roles_sure
         s.last_ts = ts1
         if blk.damaged:
             s.gaps.append((_dir_name(sender), blk.damaged))
@@ -761,8 +802,7 @@ class Http2Connection:
             if blk.end_stream:
                 s.resp_done = True
                 msg.complete = not any(g[0] == _dir_name(sender) for g in s.gaps)
-        if s.resp_done:
-            self._finish(s, ts1)
+        self._ended(s, sender, blk.end_stream, ts1)
 
     def _set_head(self, s: _Stream, msg: Message, fields, unknown: int, blk: _Block, ts1: int,
                   request: bool) -> None:
@@ -823,8 +863,11 @@ class Http2Connection:
             s = self._stream(sid, req_dir, ts0, orphan=True)
             if s is None:
                 return
+            s.guessed = not self._roles_sure
         s.last_ts = ts1
         data = frame.data
+        body_before = (s.request if side.direction == s.req_dir else s.response)
+        body_before = body_before.body.size if body_before is not None else 0
         lost = 0
         if holes and "PADDED" in frame.flags and min(off for off, _ in holes) == 0:
             # The pad length byte itself was lost: where the data ends is unknown. Drop the frame.
@@ -844,6 +887,10 @@ class Http2Connection:
             keep += data[cur:]
             data = bytes(keep)
             s.gaps.append((_dir_name(side.direction), lost))
+        if data:
+            bt = s.times[side.direction]
+            if len(bt) < self.max_chunk_times and (not bt or bt[-1][1] != ts1):
+                bt.append((body_before, ts1))
         if side.direction == s.req_dir:
             msg = s.request
             if not msg.ts_ns:
@@ -865,14 +912,11 @@ class Http2Connection:
             if data:
                 if not msg.first_body_ts_ns:
                     msg.first_body_ts_ns = ts1
-                bt = s.resp_chunks
-                if len(bt) < self.max_chunk_times and (not bt or bt[-1][1] != ts1):
-                    bt.append((msg.body.size, ts1))
                 msg.body.append(data)
             if "END_STREAM" in frame.flags:
                 s.resp_done = True
                 msg.complete = s.resp_head and not any(g[0] == _dir_name(side.direction) for g in s.gaps)
-                self._finish(s, ts1)
+        self._ended(s, side.direction, "END_STREAM" in frame.flags, ts1)
 
     def _on_rst(self, side: _Side, frame: RstStreamFrame, ts1: int) -> None:
         s = self._streams.get(frame.stream_id)
@@ -920,7 +964,8 @@ class Http2Connection:
                 self._decode(msg)
         ex = Exchange(conn=self.conn, request=req, response=s.response, notes=s.notes, gaps=s.gaps,
                       stream_id=s.sid, protocol="h2")
-        ex.body_times = s.resp_chunks    # (offset in the body before decoding, capture ts) per frame
+        # (offset in the response body before decoding, capture ts) per DATA frame
+        ex.body_times = s.times[_other(s.req_dir)]
         self.stats.exchanges += 1
         self._out.append(ex)
 
