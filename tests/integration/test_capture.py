@@ -11,7 +11,8 @@ import time
 import pytest
 
 from tests.integration.conftest import (assert_pair_matches, client_env, curl_body, curl_client,
-                                        node_client, py_client, read_log, run_traced, tracer_cmd)
+                                        node_client, py_client, read_log, run_traced, tracer_cmd,
+                                        wait_for)
 
 
 def _ids(out: str) -> list[str]:
@@ -193,11 +194,20 @@ def test_target_killed_midstream_leaves_note(mock, tmp_path):
     cmd = py_client(mock, "--stream", "--header", "x-mock-delay-ms: 100", "--header", "x-mock-deltas: 100")
     tr = subprocess.Popen(tracer_cmd("run", "-o", str(tmp_path), "--quiet", "--no-html", "--", *cmd),
                           env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    time.sleep(2.5)
-    # the client is the tracer's child's exec'd process: find and kill it
-    kids = subprocess.run(["pgrep", "-P", str(tr.pid)], capture_output=True, text=True).stdout.split()
-    assert kids, "client not running"
-    os.kill(int(kids[0]), signal.SIGKILL)
+    def client_pid():
+        kids = subprocess.run(["pgrep", "-P", str(tr.pid)], capture_output=True, text=True).stdout.split()
+        for k in kids:
+            try:
+                if "py_client.py" in open(f"/proc/{k}/cmdline").read():
+                    return int(k)
+            except OSError:
+                pass
+        return None
+    # the tracer's child is held until its probes are in place, then execs the client
+    pid = wait_for(client_pid, timeout=60)
+    assert pid, "client never started"
+    time.sleep(2.0)      # the response (100 events, 100 ms apart) is streaming now
+    os.kill(pid, signal.SIGKILL)
     out, err = tr.communicate(timeout=60)
     assert tr.returncode == 128 + signal.SIGKILL, err
     recs = read_log(tmp_path)
