@@ -18,6 +18,10 @@ test: bootstrap
 	@bash scripts/bootstrap-browser.sh
 	@$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Property tests at 100,000 examples per property (make test runs a few hundred each).
+fuzz: bootstrap
+	@TRACER_FUZZ_PROFILE=fuzz $(PY) -m pytest -q tests/unit/test_fuzz_protocols.py $(PYTEST_ARGS)
+
 unit: bootstrap
 	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 

@@ -1,0 +1,219 @@
+"""Throughput: Debian's `wrk` (C, OpenSSL libssl.so.3) against `nginx` with TLS and keep-alive, both on
+127.0.0.1, untraced vs under `tracer run --include-all-requests` in the same run.
+
+    .venv/bin/python bench/throughput.py [--duration 10] [--connections 16] [--rounds 2] [--rate-seconds 20]
+
+Two parts:
+  * saturation: wrk as fast as it goes; req/s traced / untraced, and complete pairs logged vs the
+    requests wrk counted (wrk counts only finished requests);
+  * fixed rate: one connection, one request every 10 ms (a Lua `delay()`), ~100 req/s: the reduction
+    of the achieved rate and of the per-request latency (p50/p99 from wrk's latency distribution).
+Rounds alternate untraced/traced/untraced. wrk and nginx are installed with apt-get if missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import ROOT, logs, machine, summary_numbers, tracer_cmd  # noqa: E402
+
+from tracer.mock.certs import ensure_certs  # noqa: E402
+
+BODY = ('{"id":"msg_bench","type":"message","role":"assistant","model":"claude-sonnet-4-5",'
+        '"content":[{"type":"text","text":"Hello from nginx."}],"stop_reason":"end_turn",'
+        '"usage":{"input_tokens":12,"output_tokens":5}}')
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        location / {{
+            default_type application/json;
+            return 200 '{body}';
+        }}
+    }}
+}}
+"""
+
+RATE_LUA = """
+wrk.method = "POST"
+wrk.body = '{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}'
+wrk.headers["Content-Type"] = "application/json"
+function delay() return %d end
+"""
+
+POST_LUA = """
+wrk.method = "POST"
+wrk.body = '{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def ensure_tools():
+    missing = [p for p, exe in (("wrk", "wrk"), ("nginx-light", "nginx")) if not shutil.which(exe)
+               and not os.path.exists(f"/usr/sbin/{exe}")]
+    if missing:
+        print(f"installing {' '.join(missing)} with apt-get", flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+
+
+def free_port() -> int:
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start_nginx(tmp: Path) -> tuple[subprocess.Popen, int]:
+    certs = ensure_certs(tmp / "certs")
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=tmp, port=port, cert=certs.cert, key=certs.key, body=BODY))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    p = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp)], stderr=subprocess.PIPE)
+    for _ in range(200):
+        try:
+            import socket
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return p, port
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("nginx did not start: " + (tmp / "error.log").read_text())
+
+
+def parse_wrk(out: str) -> dict:
+    r = {}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    r["requests"] = int(m.group(1))
+    r["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    for p in ("50", "90", "99"):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if m:
+            v = float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+            r[f"p{p}_us"] = v
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", out)
+    r["socket_errors"] = m.group(1) if m else ""
+    return r
+
+
+def run_wrk(args: list[str], traced: bool, out_dir: Path) -> tuple[dict, dict | None, str]:
+    wrk = shutil.which("wrk")
+    cmd = [wrk, "--latency", *args]
+    if traced:
+        cmd = tracer_cmd("run", "--quiet", "--no-html", "--include-all-requests", "-o", str(out_dir), "--", *cmd)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=str(ROOT))
+    if p.returncode != 0:
+        raise SystemExit(f"wrk failed ({p.returncode}): {p.stdout}\n{p.stderr}")
+    res = parse_wrk(p.stdout)
+    log = None
+    if traced:
+        s = summary_numbers(p.stderr)
+        complete = 0
+        lf = logs(out_dir)
+        import orjson
+        if lf:
+            with open(lf[-1], "rb") as f:
+                for line in f:
+                    rec = orjson.loads(line)
+                    if rec["tracer"]["complete"]:
+                        complete += 1
+        s["complete"] = complete
+        log = s
+    return res, log, p.stderr
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rate-seconds", type=int, default=20)
+    ap.add_argument("--skip-saturation", action="store_true")
+    args = ap.parse_args()
+    ensure_tools()
+    print(machine())
+    with tempfile.TemporaryDirectory(prefix="tracer-bench-tp-") as tmpd:
+        tmp = Path(tmpd)
+        nginx, port = start_nginx(tmp)
+        (tmp / "post.lua").write_text(POST_LUA)
+        (tmp / "rate.lua").write_text(RATE_LUA % 10)
+        url = f"https://127.0.0.1:{port}/v1/messages"
+        try:
+            if not args.skip_saturation:
+                sat = ["-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s",
+                       "-s", str(tmp / "post.lua"), url]
+                base, traced = [], []
+                for r in range(args.rounds):
+                    base.append(run_wrk(sat, False, tmp)[0])
+                    res, log, err = run_wrk(sat, True, tmp / f"sat{r}")
+                    traced.append((res, log))
+                    print(f"  round {r}: untraced {base[-1]['rps']:.0f} req/s | traced {res['rps']:.0f} req/s, "
+                          f"{log['complete']} complete pairs logged of {res['requests']} requests "
+                          f"({log.get('incomplete')} incomplete); tracer: {log.get('losses')}", flush=True)
+                    base.append(run_wrk(sat, False, tmp)[0])
+                b = sum(x["rps"] for x in base) / len(base)
+                t = sum(x[0]["rps"] for x in traced) / len(traced)
+                req = sum(x[0]["requests"] for x in traced)
+                comp = sum(x[1]["complete"] for x in traced)
+                print(f"saturation ({args.connections} connections, {args.duration} s): untraced {b:.0f} req/s, "
+                      f"traced {t:.0f} req/s, ratio {t / b:.3f}; pairs logged complete {comp} / {req} requests "
+                      f"({100 * comp / max(req, 1):.1f} %)")
+            rate = ["-t", "1", "-c", "1", "-d", f"{args.rate_seconds}s", "-s", str(tmp / "rate.lua"), url]
+            base, traced = [], []
+            for r in range(args.rounds):
+                base.append(run_wrk(rate, False, tmp)[0])
+                res, log, err = run_wrk(rate, True, tmp / f"rate{r}")
+                traced.append((res, log))
+                base.append(run_wrk(rate, False, tmp)[0])
+                print(f"  round {r}: untraced {base[-2]['rps']:.2f}/{base[-1]['rps']:.2f} req/s | traced "
+                      f"{res['rps']:.2f} req/s, {log['complete']} complete pairs of {res['requests']}", flush=True)
+            b = sum(x["rps"] for x in base) / len(base)
+            t = sum(x[0]["rps"] for x in traced) / len(traced)
+            bp50 = sum(x["p50_us"] for x in base) / len(base)
+            tp50 = sum(x[0]["p50_us"] for x in traced) / len(traced)
+            bp99 = sum(x["p99_us"] for x in base) / len(base)
+            tp99 = sum(x[0]["p99_us"] for x in traced) / len(traced)
+            req = sum(x[0]["requests"] for x in traced)
+            comp = sum(x[1]["complete"] for x in traced)
+            print(f"fixed ~100 req/s (1 connection, 10 ms between requests): untraced {b:.2f} req/s, traced "
+                  f"{t:.2f} req/s, reduction {100 * (1 - t / b):.2f} %; latency p50 {bp50:.0f} -> {tp50:.0f} us, "
+                  f"p99 {bp99:.0f} -> {tp99:.0f} us; pairs logged complete {comp} / {req}")
+        finally:
+            nginx.terminate()
+            nginx.wait(10)
+
+
+if __name__ == "__main__":
+    main()
