@@ -97,13 +97,14 @@ def _frame_len(data, off: int, max_len: int, strict: bool = False) -> int | None
     (server-push) stream ids or on ids beyond 2**20."""
     hi, lo, typ, flags, sid = _HDR.unpack_from(data, off)
     length = (hi << 8) | lo
-    if length > max_len or sid & 0x80000000:
+    if length > max_len or strict and sid & 0x80000000:   # the reserved bit is ignored when synced
         return None
+    sid &= 0x7FFFFFFF
     rule = _FRAME_RULES.get(typ)
     if rule is None:
         return None
     allowed, sid_rule, len_rule = rule
-    if flags & ~allowed:
+    if strict and flags & ~allowed:     # receivers must ignore unknown flags; only guessing rejects them
         return None
     if sid_rule == 1 and sid == 0 or sid_rule == 0 and sid != 0:
         return None
