@@ -8,7 +8,8 @@ Prints one JSON line per finished request: {"record", "status", "sha256", "len",
 (t0/t1: epoch seconds at the request's start / the response's last byte), then {"done": ...} at the end.
 --go-file: wait for that file before starting; --then-wait F --n2 N: after the first N requests, wait
 for F and make N2 more (phases a test can line up with its own actions); --new-conn: a fresh TLS
-connection per request (no keep-alive); --rate R: start R requests per second instead of all at once.
+connection per request (no keep-alive); --rate R: start R requests per second instead of all at once;
+--hold-file F: when done, keep the (keep-alive) connections open until F exists.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def parse_args(argv=None):
     ap.add_argument("--rate", type=float, default=0.0)
     ap.add_argument("--prompt-bytes", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--hold-file", help="when done, keep the connections open until this file exists")
     return ap.parse_args(argv)
 
 
@@ -108,6 +110,9 @@ async def main(args):
             out({"phase": 1, "t": time.time()})
             await wait_file(args.then_wait)
             await phase(client, args, args.n, args.n2, headers)
+        if args.hold_file:
+            out({"holding": True, "t": time.time()})
+            await wait_file(args.hold_file)
     out({"done": True, "t": time.time()})
 
 
