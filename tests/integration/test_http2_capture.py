@@ -113,6 +113,18 @@ async def main():
                 await one(c, i, stream=(i % 2 == 0))
         elif mode == "concurrent":
             await asyncio.gather(*(one(c, i, True) for i in range(n)))
+        elif mode == "slow-stream-then-more":
+            hdrs = {"x-mock-delay-ms": "40", "x-mock-deltas": "80"}
+            async with c.stream("POST", url + "/v1/messages", json=body(True, 0), headers=hdrs) as r:
+                it = r.aiter_bytes()
+                await it.__anext__()
+                print("streaming", flush=True)          # the test attaches now, mid-response
+                async for _ in it:
+                    pass
+            print(json.dumps({"record": r.headers["x-mock-record-id"], "v": r.http_version,
+                              "pieces": 0}), flush=True)
+            for i in range(1, n + 1):
+                await one(c, i, True)
         elif mode == "warm-then-go":
             await one(c, 0, True)
             print("warm", flush=True)
@@ -263,3 +275,35 @@ def test_attach_mid_connection_unknown_hpack_state(h2mock, tmp_path):
         assert t.get("request_unknown_headers", 0) == 0 or any("unknown" in n for n in t["notes"])
     # the client's and server's tables were warm: at least some fields referred to old entries
     assert unknown > 0
+
+
+def test_attach_during_a_streaming_response(h2mock, tmp_path):
+    """Attached while an h2 SSE response is arriving: the in-flight pair is logged from there on
+    (its body a true suffix, flagged as begun before the capture), the next pairs on the same
+    connection in full."""
+    n = 2
+    target = subprocess.Popen(httpx_client(tmp_path, h2mock, "slow-stream-then-more", n),
+                              env=client_env(h2mock), stdout=subprocess.PIPE, text=True)
+    assert target.stdout.readline().strip() == "streaming"
+    tr, head = start_attach(target.pid, tmp_path / "log", "--include-all-requests")
+    out, _ = target.communicate(timeout=90)
+    err = tr.stderr.read()
+    assert tr.wait(timeout=30) == 0, "".join(head) + err
+    assert target.returncode == 0
+    recs = read_log(tmp_path / "log")
+    rids = ids(out)
+    first = next(m for m in h2mock.records() if str(m["id"]) == rids[0])
+    by_stream = {m["stream_id"]: m for m in h2mock.records() if m["conn_id"] == first["conn_id"]}
+    assert sorted(r["tracer"]["stream_id"] for r in recs) == [1, 3, 5], err
+    for r in recs:
+        t = r["tracer"]
+        m = by_stream[t["stream_id"]]
+        sent = body_bytes(m["response_body"])
+        if t["stream_id"] == 1:
+            got = r["response"]["body_raw"].encode()
+            assert got and sent.endswith(got) and len(got) < len(sent)
+            assert any("before the capture" in n for n in t["notes"])
+        else:
+            assert r["request"]["body"] == json.loads(body_bytes(m["request_body"]))
+            assert r["response"]["body_raw"].encode() == sent
+            assert r["response"]["status_code"] == 200

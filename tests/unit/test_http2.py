@@ -874,3 +874,17 @@ def test_h2_frames_offset_finds_a_boundary_inside_a_chunk():
     assert found > 150
     assert h2_frames_offset(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n" * 50) is None
     assert h2_frames_offset(random.Random(1).randbytes(50000)) is None
+
+
+def test_priority_information_is_ignored():
+    c = Conversation()
+    sid = c.client.get_next_available_stream_id()
+    c.client.send_headers(sid, req_headers(0), end_stream=True, priority_weight=200,
+                          priority_depends_on=0, priority_exclusive=True)   # HEADERS with PRIORITY
+    c.client.prioritize(sid, weight=16)                                     # a PRIORITY frame
+    c.pump()
+    c.respond(sid, resp_headers(0), [b"prioritised"])
+    p = Http2Connection(CONN)
+    out = feed_all(p, c.wire)
+    check_exact(c, out)
+    assert p.stats.parse_errors == 0
