@@ -818,6 +818,7 @@ def test_non_h2_garbage_does_not_crash():
         out += p.feed(rng.choice([W, R]), rng.randbytes(rng.randint(1, 3000)), 0)
     out += p.close("eof", 0)
     assert p.stats.skipped_bytes > 0
+    assert p.stats.not_http == 1 and p.stats.exchanges == 0   # random bytes never pass as frames
     for e in out:
         assert e.request.headers == [] or all(isinstance(k, str) for k, _ in e.request.headers)
 

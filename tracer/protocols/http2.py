@@ -372,6 +372,7 @@ class Http2Connection:
         self._out: list[Exchange] = []
         self._goaway: dict[Direction, tuple[int, int]] = {}
         self._gap_streams = False   # some open stream had a framing-loss gap
+        self._frames_seen = 0
 
     # ------------------------------------------------------------------ contract
 
@@ -417,6 +418,8 @@ class Http2Connection:
             if side.buf and side.state != _START:
                 self.stats.skipped_bytes += len(side.buf)
             side.buf.clear()
+        if not self._frames_seen and self.stats.skipped_bytes:
+            self.stats.not_http = 1     # never found an HTTP/2 frame: not HTTP/2 after all
         for s in sorted(self._streams.values(), key=lambda s: s.sid):
             note = f"connection closed ({reason}) before the stream finished" if reason else \
                 "connection closed before the stream finished"
@@ -548,6 +551,7 @@ class Http2Connection:
                     break
                 first_ts = side.buf_ts if not consumed_any else ts_ns
                 holes, side.holes = side.holes, []
+                self._frames_seen += 1
                 self._frame(side, bytes(buf[pos:pos + total]), first_ts, ts_ns, holes)
                 pos += total
                 consumed_any = True
