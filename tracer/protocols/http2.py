@@ -10,9 +10,19 @@ header lists. Every stream becomes one :class:`~tracer.protocols.base.Exchange`.
     for ex in p.gap(Direction.READ, nbytes, ts_ns): ...
     for ex in p.close("exit", ts_ns): ...
 
-Which side is the client comes from the connection preface (the side that sends it), from the server
-preface (a non-ACK SETTINGS as the very first frame), or from pseudo-headers (``:method`` is sent by the
-client, ``:status`` by the server); failing all that the traced process is taken to be the client.
+Which side is the client: known from the connection preface (the side that sends it) or from a
+readable pseudo-header (``:method`` comes from the client, ``:status`` from the server); guessed from a
+non-ACK SETTINGS as a side's very first frame (the server preface), from which side ended a stream
+first, or by default (the traced process, WRITE, is the client). Streams created on a guess (DATA seen
+before any readable header block, after attaching) are re-assigned when certainty arrives, and are not
+written out on one END_STREAM alone while roles are only guessed.
+
+Frame boundaries in bytes that did not start at one (attached mid-connection, or after a gap): a chain
+of plausible frame headers (known type and flags, stream-id and length rules, odd stream ids below
+2**20, no empty DATA without END_STREAM, ...), 2 frames long where a captured chunk began (SSL_write
+output is frame-aligned), else 4 long or 2 ending exactly where the captured bytes end.
+``looks_like_h2_frames`` (chunk starts with frames) and ``h2_frames_offset`` (frames start somewhere
+inside) expose the same test to a dispatcher.
 
 Unknown HPACK state (attached to a live connection, or bytes lost in a capture gap). HPACK inserts new
 entries at the *front* of the dynamic table and evicts from the back, so if a decoder starts with an
@@ -29,7 +39,7 @@ loses header-block bytes restarts that direction's table empty, with the same gu
 Gaps: bytes lost strictly inside one frame's payload keep the framing (we know how many were lost):
 a DATA frame loses just those body bytes (the stream gets a gap entry), a header block becomes
 unknown. A gap that crosses a frame boundary loses the framing: that direction resynchronises on the
-next plausible frame-header chain (``looks_like_h2_frames``), its HPACK table restarts, and every
+next plausible frame-header chain, its HPACK table restarts, and every
 stream still open in that direction gets a gap entry and a note. Such streams stay open (their later
 frames still carry their stream id, so the rest of the body lands in the same record); one that sees
 no frame for ``stale_after_s`` seconds of capture time afterwards is written out as incomplete.
