@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tracer.capture.pipeline import Capture
 from tracer.probes.attach import BpfProgram, TracerError
+from tracer.probes.loader import load_program
 from tracer.probes.targets import Locator, mapped_objects
 from tracer.protocols.base import Exchange
 from tracer.sinks.jsonl import JsonlWriter, make_log_dir
@@ -132,7 +133,7 @@ class Session:
         self._poller: threading.Thread | None = None
         self.tracefs = ensure_tracefs()
         t = time.monotonic()
-        self.prog = BpfProgram(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit)
+        self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit, stderr=self.stderr)
         self.load_seconds = time.monotonic() - t
         out_dir = make_log_dir(opts.output_dir)
         name = opts.log_name or f"log-{datetime.now().strftime('%Y-%m-%d-%H-%M-%S')}.jsonl"
