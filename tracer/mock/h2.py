@@ -63,12 +63,13 @@ class _H2Server:
     # ------------------------------------------------------------------ I/O
 
     async def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if not data or self.dead:
+        if self.dead:
             return
-        async with self.write_lock:
-            self.writer.write(data)
-            await self.writer.drain()
+        async with self.write_lock:     # take h2's bytes under the lock: writes stay in order
+            data = self.conn.data_to_send()
+            if data:
+                self.writer.write(data)
+                await self.writer.drain()
 
     def abort(self) -> None:
         self.dead = True
