@@ -367,11 +367,14 @@ def held_ref_ctr_offset(path: str, offset: int, retprobe: bool) -> int | None:
 class RingBuffer:
     """User-space consumer of a BPF_MAP_TYPE_RINGBUF map (what libbpf's ring_buffer does).
 
-    The data area is mapped twice back to back, so a record never wraps in our view. Ordering:
-    producer_pos is read, the records up to it are handed out, then consumer_pos is stored; on
-    x86-64 (TSO) plain aligned 8-byte loads/stores give the acquire/release the protocol needs.
-    The callback gets (ctx, address, size), as BCC's ring buffer callbacks do; the address is only
-    valid during the call."""
+    The data area is mapped once, not twice back to back as libbpf does: the kernel puts every page
+    of a ring mapping in at mmap time and they count in our RSS, so the double mapping would show
+    2x the ring size (16 MB for the default 8 MB ring) in the tracer's resident set. The few
+    records that wrap past the end of the area are joined into a temporary buffer instead.
+    Ordering: producer_pos is read, the records up to it are handed out, consumer_pos is stored
+    after each; on x86-64 (TSO) plain aligned 8-byte loads/stores give the acquire/release the
+    protocol needs. The callback gets (ctx, address, size), as BCC's ring buffer callbacks do; the
+    address is only valid during the call."""
 
     def __init__(self, map_fd: int, size: int, callback):
         if size <= 0 or size & (size - 1):
@@ -388,7 +391,8 @@ class RingBuffer:
         if cons in (None, MAP_FAILED):
             e = ctypes.get_errno()
             raise OSError(e, f"mmap of the ring buffer consumer page: {os.strerror(e)}")
-        prod = _libc.mmap(None, self.page + 2 * size, PROT_READ, MAP_SHARED, map_fd, self.page)
+        self._prod_len = self.page + size
+        prod = _libc.mmap(None, self._prod_len, PROT_READ, MAP_SHARED, map_fd, self.page)
         if prod in (None, MAP_FAILED):
             e = ctypes.get_errno()
             _libc.munmap(cons, self.page)
@@ -397,7 +401,8 @@ class RingBuffer:
         self._consumer = ctypes.c_uint64.from_address(cons)
         self._producer = ctypes.c_uint64.from_address(prod)
         self.data = prod + self.page
-        self._view = memoryview((ctypes.c_char * (2 * size)).from_address(self.data)).cast("B")
+        self._view = memoryview((ctypes.c_char * size).from_address(self.data)).cast("B")
+        self.wrapped_records = 0
         self._ep = select.epoll()
         self._ep.register(map_fd, select.EPOLLIN)
         self.closed = False
@@ -411,7 +416,7 @@ class RingBuffer:
 
     def _consume(self) -> int:
         n = 0
-        view, mask, data, cb = self._view, self.mask, self.data, self.callback
+        view, mask, data, cb, size = self._view, self.mask, self.data, self.callback, self.size
         consumer, producer = self._consumer, self._producer
         unpack = struct.unpack_from
         cons = consumer.value
@@ -427,8 +432,15 @@ class RingBuffer:
                 length = hdr & ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT)
                 cons += (length + RINGBUF_HDR_SZ + 7) & ~7
                 if not hdr & RINGBUF_DISCARD_BIT:
+                    start = (off + RINGBUF_HDR_SZ) & mask      # headers never straddle the end
                     try:
-                        rc = cb(None, data + off + RINGBUF_HDR_SZ, length)
+                        if start + length <= size:
+                            rc = cb(None, data + start, length)
+                        else:                                  # wraps: join the two pieces
+                            self.wrapped_records += 1
+                            tmp = ctypes.create_string_buffer(
+                                bytes(view[start:]) + bytes(view[:start + length - size]), length)
+                            rc = cb(None, ctypes.addressof(tmp), length)
                     except Exception as e:   # a consumer bug must not stop the ring
                         rc = 0
                         self.callback_errors += 1
@@ -461,7 +473,7 @@ class RingBuffer:
                 return
             self.closed = True
             self._view.release()
-            _libc.munmap(self._prod_addr, self.page + 2 * self.size)
+            _libc.munmap(self._prod_addr, self._prod_len)
             _libc.munmap(self._cons_addr, self.page)
             self._ep.close()
 
