@@ -469,8 +469,15 @@ class Http2Connection:
         if len(buf) < 9:
             return False        # could still become a frame header
         hi, lo, typ, flags, sid = _HDR.unpack_from(buf, 0)
-        if (typ == 0x4 and not flags & 1 and sid == 0 and _frame_len(buf, 0, _SYNC_MAX_FRAME)
-                and self._client_dir != side.direction and self._from_start is not False):
+        settings_first = (typ == 0x4 and not flags & 1 and sid == 0 and self._from_start is not False
+                          and self._client_dir != side.direction
+                          and _frame_len(buf, 0, _SYNC_MAX_FRAME, strict=True))
+        if settings_first:
+            ok, n, _ = _chain(buf, 0)
+            if ok and n == 0:
+                return False    # wait for the whole SETTINGS frame
+            settings_first = ok
+        if settings_first:
             # A non-ACK SETTINGS first: the server preface of a connection seen from its start.
             # (The client side counts as seen from its start only with its own preface: the capture
             # may have begun between the client's preface and the server's.)
