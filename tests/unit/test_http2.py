@@ -889,3 +889,20 @@ def test_priority_information_is_ignored():
     out = feed_all(p, c.wire)
     check_exact(c, out)
     assert p.stats.parse_errors == 0
+
+
+def test_wrong_guessed_boundary_drops_the_streams_it_invented():
+    # Mid-connection bytes that happen to look like two DATA frames on stream 1, then a header that
+    # breaks the rules: the guess was wrong, and stream 1 (no header block ever decoded) is dropped.
+    fake = b"\x00\x00\x02\x00\x00\x00\x00\x00\x01ab" * 2
+    bad = b"\x00\x00\x06\x04\x00\x00\x00\x00\x01" + b"\x00" * 6      # SETTINGS on stream 1
+    c = Conversation()
+    sid = c.request(req_headers(0))
+    c.respond(sid, resp_headers(0), [b"real"])
+    mark = next(i for i, (d, data) in enumerate(c.wire) if d == W and b"\x01" == data[3:4])
+    p = Http2Connection(CONN)
+    out = p.feed(W, fake, 1) + p.feed(W, bad, 2)
+    out += feed_all(p, c.wire[mark:]) + p.close("eof", 9)
+    assert [e.stream_id for e in out] == [sid]
+    assert out[0].response.body.getvalue() == b"real" and out[0].request.body.getvalue() == b""
+    assert p.stats.parse_errors >= 1 and p.stats.skipped_bytes >= 4   # the invented body counts as skipped

@@ -88,6 +88,7 @@ _MAX_FRAME = (1 << 24) - 1
 _HDR = struct.Struct(">HBBBL")
 
 _START, _FRAMES, _SYNC = 0, 1, 2
+_PROBATION = 16
 
 
 def looks_like_h2(data: bytes) -> bool:
@@ -311,6 +312,10 @@ class _Side:
         self.holes: list[tuple[int, int]] = []   # (offset in frame, bytes) lost inside the current frame
         self.max_frame = _MAX_FRAME   # largest frame this side may send (peer's SETTINGS_MAX_FRAME_SIZE)
         self.starts: list[int] = []   # while unsynchronised: offsets in buf where captured chunks began
+        # Right after a guessed frame boundary: frames parsed since, and streams those frames created
+        # (dropped again if the boundary proves wrong within _PROBATION frames).
+        self.probation: int | None = None
+        self.created: list[int] = []
 
     def reset_hpack(self) -> None:
         self.decoder = _ObserverDecoder(complete=False)
@@ -542,6 +547,7 @@ class Http2Connection:
             del buf[:off]
         side.state = _FRAMES
         side.holes.clear()
+        side.probation, side.created = 0, []
         return True
 
     def _frames(self, side: _Side, ts_ns: int) -> bool:
@@ -558,6 +564,7 @@ class Http2Connection:
                     if buf[pos + 3] in _FRAME_RULES or length > side.max_frame:
                         # A frame header breaking the rules: we are not where we think we are.
                         self.stats.parse_errors += 1
+                        self._drop_phantoms(side)
                         del buf[:pos + 1]
                         pos = 0
                         self.stats.skipped_bytes += 1
@@ -569,6 +576,10 @@ class Http2Connection:
                 first_ts = side.buf_ts if not consumed_any else ts_ns
                 holes, side.holes = side.holes, []
                 self._frames_seen += 1
+                if side.probation is not None:
+                    side.probation += 1
+                    if side.probation > _PROBATION:
+                        side.probation, side.created = None, []
                 self._frame(side, bytes(buf[pos:pos + total]), first_ts, ts_ns, holes)
                 pos += total
                 consumed_any = True
@@ -580,6 +591,21 @@ class Http2Connection:
                 if buf:
                     side.buf_ts = ts_ns
         return side.state != _FRAMES
+
+    def _drop_phantoms(self, side: _Side) -> None:
+        """The last guessed frame boundary was wrong: forget streams that only its frames created
+        (no header block decoded for them) -- their bodies were made of misread bytes."""
+        if side.probation is None:
+            return
+        for sid in side.created:
+            s = self._streams.get(sid)
+            if s is not None and not s.req_head and not s.resp_head:
+                del self._streams[sid]
+                for m in (s.request, s.response):
+                    if m is not None:
+                        self.stats.skipped_bytes += m.body.size
+                        m.body.close()
+        side.probation, side.created = None, []
 
     def _lose_framing(self, side: _Side, nbytes: int, ts_ns: int, keep_buf: bool = False) -> None:
         if not keep_buf:
@@ -747,7 +773,8 @@ class Http2Connection:
         s.req_head, s.resp_head = s.resp_head, s.req_head
         s.req_done, s.resp_done = s.resp_done, s.req_done
 
-    def _stream(self, sid: int, req_dir: Direction, ts: int, orphan: bool) -> _Stream | None:
+    def _stream(self, sid: int, req_dir: Direction, ts: int, orphan: bool,
+                side: _Side | None = None) -> _Stream | None:
         s = self._streams.get(sid)
         if s is not None:
             return s
@@ -758,6 +785,8 @@ class Http2Connection:
         if orphan:
             s.notes.append("stream began before the capture (request head not seen)")
         self._streams[sid] = s
+        if side is not None and side.probation is not None:
+            side.created.append(sid)
         return s
 
     def _on_headers(self, side: _Side, blk: _Block, fields: list[tuple[bytes, bytes]],
@@ -782,7 +811,7 @@ class Http2Connection:
         s = self._streams.get(blk.stream_id)
         if s is None:
             req_dir = self._req_dir_for(blk.stream_id, sender, pseudo)
-            s = self._stream(blk.stream_id, req_dir, blk.ts_ns, orphan=(sender != req_dir))
+            s = self._stream(blk.stream_id, req_dir, blk.ts_ns, orphan=(sender != req_dir), side=side)
             if s is None:
                 return
             s.guessed = not pseudo and not self._roles_sure
@@ -882,7 +911,7 @@ class Http2Connection:
             if sid in self._closed:
                 return
             req_dir = self._client_dir if self._client_dir is not None else Direction.WRITE
-            s = self._stream(sid, req_dir, ts0, orphan=True)
+            s = self._stream(sid, req_dir, ts0, orphan=True, side=side)
             if s is None:
                 return
             s.guessed = not self._roles_sure
