@@ -733,7 +733,11 @@ def load_program(ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *, stderr=N
     stderr = stderr or sys.stderr
     mode = os.environ.get("TRACER_BPF_LOADER", "auto")
     if mode == "bcc":
-        return BpfProgram(ring_buffer_mb=ring_buffer_mb, copy_limit=copy_limit)
+        t0 = time.monotonic()
+        prog = BpfProgram(ring_buffer_mb=ring_buffer_mb, copy_limit=copy_limit)
+        prog.backend, prog.cache_hit = "bcc", False
+        prog.load_seconds = time.monotonic() - t0
+        return prog
     if fallback is None:
         fallback = mode != "cache"
     if os.geteuid() != 0:
