@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -307,3 +309,37 @@ def test_attach_during_a_streaming_response(h2mock, tmp_path):
             assert r["request"]["body"] == json.loads(body_bytes(m["request_body"]))
             assert r["response"]["body_raw"].encode() == sent
             assert r["response"]["status_code"] == 200
+
+
+def test_traced_server_side(tmp_path):
+    """The traced process is the h2 *server* (the mock in its own process): its WRITEs are the
+    responses; the client preface it reads tells the parser so."""
+    from tracer.mock import MockServerProcess
+    with MockServerProcess(h2=True, state_dir=tmp_path / "mock") as srv:
+        pid = srv.pid
+        time.sleep(0.3)
+        tr, head = start_attach(pid, tmp_path / "log", "--include-all-requests")
+        cmd = ["curl", *curl_args(srv, body(True)), "--next", *curl_args(srv, body(False))]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+        assert out.split() == ["2", "2"]
+        recs_mock = srv.wait_records(2)
+        time.sleep(0.5)
+        tr.send_signal(signal.SIGINT)
+        err = tr.stderr.read()
+        assert tr.wait(timeout=30) == 0, "".join(head) + err
+    recs = read_log(tmp_path / "log")
+    assert len(recs) == 2, err
+    by_id = {str(m["id"]): m for m in recs_mock}
+    for r in recs:
+        assert r["tracer"]["protocol"] == "h2" and r["tracer"]["pid"] == pid
+        m = by_id[r["response"]["headers"]["x-mock-record-id"]]
+        assert r["request"]["method"] == "POST" and r["request"]["url"].endswith(m["target"])
+        assert r["request"]["headers"]["user-agent"].startswith("curl/")
+        assert r["request"]["body"] == json.loads(body_bytes(m["request_body"]))
+        assert r["response"]["status_code"] == m["status"]
+        sent = body_bytes(m["response_body"])
+        if "body_raw" in r["response"]:
+            assert r["response"]["body_raw"].encode() == sent
+        else:
+            assert r["response"]["body"] == json.loads(sent)
+        assert r["tracer"]["complete"] is True
