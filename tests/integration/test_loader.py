@@ -268,7 +268,13 @@ def test_cache_miss_compiles_then_hits(tmp_path):
     key = bpfcache.cache_key(1, 1 << 19)
     path = bpfcache.entry_path(key, d)
     assert not path.exists()
+    d.mkdir(mode=0o755)
+    stale, recent = d / "tracer-stale.json", d / "tracer-recent.json"
+    stale.write_text("{}")
+    recent.write_text("{}")
+    os.utime(stale, (time.time() - 40 * 86400,) * 2)
     prog = fast(copy_limit=1 << 19, cache_dir=d)
+    assert not stale.exists() and recent.exists()      # pruned after the compile
     try:
         assert isinstance(prog, loader.LoadedProgram)
         assert prog.cache_hit is False
@@ -316,6 +322,27 @@ def test_corrupt_cache_is_recompiled(cache_dir, tmp_path, damage):
     finally:
         prog.close()
     assert bpfcache.read_entry(path, key)["key"] == key
+
+
+def test_cache_permissions(cache_dir, tmp_path):
+    """Cached bytecode is loaded into the kernel as root: a directory others can write is refused,
+    an entry others could have written is recompiled."""
+    d = tmp_path / "open"
+    d.mkdir()
+    d.chmod(0o777)
+    with pytest.raises(TracerError, match="writable by others"):
+        fast(cache_dir=d)
+    d.chmod(0o755)
+    key = bpfcache.cache_key(1, 1 << 20)
+    path = bpfcache.entry_path(key, d)
+    path.write_text(bpfcache.entry_path(key, cache_dir).read_text())
+    path.chmod(0o666)
+    with pytest.raises(bpfcache.CacheError, match="writable by others"):
+        bpfcache.read_entry(path, key)
+    prog = fast(cache_dir=d)
+    prog.close()
+    assert prog.cache_hit is False
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_hit_loads_without_bcc_fast_and_small(cache_dir):

@@ -162,13 +162,35 @@ def validate(entry: dict, key: str | None = None) -> dict:
     return entry
 
 
+class UnsafeCache(Exception):
+    """The cache directory could be written by someone else: its bytecode must not be loaded."""
+
+
+def check_safe(p: Path) -> None:
+    """Bytecode from the cache goes into the kernel as root: the file and its directory must be
+    ours and not writable by group or others."""
+    st = os.lstat(p)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:       # (a symlink's mode is 777)
+        raise UnsafeCache(f"{p} is writable by others or not owned by uid {os.geteuid()} "
+                          f"(mode {st.st_mode & 0o7777:o}, owner {st.st_uid}); not using the BPF cache")
+
+
 def read_entry(path: Path, key: str | None = None) -> dict:
+    path = Path(path)
     try:
-        raw = Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise CacheError("no entry") from None
     except OSError as e:
         raise CacheError(f"unreadable: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise CacheError(f"{path} is not ours or writable by others")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read()
+    finally:
+        os.close(fd)
     try:
         entry = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -310,12 +332,16 @@ def get_entry(ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *,
     lock so that tracers started together compile once."""
     key = cache_key(ring_buffer_mb, copy_limit)
     path = entry_path(key, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    check_safe(path.parent)
     try:
-        return read_entry(path, key), True
+        entry = read_entry(path, key)
+        with contextlib.suppress(OSError):
+            os.utime(path)                          # last use, for prune()
+        return entry, True
     except CacheError:
         pass
     import fcntl
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     with open(path.parent / f".tracer-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -323,7 +349,27 @@ def get_entry(ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *,
         except CacheError:
             pass
         compile_subprocess(ring_buffer_mb, copy_limit, key, path)
-        return read_entry(path, key), False
+        entry = read_entry(path, key)
+    prune(path.parent, keep=path)
+    return entry, False
+
+
+def prune(directory: Path, keep: Path | None = None, max_age_days: float = 30) -> int:
+    """Remove entries (and their lock files) unused for `max_age_days`: every change of the BPF
+    source, BCC, the kernel or the ring/copy-limit options makes a new one."""
+    n = 0
+    cutoff = time.time() - max_age_days * 86400
+    for p in Path(directory).glob("tracer-*.json"):
+        if keep is not None and p == keep:
+            continue
+        with contextlib.suppress(OSError):
+            if p.stat().st_mtime < cutoff:
+                p.unlink()
+                key = p.stem[len("tracer-"):]
+                with contextlib.suppress(OSError):
+                    (p.parent / f".tracer-{key}.lock").unlink()
+                n += 1
+    return n
 
 
 def invalidate(ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *,
