@@ -271,6 +271,7 @@ class Session:
             "decode_errors": p.decode_errors,
             "non_http_connections": p.not_http + c.other_connections,
             "h2_connections": c.h2_connections,
+            "unknown_header_blocks": p.unknown_header_blocks,
             "worker_errors": c.worker_errors,
             "last_worker_error": self.capture.last_error,
             "records_written": w.records,
@@ -295,6 +296,7 @@ def format_summary(s: dict) -> str:
                        ("skipped_bytes", "bytes skipped to resynchronise"),
                        ("parse_errors", "parse errors"), ("decode_errors", "decode errors"),
                        ("non_http_connections", "non-HTTP connections"),
+                       ("unknown_header_blocks", "HTTP/2 header blocks undecodable (attached mid-connection)"),
                        ("records_lost", "records lost (log write failures)"),
                        ("worker_errors", "internal errors")):
         if s.get(key):

@@ -83,3 +83,11 @@ def test_default_filter():
     assert f.wants(ex(host="bedrock-runtime.us-east-1.amazonaws.com",
                       path="/model/anthropic.claude-v2/invoke-with-response-stream"))
     assert Filter(include_all=True).wants(ex(host="example.com", path="/"))
+
+
+def test_filter_keeps_h2_pairs_with_unknown_url():
+    e = ex(host="", path="")
+    e.request.unknown_headers = 2
+    assert Filter().wants(e)
+    r = build_record(e, Clock())
+    assert r["tracer"]["request_unknown_headers"] == 2 and "HPACK" in r["note"]

@@ -161,8 +161,8 @@ class Capture:
             st.kind = "h2"
         elif (looks_like_http1_request(head) or looks_like_http1_response(head)):
             st.kind = "http/1.1"
-        elif _h2 is not None and _h2.looks_like_h2_frames(data):
-            st.kind = "h2"
+        elif _h2 is not None and (_h2.looks_like_h2_frames(data) or _h2.h2_frames_offset(data) is not None):
+            st.kind = "h2"    # attached to a live h2 connection (the chunk may start mid-frame)
         else:
             st.kind = "http/1.1"   # unknown start: the HTTP/1 parser resynchronises or skips
         if st.kind == "h2":

@@ -79,6 +79,10 @@ class Filter:
         if self.include_all:
             return True
         req = ex.request
+        if req.unknown_headers and not (req.authority and req.target):
+            # HTTP/2 attached mid-connection: the URL is in HPACK state we never saw. Unknown is not
+            # "not an API call", so keep it (the record says why its URL is missing).
+            return True
         host = _hostname(req.authority)
         path = req.target.split("?", 1)[0]
         if host in self.api_hosts and path.endswith("/v1/messages"):
@@ -191,6 +195,8 @@ def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
         extras["request_decode_error"] = req.decode_error
     if req.unknown_headers:
         extras["request_unknown_headers"] = req.unknown_headers
+        extras["notes"].append(f"{req.unknown_headers} request header field(s) undecodable: HPACK state "
+                               "from before the attach")
     if resp is not None:
         rs_fields, rs_extra = body_fields(resp, True)
         end = resp.end_ts_ns or resp.ts_ns
@@ -221,7 +227,7 @@ def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
             extras["trailers"] = headers_dict(resp.trailers, redact)
         if not resp.complete:
             extras["notes"].append("response incomplete")
-    if ex.notes or resp is None or not resp.complete:
+    if extras["notes"] or resp is None or not resp.complete:
         record["note"] = "; ".join(extras["notes"]) or "response incomplete"
     record["tracer"] = extras
     return record
