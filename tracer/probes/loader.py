@@ -12,8 +12,10 @@ such an entry back into a running program:
   * uprobes: perf_event_open on the `uprobe` PMU (config1 = path, config2 = file offset of the
     function, the retprobe bit from the PMU's format), for the target pid only, then
     PERF_EVENT_IOC_SET_BPF + PERF_EVENT_IOC_ENABLE. Closing the perf fd detaches. No tracefs.
-  * the ring buffer: the map is mmapped (consumer page read-write, producer page + the data area
-    mapped twice read-only) and records are walked in user space like libbpf's ring_buffer__poll.
+  * the ring buffer: the map is mmapped (consumer page read-write, producer page + data area
+    read-only) and records are walked in user space like libbpf's ring_buffer__poll.
+  * a uprobe another tool registered with a non-zero reference-counter offset (BCC 0.26's Python
+    binding) is matched, see held_ref_ctr_offset().
 
 `LoadedProgram` has BpfProgram's interface (tracer/probes/attach.py); `load_program()` is the factory
 that uses the cache, compiles through a subprocess on a miss and falls back to BCC in-process when
@@ -25,6 +27,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import errno
+import functools
 import os
 import platform
 import re
@@ -250,6 +253,7 @@ def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
 _PMU = "/sys/bus/event_source/devices/uprobe"
 
 
+@functools.lru_cache(maxsize=1)
 def uprobe_pmu() -> tuple[int, int]:
     """(PMU type, retprobe bit) of the kernel's uprobe perf PMU."""
     try:
