@@ -678,16 +678,19 @@ class LoadedProgram:
 
     # -- counters -------------------------------------------------------------------------------
     def drops(self) -> dict[str, int]:
-        if self.closed:
+        fd = self.map_fds.get("drops")
+        m = self._maps.get(fd) if fd is not None else None
+        if self.closed or m is None:
             return dict(self._last_drops)
-        fd = self.map_fds["drops"]
-        m = self._maps[fd]
         vs = int(m["value_size"])
         if int(m["type"]) in PERCPU_MAP_TYPES:
             ncpu, slot = possible_cpus(), (vs + 7) & ~7
         else:
             ncpu, slot = 1, vs
-        raw = map_lookup(fd, struct.pack("<I", 0), slot * ncpu)
+        try:
+            raw = map_lookup(fd, struct.pack("<I", 0), slot * ncpu)
+        except OSError:
+            return dict(self._last_drops)     # counters are informative: never fail a caller
         total: dict[str, int] = {}
         if raw is not None:
             for c in range(ncpu):
