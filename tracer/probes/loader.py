@@ -752,6 +752,11 @@ def load_program(ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *, stderr=N
                           "run it with sudo")
     t0 = time.monotonic()
     try:
+        if platform.machine() != "x86_64":
+            # the ring reader relies on x86-64's ordering of plain loads and stores (TSO); other
+            # architectures need acquire/release barriers that Python cannot issue
+            raise OSError(errno.ENOTSUP, f"the cached-bytecode loader supports x86-64 only, "
+                                         f"not {platform.machine()}")
         entry, hit = bpfcache.get_entry(ring_buffer_mb, copy_limit, cache_dir=cache_dir)
         try:
             prog = LoadedProgram(entry, stderr=stderr)
