@@ -341,6 +341,10 @@ def test_cache_permissions(cache_dir, tmp_path):
     with pytest.raises(TracerError, match="writable by others"):
         fast(cache_dir=d)
     d.chmod(0o755)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared").chmod(0o777)          # the parent: the directory could be swapped
+    with pytest.raises(TracerError, match="writable by others"):
+        fast(cache_dir=tmp_path / "shared" / "bpf")
     key = bpfcache.cache_key(1, 1 << 20)
     path = bpfcache.entry_path(key, d)
     path.write_text(bpfcache.entry_path(key, cache_dir).read_text())

@@ -172,6 +172,9 @@ def check_safe(p: Path) -> None:
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:       # (a symlink's mode is 777)
         raise UnsafeCache(f"{p} is writable by others or not owned by uid {os.geteuid()} "
                           f"(mode {st.st_mode & 0o7777:o}, owner {st.st_uid}); not using the BPF cache")
+    parent = os.stat(Path(p).parent)      # could someone else rename the directory away?
+    if parent.st_mode & 0o022 and not parent.st_mode & 0o1000:
+        raise UnsafeCache(f"{Path(p).parent} is writable by others; not using the BPF cache in it")
 
 
 def read_entry(path: Path, key: str | None = None) -> dict:
