@@ -189,17 +189,25 @@ def start_pump(tmp_path: Path, total: int, *, wsize: int = 65536, rounds: int = 
                           str(total), str(wsize), go, str(rounds)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=private_tls_env(tmp_path / "lib"))
+    import select
+    if not select.select([p.stdout], [], [], 60)[0]:
+        p.kill()
+        raise AssertionError("the pump did not start")
     line = p.stdout.readline()
     assert line.strip() == "ready", p.stderr.read()
     return p, go
 
 
 def pump_round(p, go: str, r: int, timeout: float = 120) -> int:
+    """Let the pump run round r; returns the bytes its client read."""
+    import select
     Path(f"{go}{r}").touch()
-    deadline = time.monotonic() + timeout
+    ready, _, _ = select.select([p.stdout], [], [], timeout)
+    if not ready:
+        p.kill()
+        raise AssertionError(f"pump round {r} did not finish in {timeout} s")
     line = p.stdout.readline()
     assert line.startswith(f"done {r}"), (line, p.stderr.read() if p.poll() is not None else "")
-    assert time.monotonic() < deadline
     return int(line.split()[2])
 
 
