@@ -1,6 +1,6 @@
 """Added latency per request: Node making sequential requests to the mock server, untraced vs traced.
 
-    .venv/bin/python bench/latency.py [--requests 300] [--rounds 2]
+    .venv/bin/python bench/latency.py [--requests 300] [--rounds 3]
 
 Each round runs the same client untraced, then under `tracer run`, then untraced again (so drift shows),
 for streaming (SSE) and non-streaming requests. Times are measured inside the client, from the fetch
@@ -53,7 +53,7 @@ def run_client(url, env, n, mode, traced, out_dir):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=300)
-    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, kernel {platform.release()}")
     with MockServerProcess() as srv, tempfile.TemporaryDirectory() as tmp:
@@ -62,11 +62,14 @@ def main():
             base, traced = [], []
             logged_total = 0
             for r in range(args.rounds):
-                base += run_client(srv.url, env, args.requests, mode, False, tmp)[0]
+                b1 = run_client(srv.url, env, args.requests, mode, False, tmp)[0]
                 t, logged = run_client(srv.url, env, args.requests, mode, True, Path(tmp) / f"{mode}{r}")
+                b2 = run_client(srv.url, env, args.requests, mode, False, tmp)[0]
+                base += b1 + b2
                 traced += t
                 logged_total += logged
-                base += run_client(srv.url, env, args.requests, mode, False, tmp)[0]
+                print(f"  {mode} round {r}: p50 untraced {pct(b1, 50):.0f} us | traced {pct(t, 50):.0f} us | "
+                      f"untraced {pct(b2, 50):.0f} us", flush=True)
             b50, b90, b99 = (pct(base, p) for p in (50, 90, 99))
             t50, t90, t99 = (pct(traced, p) for p in (50, 90, 99))
             print(f"{mode:6s} n={len(traced)} traced / {len(base)} untraced   "
