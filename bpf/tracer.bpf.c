@@ -13,7 +13,8 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 2048          /* 8 MiB */
 #endif
-#define CHUNK_MAX 16384             /* payload bytes per ring record (largest size class) */
+#define CHUNK_MAX 65536             /* payload bytes per ring record (largest size class);
+                                       * 64 KiB keeps the copy loop short for the verifier */
 #ifndef COPY_LIMIT
 #define COPY_LIMIT (1 << 20)        /* bytes copied per call; the rest is reported as a gap */
 #endif
@@ -136,6 +137,11 @@ static __always_inline void emit(struct call_args *c, u64 id, u64 now, u32 total
         if (!e)
             goto drop;
         rc = copy_payload(e, src, len, 2048 - 1);
+    } else if (len <= 16384) {
+        e = events.ringbuf_reserve(sizeof(struct tracer_event) + 16384);
+        if (!e)
+            goto drop;
+        rc = copy_payload(e, src, len, 16384 - 1);
     } else {
         e = events.ringbuf_reserve(sizeof(struct tracer_event) + CHUNK_MAX);
         if (!e)

@@ -1,4 +1,4 @@
-"""Command line: `tracer attach|run|mock-server|doctor|locate|html|index`."""
+"""Command line: `tracer attach|run|doctor|locate|html|index|mock-server`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,36 @@ import importlib
 
 import click
 
+# Sub-commands live next to the code they drive (tracer/commands/*); each module lists its click
+# commands in COMMANDS. They are imported only when used, so `tracer attach` does not pay for the
+# mock server's TLS stack or the viewer.
+COMMAND_MODULES = {
+    "attach": "tracer.commands.capture",
+    "run": "tracer.commands.capture",
+    "doctor": "tracer.commands.doctor",
+    "locate": "tracer.commands.locate",
+    "html": "tracer.commands.viewer",
+    "index": "tracer.commands.viewer",
+    "mock-server": "tracer.commands.mock",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMAND_MODULES)
+
+    def get_command(self, ctx, name):
+        mod = COMMAND_MODULES.get(name)
+        if mod is None:
+            return None
+        for cmd in importlib.import_module(mod).COMMANDS:
+            if cmd.name == name:
+                return cmd
+        return None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                              "max_content_width": 100})
 @click.version_option(package_name="tracer")
 def main() -> None:
     """Out-of-process eBPF tracer for LLM API traffic.
@@ -16,26 +44,6 @@ def main() -> None:
     BoringSSL inside Bun/Claude Code), reassembles HTTP and Server-Sent Events from the plaintext and
     writes claude-trace-compatible JSONL logs plus an HTML viewer. Needs root (or CAP_BPF+CAP_PERFMON).
     """
-
-
-# Sub-commands live next to the code they drive; each module exposes click commands in COMMANDS.
-_COMMAND_MODULES = [
-    "tracer.commands.capture",     # attach, run
-    "tracer.commands.doctor",      # doctor
-    "tracer.commands.mock",        # mock-server
-    "tracer.commands.locate",      # locate
-    "tracer.commands.viewer",      # html, index
-]
-
-for _mod in _COMMAND_MODULES:
-    try:
-        _m = importlib.import_module(_mod)
-    except ModuleNotFoundError as e:  # a command module not written yet
-        if e.name != _mod:
-            raise
-        continue
-    for _cmd in getattr(_m, "COMMANDS", ()):
-        main.add_command(_cmd)
 
 
 if __name__ == "__main__":
