@@ -103,13 +103,23 @@ def check_headers(build: bool) -> Check:
 
 
 def check_compile() -> Check:
-    from tracer.probes.attach import BpfProgram, TracerError
+    """Compile (or take from the bytecode cache) and load the real program: also warms the cache."""
+    import io
+    from tracer.probes.attach import TracerError
+    from tracer.probes.loader import load_program
+    notes = io.StringIO()
     try:
-        prog = BpfProgram(ring_buffer_mb=1)
+        prog = load_program(ring_buffer_mb=1, stderr=notes)
     except TracerError as e:
         return Check("BPF program", False, str(e).splitlines()[0], "see the checks above")
+    backend = getattr(prog, "backend", "bcc")
+    how = ("from the bytecode cache" if getattr(prog, "cache_hit", False)
+           else "compiled with BCC" + (" and cached" if backend != "bcc" else " in-process"))
+    secs = getattr(prog, "load_seconds", None)
     prog.close()
-    return Check("BPF program", True, "compiled and loaded by the kernel verifier")
+    extra = f"; {notes.getvalue().strip()}" if notes.getvalue().strip() else ""
+    return Check("BPF program", True, f"{how}, loaded by the kernel verifier"
+                 + (f" in {secs:.2f} s" if secs is not None else "") + extra)
 
 
 def run_checks(compile_prog: bool = True) -> list[Check]:
