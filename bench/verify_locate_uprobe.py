@@ -96,6 +96,7 @@ def verify(binary: str, kind: str) -> tuple[bool, str]:
         if kind == "claude":
             cmd = [binary, "-p", "say hi"]
         else:
+            env["NODE_TLS_REJECT_UNAUTHORIZED"] = "0"   # Bun < 1.2 ignores NODE_EXTRA_CA_CERTS
             cmd = [binary, "-e", "const r = await fetch('https://127.0.0.1:%d/v1/messages', {method: 'POST',"
                    " headers: {'content-type': 'application/json', 'x-api-key': 'sk-test', "
                    "'anthropic-version': '2023-06-01'}, body: JSON.stringify({model: 'claude-x', "
