@@ -38,8 +38,6 @@ class ConnState:
     kind: str = ""                      # "http/1.1", "h2", "other"
     expect: list[int] = field(default_factory=lambda: [0, 0])
     seen: list[bool] = field(default_factory=lambda: [False, False])
-    bytes: list[int] = field(default_factory=lambda: [0, 0])
-    last_ts: int = 0
 
 
 @dataclass
@@ -186,7 +184,6 @@ class Capture:
             st = None
         if st is None:
             st = self._new_conn(e)
-        st.last_ts = e.ts_ns
         gap = e.stream_off - st.expect[d]
         if gap > 0:   # records of this stream were dropped (ring full) before this one
             self._gap(st, d, gap, e.ts_ns)
@@ -197,7 +194,6 @@ class Capture:
             self._gap(st, d, e.len, e.ts_ns)
         elif e.data:
             self.stats.bytes_captured += len(e.data)
-            st.bytes[d] += len(e.data)
             if st.parser is None and st.kind == "":
                 st.parser = self._pick_parser(st, d, e.data)
             if st.parser is not None:
