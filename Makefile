@@ -22,6 +22,11 @@ test: bootstrap
 fuzz: bootstrap
 	@TRACER_FUZZ_PROFILE=fuzz $(PY) -m pytest -q tests/unit/test_fuzz_protocols.py $(PYTEST_ARGS)
 
+# Benchmarks (minutes; untraced vs traced in the same run; results in BENCHMARKS.md).
+bench: bootstrap
+	@for b in latency throughput concurrency large_stream cpu attach_time per_call; do \
+	  echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+
 unit: bootstrap
 	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 

@@ -6,8 +6,9 @@
 Two parts:
   * saturation: wrk as fast as it goes; req/s traced / untraced, and complete pairs logged vs the
     requests wrk counted (wrk counts only finished requests);
-  * fixed rate: one connection, one request every 10 ms (a Lua `delay()`), ~100 req/s: the reduction
-    of the achieved rate and of the per-request latency (p50/p99 from wrk's latency distribution).
+  * fixed rate: one connection, requests due every 10 ms on a wall-clock schedule (open loop, a Lua
+    `delay()` with LuaJIT ffi clock_gettime): 100 req/s offered; the reduction of the achieved rate, and
+    the added per-request latency (p50/p99 from wrk's latency distribution).
 Rounds alternate untraced/traced/untraced. wrk and nginx are installed with apt-get if missing.
 """
 
@@ -61,10 +62,31 @@ http {{
 """
 
 RATE_LUA = """
+-- open loop: request k is due at start + k * interval (wall clock via LuaJIT's ffi), so added latency
+-- does not lower the rate by itself; only a tracer that cannot keep up would
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clk, bench_timespec *ts);
+]]
+local ts = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local interval = %d
+local due = nil
 wrk.method = "POST"
 wrk.body = '{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}'
 wrk.headers["Content-Type"] = "application/json"
-function delay() return %d end
+function delay()
+  local t = now_ms()
+  if due == nil then due = t end
+  due = due + interval
+  local d = due - t
+  if d < 0 then return 0 end
+  return d
+end
 """
 
 POST_LUA = """
@@ -207,7 +229,7 @@ def main():
             tp99 = sum(x[0]["p99_us"] for x in traced) / len(traced)
             req = sum(x[0]["requests"] for x in traced)
             comp = sum(x[1]["complete"] for x in traced)
-            print(f"fixed ~100 req/s (1 connection, 10 ms between requests): untraced {b:.2f} req/s, traced "
+            print(f"fixed 100 req/s offered (1 connection, open-loop 10 ms schedule): untraced {b:.2f} req/s, traced "
                   f"{t:.2f} req/s, reduction {100 * (1 - t / b):.2f} %; latency p50 {bp50:.0f} -> {tp50:.0f} us, "
                   f"p99 {bp99:.0f} -> {tp99:.0f} us; pairs logged complete {comp} / {req}")
         finally:
