@@ -18,7 +18,7 @@
 #ifndef COPY_LIMIT
 #define COPY_LIMIT (1 << 20)        /* bytes copied per call; the rest is reported as a gap */
 #endif
-#define MAX_CHUNKS (COPY_LIMIT / CHUNK_MAX)
+#define MAX_CHUNKS ((COPY_LIMIT + CHUNK_MAX - 1) / CHUNK_MAX)
 
 struct call_args {
     u64 ssl;

@@ -248,3 +248,23 @@ def test_upgrade_stops_parsing():
     out += p.close("end", 4)
     assert p.stats.not_http >= 1
     assert all(e.request.target == "/ws" for e in out)
+
+
+def test_gap_inside_content_length_body_keeps_pairing():
+    """A hole inside a Content-Length request body (copy limit, ring drop) costs only those bytes:
+    the response still pairs and the next exchange on the connection is whole."""
+    body = b'{"content":"' + b"x" * 5000 + b'"}'
+    full = req(body=body)
+    head_len = len(full) - len(body)
+    p = Http1Connection(CONN)
+    out = p.feed(D.WRITE, full[:head_len + 1000], 1)
+    out += p.gap(D.WRITE, 3000, 1)
+    out += p.feed(D.WRITE, full[head_len + 4000:], 1)
+    out += p.feed(D.READ, resp_json(b'{"r":1}'), 2)
+    out += p.feed(D.WRITE, req(body=b'{"n":2}'), 3)
+    out += p.feed(D.READ, resp_json(b'{"r":2}'), 4)
+    assert [e.response.body.getvalue() for e in out] == [b'{"r":1}', b'{"r":2}']
+    first, second = out
+    assert first.incomplete and first.gaps == [("write", 3000)] and "hole" in first.notes[0]
+    assert first.request.body.size == len(body) - 3000
+    assert not second.incomplete

@@ -37,7 +37,7 @@ def capture_options(f):
         click.option("--durable", is_flag=True, help="fsync after every record (slower, crash-proof)."),
         click.option("--ring-buffer-mb", type=click.IntRange(1, 1024), default=8, show_default=True,
                      help="Kernel ring buffer size (rounded down to a power of two pages)."),
-        click.option("--copy-limit-kb", type=click.IntRange(16, 1 << 20), default=1024, show_default=True,
+        click.option("--copy-limit-kb", type=click.IntRange(16, 8192), default=1024, show_default=True,
                      help="Bytes copied per SSL call; the rest of a bigger call is logged as a gap."),
         click.option("--no-deferred-parsing", is_flag=True,
                      help="Parse in the ring-buffer callback instead of on the worker thread."),

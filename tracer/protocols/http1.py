@@ -61,6 +61,7 @@ class _Side:
         self.has_length = False
         self.head_only = bytearray()      # manual head parse (response to HEAD)
         self.reset_parser = False
+        self.filling = False
         self.in_head_only = False
         self.resynced_skip = 0            # bytes skipped before the message now starting
         self._cur_name = b""
@@ -123,6 +124,10 @@ class _Side:
 
     def on_body(self, body: bytes):
         m = self.msg
+        if self.filling:
+            self.body_offset += len(body)     # stand-in bytes for a capture gap: keep framing, drop data
+            self.body_wire += len(body)
+            return
         if not m.first_body_ts_ns:
             m.first_body_ts_ns = self.ts
         if not self.is_request and self.ex is not None:
@@ -166,6 +171,32 @@ class _Side:
             self.owner._request_done(ex, m)
         else:
             self.owner._response_done(ex, m)
+
+    def fill_gap(self, nbytes: int) -> bool:
+        """Bytes lost inside a Content-Length body (not content-encoded): step llhttp over them with
+        stand-in bytes that never reach the body, so the message boundary and the pairing survive."""
+        m = self.msg
+        if (m is None or self.parser is None or self.chunked or not self.has_length
+                or self.decoder is not None or self.head_only):
+            return False
+        try:
+            remaining = int(m.header("content-length")) - self.body_wire
+        except ValueError:
+            return False
+        if not 0 < nbytes <= remaining:
+            return False
+        self.filling = True
+        try:
+            left = nbytes
+            while left:
+                n = min(left, 1 << 16)
+                self.parser.feed_data(bytes(n))
+                left -= n
+        except httptools.HttpParserError:
+            return False
+        finally:
+            self.filling = False
+        return True
 
     def abandon(self, note: str):
         """The message in progress cannot be finished (gap, parse error): hand it over as incomplete."""
@@ -310,6 +341,14 @@ class Http1Connection:
         self.stats.gap_bytes += nbytes
         dname = "write" if direction == Direction.WRITE else "read"
         note = f"capture lost {nbytes} bytes ({dname}); pair incomplete"
+        side = self._req if direction == self.req_dir else self._resp
+        ex = side.ex
+        if ex is not None and side.state == "sync" and side.fill_gap(nbytes):
+            # the hole lies inside one Content-Length body: this pair keeps its partner, with the gap
+            ex.gaps.append((dname, nbytes))
+            ex.notes.append(f"capture lost {nbytes} bytes of this "
+                            f"{'request' if side.is_request else 'response'} body; body has a hole")
+            return self._drain()
         for side in (self._req, self._resp):
             side.ts = ts_ns
             if side.ex is not None and (dname, nbytes) not in side.ex.gaps:
