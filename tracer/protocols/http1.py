@@ -355,6 +355,7 @@ class Http1Connection:
                 side.ex.gaps.append((dname, nbytes))
             side.abandon(note)
             side.state = "desync"
+            self.stats.skipped_bytes += len(side.scan)   # held while resynchronising: dropped, counted
             side.scan.clear()
         for ex in self._pending:
             if (dname, nbytes) not in ex.gaps:
@@ -374,6 +375,10 @@ class Http1Connection:
                     side._finish(complete=True)   # body delimited by the connection's end
                 else:
                     side.abandon(f"connection ended ({reason}) before the message was complete")
+            if side.scan:   # bytes held while looking for a message start: never one, so skipped
+                self.stats.skipped_bytes += len(side.scan)
+                side.resynced_skip += len(side.scan)
+                side.scan.clear()
         self._flush_pending(f"no response: connection ended ({reason})")
         return self._drain()
 
