@@ -367,3 +367,22 @@ def test_sse_arbitrary_bytes_never_raise(data, cuts):
     p.close()
     reconstruct(data)
     assert time.monotonic() - t0 < HANG_S
+
+
+@PROFILE
+@given(st.lists(st.tuples(st.sampled_from([D.READ, D.WRITE]),
+                          st.binary(max_size=300).map(lambda b: b"\x00" + b.replace(b"\n", b"").replace(b"\r", b""))),
+                min_size=1, max_size=20),
+       st.lists(st.integers(0, 5), max_size=3))
+def test_junk_is_counted_byte_for_byte(chunks, gap_after):
+    """Bytes that never contain a message start (no line starts; every captured piece begins with NUL)
+    produce no pair and are counted as skipped, byte for byte, whether the stream ends by close or gaps
+    cut it."""
+    script = []
+    for i, (d, b) in enumerate(chunks):
+        script.append((d, b, i + 1))
+        if i in gap_after:
+            script.append(("gap", d, 7, i + 1))
+    out, p = run(script)
+    assert out == []
+    assert p.stats.skipped_bytes == sum(len(b) for _, b in chunks)
