@@ -26,6 +26,33 @@ from tracer.mock import MockServerProcess, body_bytes
 ASYNC_CLIENT = CLIENTS / "async_client.py"
 
 
+def _children() -> set[int]:
+    me = str(os.getpid())
+    out = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == me:
+                        out.add(int(d))
+            except (OSError, IndexError):
+                pass
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """A failing test must not leave its client or tracer running (they would wait forever)."""
+    before = _children()
+    yield
+    for pid in _children() - before:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
 @pytest.fixture(scope="module")
 def mockp():
     """The mock server in a subprocess: heavy load must not share the test process' GIL."""
