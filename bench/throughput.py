@@ -9,7 +9,9 @@ Two parts:
   * fixed rate: one connection, requests due every 10 ms on a wall-clock schedule (open loop, a Lua
     `delay()` with LuaJIT ffi clock_gettime): 100 req/s offered; the reduction of the achieved rate, and
     the added per-request latency (p50/p99 from wrk's latency distribution).
-Rounds alternate untraced/traced/untraced. wrk and nginx are installed with apt-get if missing.
+Rounds alternate untraced/traced/untraced; at saturation each round also runs wrk with *empty* BCC
+uprobes+uretprobes on SSL_read/SSL_write (the floor for any uprobe tracer here). wrk and nginx are
+installed with apt-get if missing.
 """
 
 from __future__ import annotations
@@ -149,6 +151,25 @@ def parse_wrk(out: str) -> dict:
     return r
 
 
+def run_wrk_empty_probes(args: list[str]) -> dict:
+    """wrk with an empty uprobe+uretprobe on libssl's SSL_read/SSL_write (pid-filtered, put in place
+    before wrk execs): the throughput any uprobe-based tracer is bounded by on this machine."""
+    from per_call import EmptyProbes
+    wrk = shutil.which("wrk")
+    launcher = "import os,sys; sys.stdin.buffer.read(1); os.execv(sys.argv[1], sys.argv[1:])"
+    p = subprocess.Popen([sys.executable, "-c", launcher, wrk, "--latency", *args], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    probes = EmptyProbes(p.pid)
+    try:
+        p.stdin.write("x")
+        p.stdin.close()
+        out = p.stdout.read()
+        p.wait(900)
+    finally:
+        probes.close()
+    return parse_wrk(out)
+
+
 def run_wrk(args: list[str], traced: bool, out_dir: Path) -> tuple[dict, dict | None, str]:
     wrk = shutil.which("wrk")
     cmd = [wrk, "--latency", *args]
@@ -196,22 +217,26 @@ def main():
             if not args.skip_saturation:
                 sat = ["-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s",
                        "-s", str(tmp / "post.lua"), url]
-                base, traced = [], []
+                base, traced, empty = [], [], []
                 for r in range(args.rounds):
                     base.append(run_wrk(sat, False, tmp)[0])
                     res, log, err = run_wrk(sat, True, tmp / f"sat{r}")
                     traced.append((res, log))
+                    empty.append(run_wrk_empty_probes(sat))
                     print(f"  round {r}: untraced {base[-1]['rps']:.0f} req/s | traced {res['rps']:.0f} req/s, "
                           f"{log['complete']} complete pairs logged of {res['requests']} requests "
-                          f"({log.get('incomplete')} incomplete); tracer: {log.get('losses')}", flush=True)
+                          f"({log.get('incomplete')} incomplete); tracer: {log.get('losses')} | empty uprobes "
+                          f"{empty[-1]['rps']:.0f} req/s", flush=True)
                     base.append(run_wrk(sat, False, tmp)[0])
                 b = sum(x["rps"] for x in base) / len(base)
                 t = sum(x[0]["rps"] for x in traced) / len(traced)
+                e = sum(x["rps"] for x in empty) / len(empty)
                 req = sum(x[0]["requests"] for x in traced)
                 comp = sum(x[1]["complete"] for x in traced)
                 print(f"saturation ({args.connections} connections, {args.duration} s): untraced {b:.0f} req/s, "
-                      f"traced {t:.0f} req/s, ratio {t / b:.3f}; pairs logged complete {comp} / {req} requests "
-                      f"({100 * comp / max(req, 1):.1f} %)")
+                      f"traced {t:.0f} req/s, ratio {t / b:.3f}; with empty uprobes only {e:.0f} req/s "
+                      f"(ratio {e / b:.3f}; traced / empty {t / e:.3f}); pairs logged complete {comp} / {req} "
+                      f"requests ({100 * comp / max(req, 1):.1f} %)")
             rate = ["-t", "1", "-c", "1", "-d", f"{args.rate_seconds}s", "-s", str(tmp / "rate.lua"), url]
             base, traced = [], []
             for r in range(args.rounds):
