@@ -4,16 +4,20 @@ any uprobe tracer pays on this machine), and under `tracer attach`. Rounds inter
 
     .venv/bin/python bench/per_call.py [--iterations 50000] [--rounds 3]
 
-Reported: ns per call for each, the added cost per call (probe - untraced) and the tracer's added cost
-relative to the empty probes (target <= 1.2x).
+Reported: ns per call for each, by wall time and by the calling process' CPU time (uprobe handling is
+system time of the caller; CPU time is not inflated by other load the way wall time is), the added cost
+per call (probe - untraced), the tracer's added cost relative to the empty probes (target <= 1.2x), and
+the BPF programs' own run time per call (BPF_ENABLE_STATS: run_time_ns / run_cnt).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -56,6 +60,58 @@ def go(p: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
+# -- BPF run-time statistics (bpf(2) BPF_ENABLE_STATS; run_time_ns/run_cnt from bpf_prog_info) -------
+_libc = ctypes.CDLL(None, use_errno=True)
+_NR_BPF = 321                  # x86-64
+BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_ENABLE_STATS = 11, 13, 15, 32
+
+
+def _bpf(cmd: int, attr: ctypes.Array) -> int:
+    return _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+
+
+def enable_bpf_stats() -> int:
+    """Run-time stats for every BPF program while the returned fd is open (-1 if refused)."""
+    attr = (ctypes.c_uint8 * 128)()
+    return _bpf(BPF_ENABLE_STATS, attr)      # type 0 = BPF_STATS_RUN_TIME
+
+
+def bpf_prog_stats() -> dict[int, tuple[str, int, int]]:
+    """id -> (name, run_time_ns, run_cnt) of every loaded BPF program."""
+    out = {}
+    pid = 0
+    while True:
+        attr = (ctypes.c_uint8 * 128)()
+        struct.pack_into("I", attr, 0, pid)
+        if _bpf(BPF_PROG_GET_NEXT_ID, attr) != 0:
+            return out
+        pid = struct.unpack_from("I", attr, 4)[0]
+        attr = (ctypes.c_uint8 * 128)()
+        struct.pack_into("I", attr, 0, pid)
+        fd = _bpf(BPF_PROG_GET_FD_BY_ID, attr)
+        if fd < 0:
+            continue
+        info = (ctypes.c_uint8 * 256)()
+        attr = (ctypes.c_uint8 * 128)()
+        struct.pack_into("IIQ", attr, 0, fd, ctypes.sizeof(info), ctypes.addressof(info))
+        if _bpf(BPF_OBJ_GET_INFO_BY_FD, attr) == 0:
+            name = bytes(info[64:80]).split(b"\0", 1)[0].decode()
+            run_ns, run_cnt = struct.unpack_from("QQ", info, 192)
+            out[pid] = (name, run_ns, run_cnt)
+        os.close(fd)
+
+
+def prog_time(before: dict, after: dict, names: tuple[str, ...]) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) added between two snapshots, over programs whose name starts with names."""
+    ns = cnt = 0
+    for pid, (name, t, c) in after.items():
+        if name.startswith(names):
+            t0, c0 = before.get(pid, (name, 0, 0))[1:]
+            ns += t - t0
+            cnt += c - c0
+    return ns, cnt
+
+
 class EmptyProbes:
     """uprobe + uretprobe with an empty body on SSL_read and SSL_write of libssl, for one pid."""
 
@@ -83,20 +139,36 @@ def main():
         tmp = Path(tmpd)
         certs = ensure_certs(tmp / "certs")
         res = {"untraced": [], "empty": [], "tracer": []}
+        cpu = {"untraced": [], "empty": [], "tracer": []}
         tracer_cpu = []
+        stats_fd = enable_bpf_stats()
+        bpf_ns = {"empty": [0, 0], "tracer": [0, 0]}
         for r in range(args.rounds):
             p = start(exe, certs, args.iterations)
-            res["untraced"].append(go(p)["ns_per_call"])
+            o = go(p)
+            res["untraced"].append(o["ns_per_call"])
+            cpu["untraced"].append(o["cpu_ns_per_call"])
             p = start(exe, certs, args.iterations)
             probes = EmptyProbes(p.pid)
-            res["empty"].append(go(p)["ns_per_call"])
+            s0 = bpf_prog_stats()
+            o = go(p)
+            res["empty"].append(o["ns_per_call"])
+            cpu["empty"].append(o["cpu_ns_per_call"])
+            ns, cnt = prog_time(s0, bpf_prog_stats(), ("empty",))
+            bpf_ns["empty"][0] += ns
+            bpf_ns["empty"][1] += cnt
             probes.close()
             p = start(exe, certs, args.iterations)
             tr, _, _ = start_attach([p.pid], tmp / f"log{r}", "--include-all-requests")
             mw = MemWatch(tr.pid, interval=0.2)
             c0 = mw.cpu_s
+            s0 = bpf_prog_stats()
             out = go(p)
+            ns, cnt = prog_time(s0, bpf_prog_stats(), ("probe_",))
+            bpf_ns["tracer"][0] += ns
+            bpf_ns["tracer"][1] += cnt
             res["tracer"].append(out["ns_per_call"])
+            cpu["tracer"].append(out["cpu_ns_per_call"])
             time.sleep(0.5)
             err = stop_tracer(tr)
             mw.stop()
@@ -110,6 +182,17 @@ def main():
         print(f"per SSL call (median of {args.rounds}; {calls} calls each): untraced {u:.0f} ns, empty "
               f"uprobe+uretprobe {e:.0f} ns (+{(e - u) / 1e3:.2f} us), tracer {t:.0f} ns (+{(t - u) / 1e3:.2f} us); "
               f"tracer / empty added cost = {(t - u) / max(e - u, 1e-9):.2f}x (target <= 1.2x)")
+        u, e, t = (statistics.median(cpu[k]) for k in ("untraced", "empty", "tracer"))
+        print(f"per SSL call, CPU time of the calling process (median): untraced {u:.0f} ns, empty "
+              f"{e:.0f} ns (+{(e - u) / 1e3:.2f} us), tracer {t:.0f} ns (+{(t - u) / 1e3:.2f} us); "
+              f"tracer / empty added cost = {(t - u) / max(e - u, 1e-9):.2f}x (target <= 1.2x)")
+        if stats_fd >= 0:
+            calls_all = calls * args.rounds
+            for k in ("empty", "tracer"):
+                ns, cnt = bpf_ns[k]
+                print(f"BPF program time ({k}): {cnt} runs, {ns / max(cnt, 1):.0f} ns per run, "
+                      f"{ns / calls_all:.0f} ns per SSL call (entry + return)")
+            os.close(stats_fd)
 
 
 if __name__ == "__main__":
