@@ -49,8 +49,17 @@ SUITES = ("bookworm", "trixie")
 # An exact kernel release ("6.1.0-41", "6.12.117+deb12") pins one.
 DEFAULT_MATRIX = ("bookworm-6.1", "bookworm-6.12", "bookworm-7", "trixie-6.12")
 
-# The guest has no network: the Claude Code tests (npm downloads) cannot run there.
-DEFAULT_PYTEST_ARGS = 'tests/integration -m "not slow" --ignore=tests/integration/test_claude_code.py'
+# What runs in each guest: the integration tests of `tracer run` / `tracer attach` with the curl,
+# CPython (ssl), httpx (h2) and Node clients (HTTP/1.1 and HTTP/2) against the mock server.
+# Left out: the Claude Code tests (they download releases from npm; the guest has no network), the
+# fault/load tests (thousands of streams: minutes each under TCG) and the tests whose premise is a
+# fixed wall-clock window (attach while a 5 s response is still streaming, SIGTERM 1.5 s after
+# attach, kill a client 2 s into a stream): under TCG the BCC compile+attach alone outlasts those
+# windows, so they fail for the emulator's speed, not the kernel's behaviour (measured: they fail on
+# every kernel, and the h2 one also flips under load).
+DEFAULT_PYTEST_ARGS = ('tests/integration/test_capture.py tests/integration/test_http2_capture.py '
+                       '-m "not slow" -k "not midstream and not sigterm and not mid_connection '
+                       'and not during_a_streaming"')
 
 BASE_PACKAGES = (
     "python3-bpfcc", "python3-venv", "openssl", "curl", "ca-certificates", "kmod", "procps",
@@ -516,7 +525,7 @@ def build_kernel(cache: Path, apt: Apt, k: Kernel) -> tuple[Path, Path]:
 
 PAYLOADS = {
     "smoke": "python3 /payload/repo/vm-tests/smoke.py",
-    "tests": ("python -m pytest -p no:cacheprovider -q -rfE --color=no {pytest_args}"),
+    "tests": "python -m pytest -p no:cacheprovider -q -rfE --color=no --durations=5 {pytest_args}",
 }
 
 
@@ -586,10 +595,16 @@ def boot(g: Guest, vmlinuz: Path, layers: list[Path], rundir: Path, timeout: int
         initrd.unlink(missing_ok=True)
     text = result.read_text(errors="replace") if result.exists() else ""
     m = re.search(r"^VMTEST-EXIT (\d+)", text, re.M)
-    if m and m.group(1) == "0" and not timed_out:
+    summary = re.findall(r"^=*\s*(\d+ (?:passed|failed|error|skipped|deselected).* in [\d.]+s)", text, re.M)
+    if summary:
+        g.details.append(summary[-1].strip("= "))
+    vacuous = summary and not re.search(r"\d+ passed", summary[-1])
+    if m and m.group(1) == "0" and not timed_out and not vacuous:
         g.result = "PASS"
         return
     g.result = "FAIL"
+    if vacuous:
+        g.details.append("no test passed (all skipped or deselected?)")
     if timed_out:
         g.details.append(f"timed out after {timeout}s")
     elif not m:
@@ -615,7 +630,7 @@ def main() -> int:
     ap.add_argument("--pytest-args", default=os.environ.get("VM_PYTEST_ARGS")
                     or DEFAULT_PYTEST_ARGS, help="arguments for the guest's pytest (default: %(default)s)")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("VM_CACHE", "/var/cache/tracer/vm")))
-    ap.add_argument("--timeout", type=int, default=int(os.environ.get("VM_TIMEOUT", "900")),
+    ap.add_argument("--timeout", type=int, default=int(os.environ.get("VM_TIMEOUT", "600")),
                     help="seconds before a guest is killed (default: %(default)s)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("VM_JOBS", "1")),
                     help="guests booted at the same time (default: %(default)s)")
