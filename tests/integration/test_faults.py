@@ -281,12 +281,17 @@ def test_disk_full_counts_lost_records_and_resumes(mockp, tmp_path, tiny_tmpfs):
     assert "cannot write log" in err and "No space left on device" in err, err
     assert "works again" in err, err
     s = summary_counts(err)
-    assert s.get("records lost (log write failures)") == 20, err
     recs = parse_log(out)
-    assert len(recs) == 20 and s["logged"] == 40, err
+    assert s["logged"] == 40, err
     res = lines.results()
+    first = {r["record"] for r in res if r["i"] < 20}
     second = {r["record"] for r in res if r["i"] >= 20}
-    assert {rid(r) for r in recs} == second
+    logged = {rid(r) for r in recs}
+    assert second <= logged, "records after space was freed are missing"
+    # every phase-1 record is either in the log or counted as lost (normally all 20 are lost; on a very
+    # slow machine the writer may reach the last few only after the space came back)
+    lost = s.get("records lost (log write failures)", 0)
+    assert lost >= 1 and lost == len(first - logged) and len(recs) == 40 - lost, err
     by_id = records_by_id(mockp)
     for r in recs:
         check_complete(r, by_id[rid(r)])
@@ -359,7 +364,7 @@ def test_target_sigkill_midstream_other_target_goes_on(mockp, tmp_path):
     time.sleep(0.5)
     tr, _ = start_attach([slow.pid, other.pid], tmp_path / "log")
     go.touch()
-    time.sleep(2.0)
+    time.sleep(3.0)            # the slow stream is 10 s long: well under way, far from done
     assert slow.poll() is None
     slow.kill()
     slow.wait()
