@@ -11,10 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import bpf_unavailable_reason
-from tests.integration.conftest import run_traced
 from tracer.probes.kheaders import cache_root
-from tracer.testing.releases import fetch_npm_release
 
 HARNESS = Path(__file__).parent / "harness"
 CLAUDE_TRACE = "@mariozechner/claude-trace@1.0.9"
@@ -31,24 +28,10 @@ def _claude_trace_cli() -> Path:
     return cli
 
 
-@pytest.mark.skipif(bpf_unavailable_reason() is not None, reason=bpf_unavailable_reason() or "")
 @pytest.mark.skipif(not (HARNESS / "node_modules" / "playwright-core").exists() or not shutil.which("chromium"),
                     reason="browser harness not installed (scripts/bootstrap-browser.sh)")
-def test_claude_trace_viewer_reads_our_log(tmp_path):
-    from tracer.mock import MockServer
-    claude = fetch_npm_release("@anthropic-ai/claude-code-linux-x64", "2.1.332")
-    home = tmp_path / "home"
-    home.mkdir()
-    with MockServer() as mock:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE"))}
-        env.update(HOME=str(home), ANTHROPIC_BASE_URL=mock.url, ANTHROPIC_API_KEY="sk-test",
-                   NODE_EXTRA_CA_CERTS=str(mock.ca_path), DISABLE_TELEMETRY="1",
-                   CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
-        p, recs = run_traced([str(claude), "-p", "say hi", "--allowedTools", "Bash"], tmp_path / "log",
-                             env=env, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert len(recs) >= 2
-    log = next((tmp_path / "log").glob("*.jsonl"))
+def test_claude_trace_viewer_reads_our_log(tmp_path, traced_claude_log):
+    log = traced_claude_log
     out_html = tmp_path / "claude-trace.html"
     g = subprocess.run(["node", str(_claude_trace_cli()), "--generate-html", str(log), str(out_html), "--no-open"],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)

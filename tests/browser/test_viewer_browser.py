@@ -138,10 +138,12 @@ REAL_LOGS = sorted(p for pattern in os.environ.get("TRACER_VIEWER_REAL_LOGS", ""
                    for p in Path("/").glob(pattern.lstrip("/")))
 
 
-@pytest.mark.skipif(not REAL_LOGS, reason="set TRACER_VIEWER_REAL_LOGS to a glob of traced Claude Code logs")
-@pytest.mark.parametrize("log", REAL_LOGS, ids=lambda p: p.name)
-def test_real_claude_code_log(tmp_path, log):
-    """A log traced from a real Claude Code (e.g. `claude -p "say hi"` against the mock API)."""
+@pytest.mark.parametrize("log", REAL_LOGS or ["traced-here"], ids=lambda p: getattr(p, "name", p))
+def test_real_claude_code_log(tmp_path, log, request):
+    """A log traced from a real Claude Code (`claude -p "say hi"` against the mock API, traced in this
+    run; or the logs TRACER_VIEWER_REAL_LOGS points to)."""
+    if log == "traced-here":
+        log = request.getfixturevalue("traced_claude_log")
     from tracer.viewer.analyze import analyze
     from tracer.viewer.logs import read_records
 

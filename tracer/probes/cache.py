@@ -34,13 +34,8 @@ _BUILD_ID = re.compile(r"^[0-9a-f]{8,128}$")
 
 def cache_base() -> Path:
     """Base directory of tracer's caches (locator results, downloaded releases)."""
-    env = os.environ.get("TRACER_CACHE_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/cache/tracer")
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "tracer"
+    from tracer.probes.kheaders import cache_root
+    return cache_root()
 
 
 def cache_dir() -> Path:

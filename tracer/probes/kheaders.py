@@ -34,7 +34,7 @@ def cache_root() -> Path:
         return Path(env)
     if os.geteuid() == 0:
         return Path("/var/cache/tracer")
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tracer"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tracer"
 
 
 def _tree_ok(p: Path) -> bool:
