@@ -49,6 +49,26 @@ BPF_HASH(active, struct active_key, struct call_args, 16384);
 BPF_TABLE("lru_hash", struct stream_key, u64, offsets, 65536);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(drops, struct tracer_drops, 1);
+/* Bytes submitted on this CPU since it last woke the consumer. Records are submitted without a
+ * wake-up (the consumer drains the ring on a short timer); a CPU that has queued an eighth of the
+ * ring forces one, so bursts never wait for the timer. One wake-up per ~1 MB instead of one per
+ * record keeps the tracer off the CPUs the target is using. */
+BPF_PERCPU_ARRAY(unwoken, u64, 1);
+
+#define WAKE_BYTES ((u64)RINGBUF_PAGES * 4096 / 8)
+
+static __always_inline u64 wake_flag(u32 bytes)
+{
+    int zero = 0;
+    u64 *w = unwoken.lookup(&zero);
+    if (!w)
+        return 0;
+    *w += bytes + sizeof(struct tracer_event) + 8;
+    if (*w < WAKE_BYTES)
+        return BPF_RB_NO_WAKEUP;
+    *w = 0;
+    return BPF_RB_FORCE_WAKEUP;
+}
 
 static __always_inline void count_drop(u64 bytes, int truncated, int copy_fail)
 {
@@ -155,7 +175,7 @@ static __always_inline void emit(struct call_args *c, u64 id, u64 now, u32 total
     }
     if (off + len >= limit && total > limit)
         e->flags |= TRACER_F_TRUNCATED;
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, wake_flag(len));
     return;
 drop:
     count_drop(len, 0, 0);
@@ -256,6 +276,6 @@ int probe_free(struct pt_regs *ctx)
     e->tid = (u32)id;
     e->type = TRACER_EV_CLOSE;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, wake_flag(0));
     return 0;
 }

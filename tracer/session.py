@@ -131,6 +131,8 @@ class Session:
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._cycles = 0
+        self._cycle_cv = threading.Condition()
         self.tracefs = ensure_tracefs()
         t = time.monotonic()
         self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit, stderr=self.stderr)
@@ -152,10 +154,23 @@ class Session:
         self._poller.start()
 
     # -- pipeline ends -------------------------------------------------------------------------
+    POLL_MS = 50   # records are submitted without wake-ups (see bpf/tracer.bpf.c): drain on this timer
+
     def _poll(self):
         while not self._stop.is_set():
-            self.prog.poll(100)
+            self.prog.poll(self.POLL_MS)
+            self.prog.consume()
+            with self._cycle_cv:
+                self._cycles += 1
+                self._cycle_cv.notify_all()
         self.prog.consume()
+
+    def wait_ring_drained(self, timeout: float = 5.0) -> None:
+        """Return once the poll thread has drained the ring at least once after this call: everything
+        the kernel had queued by now has reached the capture pipeline."""
+        with self._cycle_cv:
+            target = self._cycles + 2
+            self._cycle_cv.wait_for(lambda: self._cycles >= target or self._stop.is_set(), timeout)
 
     def _on_exchange(self, ex: Exchange):
         self.pairs_seen += 1
@@ -216,7 +231,7 @@ class Session:
         if tgt is None or not tgt.alive:
             return
         tgt.alive = False
-        time.sleep(0.15)          # let the poll thread pick up the last records
+        self.wait_ring_drained()   # its last records are in the ring already: let them through first
         self.capture.close_pid(pid, reason)
         self.prog.detach_pid(pid)
 
