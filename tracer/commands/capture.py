@@ -127,7 +127,7 @@ def _status_printer(session: Session, enabled: bool):
     return tick
 
 
-def _finish(session: Session, opts: Options, quiet: bool) -> dict:
+def _finish(session: Session, opts: Options) -> dict:
     summary = session.finish()
     html_path = None
     if opts.html and summary["records_written"]:
@@ -213,7 +213,7 @@ def attach_cmd(pids, allow_other_users, **kw):
         tick()
         stopper.event.wait(opts.watch_interval)
     tick(final=True)
-    _finish(session, opts, kw["quiet"])
+    _finish(session, opts)
 
 
 def _child_credentials():
@@ -284,8 +284,9 @@ def run_cmd(command, **kw):
         session.finish()
         _fail(str(e), 1)
     tgt = session.targets[child.pid]
-    for path, lib, _m in tgt.files:
-        click.echo(f"tracer: probes on {path} ({lib})", err=True) if not kw["quiet"] else None
+    if not kw["quiet"]:
+        for path, lib, _m in tgt.files:
+            click.echo(f"tracer: probes on {path} ({lib})", err=True)
     if not tgt.files:
         errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
         click.echo(f"tracer: no TLS library found for {command[0]} yet"
@@ -317,7 +318,7 @@ def run_cmd(command, **kw):
             pass
     session.target_exited(child.pid)
     tick(final=True)
-    _finish(session, opts, kw["quiet"])
+    _finish(session, opts)
     rc = child.returncode
     sys.exit(128 - rc if rc < 0 else rc)
 
