@@ -86,6 +86,11 @@ class MemWatch:
 
 
 def tracer_cmd(*args) -> list[str]:
+    """The tracer CLI; TRACER_BENCH_TRACER=path/to/script.py runs that script instead (A/B experiments
+    with a patched tracer: it gets the same arguments)."""
+    alt = os.environ.get("TRACER_BENCH_TRACER")
+    if alt:
+        return [sys.executable, alt, *args]
     return [sys.executable, "-m", "tracer.cli", *args]
 
 
