@@ -20,7 +20,7 @@ test: bootstrap
 
 # Property tests at 100,000 examples per property (make test runs a few hundred each).
 fuzz: bootstrap
-	@TRACER_FUZZ_PROFILE=fuzz $(PY) -m pytest -q tests/unit/test_fuzz_protocols.py $(PYTEST_ARGS)
+	@TRACER_FUZZ_PROFILE=fuzz $(PY) -m pytest -q --timeout=0 tests/unit/test_fuzz_protocols.py $(PYTEST_ARGS)
 
 # Benchmarks (minutes; untraced vs traced in the same run; results in BENCHMARKS.md).
 bench: bootstrap
