@@ -5,7 +5,8 @@
  *   per_call CERT KEY ITERATIONS [--wait]
  * Handshakes, prints "ready PID", and with --wait blocks until a line arrives on stdin (so probes can be
  * attached first), then prints one JSON line:
- * {"iterations":N,"calls":4N,"ns_per_call":wall,"cpu_ns_per_call":cpu,"seconds":S}.
+ * {"iterations":N,"calls":4N,"ns_per_call":wall,"cpu_ns_per_call":cpu,"runq_wait_ns_per_call":w,"seconds":S}
+ * (runq_wait: time runnable but waiting for a CPU, from /proc/self/schedstat).
  */
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -33,6 +34,16 @@ static double cpu_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* time spent runnable but waiting for a CPU (second field of /proc/self/schedstat), seconds */
+static double runq_wait(void) {
+    unsigned long long run = 0, wait = 0;
+    FILE *f = fopen("/proc/self/schedstat", "r");
+    if (!f) return 0;
+    if (fscanf(f, "%llu %llu", &run, &wait) != 2) wait = 0;
+    fclose(f);
+    return wait / 1e9;
 }
 
 static void read_all(SSL *s, char *buf, int want) {
@@ -97,16 +108,17 @@ int main(int argc, char **argv) {
         char line[64];
         if (!fgets(line, sizeof line, stdin)) return 1;
     }
-    double t0 = now(), c0 = cpu_now();
+    double t0 = now(), c0 = cpu_now(), w0 = runq_wait();
     for (long i = 0; i < iters; i++) {
         if (SSL_write(cli, req, reqlen) != reqlen) die("SSL_write");
         read_all(srv, buf, reqlen);
         if (SSL_write(srv, resp, resplen) != resplen) die("SSL_write");
         read_all(cli, buf, resplen);
     }
-    double dt = now() - t0, dc = cpu_now() - c0;
-    printf("{\"iterations\":%ld,\"calls\":%ld,\"ns_per_call\":%.1f,\"cpu_ns_per_call\":%.1f,\"seconds\":%.3f}\n",
-           iters, 4 * iters, dt * 1e9 / (4.0 * iters), dc * 1e9 / (4.0 * iters), dt);
+    double dt = now() - t0, dc = cpu_now() - c0, dw = runq_wait() - w0;
+    printf("{\"iterations\":%ld,\"calls\":%ld,\"ns_per_call\":%.1f,\"cpu_ns_per_call\":%.1f,"
+           "\"runq_wait_ns_per_call\":%.1f,\"seconds\":%.3f}\n",
+           iters, 4 * iters, dt * 1e9 / (4.0 * iters), dc * 1e9 / (4.0 * iters), dw * 1e9 / (4.0 * iters), dt);
     fflush(stdout);
     SSL_free(cli);
     SSL_free(srv);

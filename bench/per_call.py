@@ -140,6 +140,7 @@ def main():
         certs = ensure_certs(tmp / "certs")
         res = {"untraced": [], "empty": [], "tracer": []}
         cpu = {"untraced": [], "empty": [], "tracer": []}
+        runq = {"untraced": [], "empty": [], "tracer": []}
         tracer_cpu = []
         stats_fd = enable_bpf_stats()
         bpf_ns = {"empty": [0, 0], "tracer": [0, 0]}
@@ -148,12 +149,14 @@ def main():
             o = go(p)
             res["untraced"].append(o["ns_per_call"])
             cpu["untraced"].append(o["cpu_ns_per_call"])
+            runq["untraced"].append(o["runq_wait_ns_per_call"])
             p = start(exe, certs, args.iterations)
             probes = EmptyProbes(p.pid)
             s0 = bpf_prog_stats()
             o = go(p)
             res["empty"].append(o["ns_per_call"])
             cpu["empty"].append(o["cpu_ns_per_call"])
+            runq["empty"].append(o["runq_wait_ns_per_call"])
             ns, cnt = prog_time(s0, bpf_prog_stats(), ("empty",))
             bpf_ns["empty"][0] += ns
             bpf_ns["empty"][1] += cnt
@@ -169,6 +172,7 @@ def main():
             bpf_ns["tracer"][1] += cnt
             res["tracer"].append(out["ns_per_call"])
             cpu["tracer"].append(out["cpu_ns_per_call"])
+            runq["tracer"].append(out["runq_wait_ns_per_call"])
             time.sleep(0.5)
             err = stop_tracer(tr)
             mw.stop()
@@ -186,6 +190,9 @@ def main():
         print(f"per SSL call, CPU time of the calling process (median): untraced {u:.0f} ns, empty "
               f"{e:.0f} ns (+{(e - u) / 1e3:.2f} us), tracer {t:.0f} ns (+{(t - u) / 1e3:.2f} us); "
               f"tracer / empty added cost = {(t - u) / max(e - u, 1e-9):.2f}x (target <= 1.2x)")
+        u, e, t = (statistics.median(runq[k]) for k in ("untraced", "empty", "tracer"))
+        print(f"per SSL call, time runnable but waiting for a CPU (schedstat, median): untraced {u:.0f} ns, "
+              f"empty {e:.0f} ns, tracer {t:.0f} ns")
         if stats_fd >= 0:
             calls_all = calls * args.rounds
             for k in ("empty", "tracer"):
