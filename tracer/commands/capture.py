@@ -63,11 +63,24 @@ def _fail(msg: str, code: int = 2):
     sys.exit(code)
 
 
-def _invoking_uid() -> int:
+def _sudo_id(name: str, default: int | None = None) -> int | None:
+    """SUDO_UID/SUDO_GID as a number; unset -> default. A value that is not a number is refused:
+    guessing would mean running the command, or tracing any process, as root."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
     try:
-        return int(os.environ["SUDO_UID"])
-    except (KeyError, ValueError):
-        return os.getuid()
+        v = int(raw)
+        if v < 0:
+            raise ValueError
+        return v
+    except ValueError:
+        _fail(f"{name}={raw!r} is not a user or group id; refusing to guess who invoked tracer")
+
+
+def _invoking_uid() -> int:
+    uid = _sudo_id("SUDO_UID")
+    return os.getuid() if uid is None else uid
 
 
 def _proc_uid(pid: int) -> int | None:
@@ -220,11 +233,8 @@ def _child_credentials():
     """Run the command as the user who invoked sudo, never as root unless root ran us directly."""
     if os.geteuid() != 0 or "SUDO_UID" not in os.environ:
         return None
-    try:
-        uid = int(os.environ["SUDO_UID"])
-        gid = int(os.environ.get("SUDO_GID", uid))
-    except ValueError:
-        return None
+    uid = _sudo_id("SUDO_UID")
+    gid = _sudo_id("SUDO_GID", uid)
     if uid == 0:
         return None
     try:
