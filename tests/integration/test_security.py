@@ -158,3 +158,30 @@ def test_symlinked_output_dir_refused(tmp_path):
     assert p.returncode != 0
     assert "symlink" in p.stderr
     assert list(real.iterdir()) == []
+
+
+def test_run_child_uid_without_passwd_entry(tmp_path):
+    """SUDO_UID of a user with no passwd entry (containers): the child still gets that uid, not root."""
+    p = subprocess.run(tracer_cmd("run", "-o", str(tmp_path / "out"), "--quiet", "--no-html", "--",
+                                  "/bin/sh", "-c", "id -u; id -g"),
+                       env=sudo_env(uid=4242, gid=4243), capture_output=True, text=True, timeout=120, cwd="/")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["4242", "4243"]
+
+
+@pytest.mark.parametrize("value", ["abc", "", "-1"])
+def test_unusable_sudo_uid_refused(tmp_path, value, other_users_process):
+    """A SUDO_UID that is not a user id must not make tracer fall back to root: `run` does not start the
+    command and `attach` does not trace."""
+    marker = tmp_path / "ran"
+    env = dict(os.environ, SUDO_UID=value, SUDO_GID="0")
+    p = subprocess.run(tracer_cmd("run", "-o", str(tmp_path / "out"), "--quiet", "--no-html", "--",
+                                  "/usr/bin/touch", str(marker)),
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "SUDO_UID" in p.stderr, p.stderr
+    assert not marker.exists()
+    p = subprocess.run(tracer_cmd("attach", "--pid", str(other_users_process.pid), "-o", str(tmp_path / "a"),
+                                  "--quiet", "--no-html", "--duration", "1"),
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "SUDO_UID" in p.stderr, p.stderr
+    assert "tracing" not in p.stderr
