@@ -3,7 +3,6 @@ Bash tool round trip), for the browser tests that need a genuine log."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ def traced_claude_log(tmp_path_factory) -> Path:
     if reason:
         pytest.skip(reason)
     from tests.integration.conftest import run_traced
+    from tests.integration.test_claude_code import _claude_env
     from tracer.mock import MockServer
     from tracer.testing.releases import fetch_npm_release
 
@@ -25,12 +25,8 @@ def traced_claude_log(tmp_path_factory) -> Path:
     home = tmp / "home"
     home.mkdir()
     with MockServer() as mock:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE"))}
-        env.update(HOME=str(home), ANTHROPIC_BASE_URL=mock.url, ANTHROPIC_API_KEY="sk-test",
-                   NODE_EXTRA_CA_CERTS=str(mock.ca_path), DISABLE_TELEMETRY="1",
-                   CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
         p, recs = run_traced([str(claude), "-p", "say hi", "--allowedTools", "Bash"], tmp / "log",
-                             env=env, timeout=300)
+                             env=_claude_env(mock, home), timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert len(recs) >= 2
     return next((tmp / "log").glob("*.jsonl"))

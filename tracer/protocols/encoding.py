@@ -18,6 +18,20 @@ from tracer.protocols.base import Body
 DEFAULT_CAP = 512 << 20
 
 
+def _bounded(first: bytes, limit: int, pending, more) -> bytes:
+    """Collect a decompressor's output in steps of at most `limit` bytes in all: `more(room)` yields
+    the next piece while `pending()` says the decoder holds back output."""
+    out = [first]
+    total = len(first)
+    while total < limit and pending():
+        o = more(limit - total)
+        if not o:
+            break
+        out.append(o)
+        total += len(o)
+    return b"".join(out)
+
+
 class _Zlib:
     def __init__(self, wbits: int):
         self._d = zlib.decompressobj(wbits)
@@ -25,15 +39,9 @@ class _Zlib:
 
     def feed(self, data: bytes, limit: int) -> bytes:
         # max_length bounds each step so a bomb never materialises past the cap
-        out = [self._d.decompress(data, limit)]
-        total = len(out[0])
-        while self._d.unconsumed_tail and total < limit:
-            o = self._d.decompress(self._d.unconsumed_tail, limit - total)
-            if not o:
-                break
-            out.append(o)
-            total += len(o)
-        return b"".join(out)
+        d = self._d
+        return _bounded(d.decompress(data, limit), limit, lambda: d.unconsumed_tail,
+                        lambda room: d.decompress(d.unconsumed_tail, room))
 
     def flush(self) -> bytes:
         return self._d.flush()
@@ -73,15 +81,10 @@ class _Brotli:
         self._d = brotli.Decompressor()
 
     def feed(self, data: bytes, limit: int) -> bytes:
-        out = [self._d.process(data, output_buffer_limit=limit)]
-        total = len(out[0])
-        while total < limit and not self._d.can_accept_more_data():
-            o = self._d.process(b"", output_buffer_limit=limit - total)
-            if not o:
-                break
-            out.append(o)
-            total += len(o)
-        return b"".join(out)
+        d = self._d
+        return _bounded(d.process(data, output_buffer_limit=limit), limit,
+                        lambda: not d.can_accept_more_data(),
+                        lambda room: d.process(b"", output_buffer_limit=room))
 
     def flush(self) -> bytes:
         if not self._d.is_finished():
