@@ -75,7 +75,25 @@ class Attachment:
     probes: list[tuple[str, int, str]] = field(default_factory=list)  # (kind, addr, fn)
 
 
-class BpfProgram:
+class PidAttachments:
+    """Book-keeping shared by the program loaders: attachments per target pid.
+    Subclasses set self.attachments / self._lock and implement _detach(att)."""
+
+    attachments: list
+    _lock: threading.Lock
+
+    def _detach(self, att) -> None:
+        raise NotImplementedError
+
+    def detach_pid(self, pid: int):
+        with self._lock:
+            mine = [a for a in self.attachments if a.pid == pid]
+            self.attachments = [a for a in self.attachments if a.pid != pid]
+        for a in mine:
+            self._detach(a)
+
+
+class BpfProgram(PidAttachments):
     """One compiled+loaded program; many targets can be attached to it."""
 
     def __init__(self, ring_buffer_mb: int = 8, copy_limit: int = 1 << 20):
@@ -144,13 +162,6 @@ class BpfProgram:
             except Exception:
                 pass
         att.probes.clear()
-
-    def detach_pid(self, pid: int):
-        with self._lock:
-            mine = [a for a in self.attachments if a.pid == pid]
-            self.attachments = [a for a in self.attachments if a.pid != pid]
-        for a in mine:
-            self._detach(a)
 
     def open_ring(self, callback):
         self.bpf["events"].open_ring_buffer(callback)

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 
 from tracer.capture.event import decode_drops
-from tracer.probes.attach import PROBES, Attachment, TracerError
+from tracer.probes.attach import PROBES, Attachment, PidAttachments, TracerError
 from tracer.probes.kheaders import HeaderChoice
 from tracer.probes.locate import Located
 
@@ -503,7 +503,7 @@ def _patch_map_fds(insns: bytes, fdmap: dict[int, int]) -> bytes:
     return bytes(code)
 
 
-class LoadedProgram:
+class LoadedProgram(PidAttachments):
     """BpfProgram's interface on a program recreated from a cache entry (see bpfcache.py)."""
 
     backend = "cached bytecode"
@@ -649,13 +649,6 @@ class LoadedProgram:
                 pass
         att.fds.clear()
         att.probes.clear()
-
-    def detach_pid(self, pid: int):
-        with self._lock:
-            mine = [a for a in self.attachments if a.pid == pid]
-            self.attachments = [a for a in self.attachments if a.pid != pid]
-        for a in mine:
-            self._detach(a)
 
     # -- ring buffer ----------------------------------------------------------------------------
     def open_ring(self, callback):
