@@ -21,10 +21,12 @@ Stdlib only: runs with the system python3, no venv needed. Needs root (debootstr
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import io
 import json
 import os
+import queue
 import re
 import shutil
 import stat
@@ -67,6 +69,8 @@ BASE_PACKAGES = (
 )
 # Bumped whenever the way a layer is built changes (the cache key includes it).
 LAYER_FORMAT = {"base": 3, "venv": 3, "kernel": 2}
+
+RUNNING: set = set()          # qemu processes, killed if the runner is interrupted
 
 RELEASE_TAG = {"bookworm": "deb12", "trixie": "deb13"}
 
@@ -338,10 +342,10 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ln -sf /proc/self/fd /dev/fd 2>/dev/null
 ip link set lo up
 hostname vmguest
-echo "VMTEST-BOOTED $(uname -r) $(cut -d' ' -f1 /proc/uptime)s" > /dev/ttyS1
+echo "VMTEST-BOOTED $(uname -r) $(cut -d' ' -f1 /proc/uptime)s" | tee /dev/console > /dev/ttyS1
 cd /payload
 sh /payload/run.sh > /dev/ttyS1 2>&1 < /dev/null
-echo "VMTEST-EXIT $? $(cut -d' ' -f1 /proc/uptime)s" > /dev/ttyS1
+echo "VMTEST-EXIT $? $(cut -d' ' -f1 /proc/uptime)s" | tee /dev/console > /dev/ttyS1
 sync
 echo o > /proc/sysrq-trigger
 sleep 30
@@ -353,7 +357,7 @@ STRIP = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
 
 def build_base(cache: Path, suite: str) -> tuple[Path, Path, str]:
     """debootstrap'ed userspace: returns (rootfs dir, base.cpio, key)."""
-    key = sha("base", LAYER_FORMAT["base"], suite, BASE_PACKAGES, INIT, STRIP)
+    key = sha("base", LAYER_FORMAT["base"], suite, BASE_PACKAGES, STRIP)
     d = cache / "rootfs" / f"{suite}-{key}"
     out = cache / "layers" / f"base-{suite}-{key}.cpio"
     if out.exists() and (d / ".complete").exists():
@@ -377,8 +381,6 @@ def build_base(cache: Path, suite: str) -> tuple[Path, Path, str]:
             p.mkdir()
     for p in (d / "usr/share/locale",):
         p.mkdir(exist_ok=True)
-    (d / "init").write_text(INIT)
-    (d / "init").chmod(0o755)
     for sub in ("payload", "sys/fs/bpf", "sys/kernel/debug", "sys/kernel/tracing"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     (d / "etc/hostname").write_text("vmguest\n")
@@ -537,6 +539,7 @@ def build_payload(path: Path, payload: str, pytest_args: str) -> None:
               "echo \"+ " + cmd.replace('"', '\\"') + "\"\n" + cmd + "\n")
     with open(path, "wb") as f:
         c = Cpio(f)
+        c.file("init", INIT.encode(), 0o755)      # here, not in the base: editing it rebuilds nothing
         c.dir("payload")
         c.file("payload/run.sh", script.encode(), 0o755)
         c.dir("payload/repo")
@@ -583,6 +586,7 @@ def boot(g: Guest, vmlinuz: Path, layers: list[Path], rundir: Path, timeout: int
     t0 = time.time()
     try:
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        RUNNING.add(p)
         try:
             qemu_out, _ = p.communicate(timeout=timeout)
             timed_out = False
@@ -591,6 +595,7 @@ def boot(g: Guest, vmlinuz: Path, layers: list[Path], rundir: Path, timeout: int
             qemu_out, _ = p.communicate()
             timed_out = True
         g.seconds = time.time() - t0
+        RUNNING.discard(p)
     finally:
         initrd.unlink(missing_ok=True)
     text = result.read_text(errors="replace") if result.exists() else ""
@@ -612,10 +617,12 @@ def boot(g: Guest, vmlinuz: Path, layers: list[Path], rundir: Path, timeout: int
     fails = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, re.M)
     g.details += [f"failed: {t}" for t in fails]
     if not fails:
-        g.details += ["payload output (tail):"] + ["  " + l for l in text.splitlines()[-25:]]
+        g.details += ["payload output (tail):"] + (["  " + l for l in text.splitlines()[-25:]]
+                                                   or ["  (none: /init did not get to run it)"])
     if timed_out or not m:
         cons = console.read_text(errors="replace") if console.exists() else ""
-        g.details += ["console (tail):"] + ["  " + l for l in cons.splitlines()[-30:]]
+        g.details += ["console (tail):"] + (["  " + l for l in cons.splitlines()[-30:]]
+                                            or ["  (empty: quiet boot, no warning or panic yet)"])
         if qemu_out.strip():
             g.details += ["qemu:"] + ["  " + l for l in qemu_out.decode(errors="replace").splitlines()[-10:]]
 
@@ -647,6 +654,12 @@ def main() -> int:
     t_start = time.time()
     ensure_host_tools()
     a.cache.mkdir(parents=True, exist_ok=True)
+    lockf = open(a.cache / ".lock", "w")
+    try:
+        fcntl.flock(lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"waiting for another vm-test run using {a.cache}")
+        fcntl.flock(lockf, fcntl.LOCK_EX)
     apt = Apt(a.cache / "apt")
     apt.update(a.lists_max_age)
     guests = resolve_matrix(apt, a.kernels.split())
@@ -656,45 +669,72 @@ def main() -> int:
     if a.list:
         return 0
 
-    # build the images (sequentially: downloads and debootstrap), then boot
-    bases: dict[str, tuple[Path, Path]] = {}
-    for suite in dict.fromkeys(g.userspace for g in guests):
-        rootfs, base, key = build_base(a.cache, suite)
-        bases[suite] = (base, build_venv(a.cache, suite, rootfs, key))
-    kernels = {g.kernel.release: build_kernel(a.cache, apt, g.kernel) for g in guests}
     runs = a.cache / "runs"
     payload = runs / "payload.cpio"
     runs.mkdir(parents=True, exist_ok=True)
     build_payload(payload, a.payload, a.pytest_args)
-    log(f"images ready in {time.time() - t_start:.0f}s; booting {len(guests)} guest(s), {a.jobs} at a time")
 
-    queue = list(guests)
-    lock = threading.Lock()
+    # Images are built in matrix order by this thread (downloads, debootstrap: mostly I/O) while the
+    # guests whose images are ready already boot (CPU): a cold run overlaps the two.
+    ready: queue.Queue = queue.Queue()
+    out_lock = threading.Lock()
+
+    def report(g: Guest, rundir: Path | None) -> None:
+        with out_lock:
+            print(f"KERNEL {g.kernel.release} {g.result} {g.seconds:.0f}s  ({g.name}, {g.userspace} userspace)",
+                  flush=True)
+            for d in g.details:
+                print(f"    {d}", flush=True)
+            if rundir and g.result == "FAIL":
+                print(f"    logs: {rundir}/console.log {rundir}/result.log", flush=True)
+            elif rundir and not a.keep:
+                shutil.rmtree(rundir, ignore_errors=True)
 
     def worker():
-        while True:
-            with lock:
-                if not queue:
-                    return
-                g = queue.pop(0)
-            vmlinuz, hdr = kernels[g.kernel.release]
+        while (item := ready.get()) is not None:
+            g, vmlinuz, layers = item
             rundir = runs / g.name
-            boot(g, vmlinuz, [*bases[g.userspace], hdr, payload], rundir, a.timeout, a.mem, a.smp)
-            with lock:
-                print(f"KERNEL {g.kernel.release} {g.result} {g.seconds:.0f}s"
-                      + (f"  ({g.name}, {g.userspace} userspace)"), flush=True)
-                for d in g.details:
-                    print(f"    {d}", flush=True)
-                if g.result == "FAIL":
-                    print(f"    logs: {rundir}/console.log {rundir}/result.log", flush=True)
-                elif not a.keep:
-                    shutil.rmtree(rundir, ignore_errors=True)
+            boot(g, vmlinuz, layers, rundir, a.timeout, a.mem, a.smp)
+            report(g, rundir)
 
-    threads = [threading.Thread(target=worker) for _ in range(max(1, a.jobs))]
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, a.jobs))]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    bases: dict[str, tuple[Path, Path] | str] = {}
+    kernels: dict[str, tuple[Path, Path]] = {}
+    try:
+        for g in guests:
+            try:
+                if g.userspace not in bases:
+                    try:
+                        rootfs, base, key = build_base(a.cache, g.userspace)
+                        bases[g.userspace] = (base, build_venv(a.cache, g.userspace, rootfs, key))
+                    except (SystemExit, subprocess.CalledProcessError) as e:
+                        bases[g.userspace] = f"building the {g.userspace} userspace failed: {e}"
+                if isinstance(bases[g.userspace], str):
+                    raise SystemExit(bases[g.userspace])
+                if g.kernel.release not in kernels:
+                    kernels[g.kernel.release] = build_kernel(a.cache, apt, g.kernel)
+            except (SystemExit, subprocess.CalledProcessError) as e:
+                g.details.append(f"image build failed: {e}")
+                report(g, None)
+                continue
+            vmlinuz, hdr = kernels[g.kernel.release]
+            ready.put((g, vmlinuz, [*bases[g.userspace], hdr, payload]))
+        log(f"images ready in {time.time() - t_start:.0f}s")
+        for _ in threads:
+            ready.put(None)
+        for t in threads:
+            t.join()
+    finally:
+        for p in list(RUNNING):          # interrupted: no guest outlives the runner
+            p.kill()
+    for d in (a.cache / "kernels").iterdir():     # kernels that left the matrix a week ago
+        if d not in {v.parent for v, _ in kernels.values()}:
+            if time.time() - d.stat().st_mtime > 7 * 86400:
+                shutil.rmtree(d, ignore_errors=True)
+        else:
+            os.utime(d)
     failed = [g for g in guests if g.result != "PASS"]
     log(f"{len(guests) - len(failed)}/{len(guests)} guests passed in {time.time() - t_start:.0f}s total")
     return 1 if failed else 0
