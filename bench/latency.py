@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tracer.mock import MockServerProcess  # noqa: E402
 
@@ -55,7 +55,8 @@ def main():
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, kernel {platform.release()}")
+    from _util import machine
+    print(machine())
     with MockServerProcess() as srv, tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, NODE_EXTRA_CA_CERTS=str(srv.ca_path), ANTHROPIC_BASE_URL=srv.url)
         for mode in ("stream", "json"):
