@@ -128,3 +128,20 @@ def wait_for(pred, timeout=10.0, interval=0.02):
             return v
         time.sleep(interval)
     return pred()
+
+
+def start_attach(pids, out_dir, *extra, env=None) -> tuple[subprocess.Popen, list[str]]:
+    """`tracer attach` on one pid or a list of pids; returns once it says the probes are in place."""
+    args = []
+    for p in ([pids] if isinstance(pids, int) else pids):
+        args += ["--pid", str(p)]
+    t = subprocess.Popen(tracer_cmd("attach", *args, "-o", str(out_dir), "--quiet", "--no-html", *extra),
+                         stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    while True:
+        line = t.stderr.readline()
+        if not line:
+            raise AssertionError("tracer attach exited early:\n" + "".join(lines))
+        lines.append(line)
+        if "tracing" in line and "process" in line:
+            return t, lines

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from tests.integration.conftest import (assert_pair_matches, client_env, curl_body, curl_client,
-                                        node_client, py_client, read_log, run_traced, tracer_cmd,
-                                        wait_for)
+                                        node_client, py_client, read_log, run_traced, start_attach,
+                                        tracer_cmd, wait_for)
 
 
 def _ids(out: str) -> list[str]:
@@ -94,20 +94,6 @@ def test_filter_default_and_include_all(mock, tmp_path):
         ["/v1/models", "/v1/messages/count_tokens"]
 
 
-def _start_attach(pid: int, out_dir, *extra):
-    t = subprocess.Popen(tracer_cmd("attach", "--pid", str(pid), "-o", str(out_dir), "--quiet",
-                                    "--no-html", *extra),
-                         stderr=subprocess.PIPE, text=True)
-    # wait until the probes are in place
-    lines = []
-    while True:
-        line = t.stderr.readline()
-        if not line:
-            raise AssertionError("tracer attach exited early:\n" + "".join(lines))
-        lines.append(line)
-        if "tracing" in line and "process" in line:
-            return t, lines
-
 
 @pytest.mark.parametrize("client", ["python", "node", "curl"])
 def test_attach(mock, tmp_path, client):
@@ -121,7 +107,7 @@ def test_attach(mock, tmp_path, client):
         cmd = py_client(mock, *args) if client == "python" else node_client(mock, *args)
     target = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     time.sleep(0.3 if client != "node" else 0.6)   # let it load its TLS library
-    tr, head = _start_attach(target.pid, tmp_path / "log")
+    tr, head = start_attach(target.pid, tmp_path / "log")
     if client == "curl":
         with open(go, "w") as f:       # releases curl, blocked opening the FIFO for its first body
             f.write(curl_body(True))
@@ -147,7 +133,7 @@ def test_attach_midstream_resyncs(mock, tmp_path):
                     "--header", "x-mock-deltas: 100")
     target = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)   # the first response (5 s long) is under way when the probes go in
-    tr, head = _start_attach(target.pid, tmp_path / "log")
+    tr, head = start_attach(target.pid, tmp_path / "log")
     out, _ = target.communicate(timeout=60)
     err = tr.stderr.read()
     assert tr.wait(timeout=30) == 0, err
@@ -166,7 +152,7 @@ def test_sigterm_loses_no_completed_pair(mock, tmp_path):
     target = subprocess.Popen(py_client(mock, "--stream", "--count", "200", "--sleep-between", "0.02"),
                               env=env, stdout=subprocess.PIPE, text=True)
     time.sleep(0.3)
-    tr, _ = _start_attach(target.pid, tmp_path / "log")
+    tr, _ = start_attach(target.pid, tmp_path / "log")
     t_attached = time.time()
     time.sleep(1.5)
     tr.send_signal(signal.SIGTERM)

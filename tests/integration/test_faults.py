@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.integration.conftest import CLIENTS, py_client, tracer_cmd, wait_for
+from tests.integration.conftest import CLIENTS, py_client, start_attach, wait_for
 from tracer.mock import MockServerProcess, body_bytes
 
 ASYNC_CLIENT = CLIENTS / "async_client.py"
@@ -88,22 +88,6 @@ class Lines:
 
     def join(self, timeout=120):
         self._t.join(timeout)
-
-
-def start_attach(pids, out_dir, *extra, env=None) -> tuple[subprocess.Popen, list[str]]:
-    args = []
-    for p in pids:
-        args += ["--pid", str(p)]
-    t = subprocess.Popen(tracer_cmd("attach", *args, "-o", str(out_dir), "--quiet", "--no-html", *extra),
-                         stderr=subprocess.PIPE, text=True, env=env)
-    lines = []
-    while True:
-        line = t.stderr.readline()
-        if not line:
-            raise AssertionError("tracer attach exited early:\n" + "".join(lines))
-        lines.append(line)
-        if "tracing" in line and "process" in line:
-            return t, lines
 
 
 def log_lines(out_dir: Path) -> tuple[Path, bytes]:

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.integration.conftest import (assert_pair_matches, client_env, read_log, run_traced,
-                                        tracer_cmd)
+                                        start_attach)
 from tracer.mock import MockServer, body_bytes
 
 NODE = "/usr/bin/node"
@@ -217,18 +217,6 @@ def test_node_http2_client(h2mock, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- attach
-
-def start_attach(pid: int, out_dir, *extra):
-    t = subprocess.Popen(tracer_cmd("attach", "--pid", str(pid), "-o", str(out_dir), "--quiet",
-                                    "--no-html", *extra), stderr=subprocess.PIPE, text=True)
-    lines = []
-    while True:
-        line = t.stderr.readline()
-        if not line:
-            raise AssertionError("tracer attach exited early:\n" + "".join(lines))
-        lines.append(line)
-        if "tracing" in line and "process" in line:
-            return t, lines
 
 
 def test_attach_mid_connection_unknown_hpack_state(h2mock, tmp_path):
