@@ -577,23 +577,24 @@ def boot(g: Guest, vmlinuz: Path, layers: list[Path], rundir: Path, timeout: int
     shm = Path("/dev/shm")
     total = sum(l.stat().st_size for l in layers)
     tmpdir = shm if shm.is_dir() and shutil.disk_usage(shm).free > 3 * total else rundir
+    # Unlinked at once and handed to qemu as an open descriptor: nothing is left behind in RAM even
+    # if the runner is killed.
     fd, name = tempfile.mkstemp(prefix=f"vmtest-{g.name}-", suffix=".cpio", dir=tmpdir)
-    os.close(fd)
-    initrd = Path(name)
-    with open(initrd, "wb") as out:
-        for l in layers:
-            with open(l, "rb") as f:
-                shutil.copyfileobj(f, out, 1 << 20)
-    console, result = rundir / "console.log", rundir / "result.log"
-    cmd = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", mem,
-           "-smp", str(smp), "-nodefaults", "-display", "none", "-no-reboot",
-           "-kernel", str(vmlinuz), "-initrd", str(initrd),
-           "-append", "console=ttyS0 panic=-1 quiet",
-           "-serial", f"file:{console}", "-serial", f"file:{result}"]
-    t0 = time.time()
+    os.unlink(name)
     try:
+        with open(fd, "wb", closefd=False) as out:
+            for l in layers:
+                with open(l, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+        console, result = rundir / "console.log", rundir / "result.log"
+        cmd = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", mem,
+               "-smp", str(smp), "-nodefaults", "-display", "none", "-no-reboot",
+               "-kernel", str(vmlinuz), "-initrd", f"/dev/fd/{fd}",
+               "-append", "console=ttyS0 panic=-1 quiet",
+               "-serial", f"file:{console}", "-serial", f"file:{result}"]
+        t0 = time.time()
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             preexec_fn=_die_with_parent)
+                             preexec_fn=_die_with_parent, pass_fds=(fd,))
         RUNNING.add(p)
         try:
             qemu_out, _ = p.communicate(timeout=timeout)
@@ -605,7 +606,7 @@ def boot(g: Guest, vmlinuz: Path, layers: list[Path], rundir: Path, timeout: int
         g.seconds = time.time() - t0
         RUNNING.discard(p)
     finally:
-        initrd.unlink(missing_ok=True)
+        os.close(fd)
     text = result.read_text(errors="replace") if result.exists() else ""
     m = re.search(r"^VMTEST-EXIT (\d+)", text, re.M)
     summary = re.findall(r"^=*\s*(\d+ (?:passed|failed|error|skipped|deselected).* in [\d.]+s)", text, re.M)
