@@ -503,6 +503,14 @@ def _patch_map_fds(insns: bytes, fdmap: dict[int, int]) -> bytes:
     return bytes(code)
 
 
+def _close_quietly(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class LoadedProgram(PidAttachments):
     """BpfProgram's interface on a program recreated from a cache entry (see bpfcache.py)."""
 
@@ -642,11 +650,7 @@ class LoadedProgram(PidAttachments):
         return fd
 
     def _detach(self, att: LoadedAttachment):
-        for fd in att.fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _close_quietly(att.fds)
         att.fds.clear()
         att.probes.clear()
 
@@ -694,11 +698,7 @@ class LoadedProgram(PidAttachments):
 
     # -- the end --------------------------------------------------------------------------------
     def _close_fds(self):
-        for fd in list(self.prog_fds.values()) + list(self._maps):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _close_quietly(list(self.prog_fds.values()) + list(self._maps))
         self.prog_fds.clear()
         self._maps.clear()
         self.map_fds.clear()
