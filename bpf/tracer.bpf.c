@@ -5,7 +5,7 @@
  * the bytes the call actually moved (return value or *readbytes / *written - never the buffer
  * size) into the ring buffer, in chunks, and return. Nothing here waits on user space.
  *
- * Compile-time knobs (set by tracer/probes/bpfprog.py): RINGBUF_PAGES, COPY_LIMIT.
+ * Compile-time knobs (set by tracer/probes/compile.py): RINGBUF_PAGES, COPY_LIMIT.
  */
 #include <uapi/linux/ptrace.h>
 #include "tracer_event.h"

@@ -1,4 +1,7 @@
-"""A tracing session: BPF program + targets + capture pipeline + log writer, and its summary."""
+"""A tracing session, the whole path in one place: load the BPF program (tracer/probes/load.py),
+open the log (tracer/sinks/jsonl.py) and the capture pipeline (tracer/capture/pipeline.py), read the
+ring buffer into it (tracer/capture/ring.py), attach uprobes to each target's TLS libraries
+(tracer/probes/attach.py, found by tracer/probes/targets.py), and at the end the summary."""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 
 from tracer.capture.pipeline import Capture
-from tracer.probes.attach import BpfProgram, TracerError
-from tracer.probes.loader import load_program
+from tracer.capture.ring import DropCounters, open_ring
+from tracer.probes.attach import TRACEFS, Probes
+from tracer.probes.load import load_program
 from tracer.probes.targets import Locator, mapped_objects
 from tracer.protocols.base import Exchange
 from tracer.sinks.jsonl import JsonlWriter, make_log_dir
@@ -47,8 +51,9 @@ class Target:
 
 
 def ensure_tracefs() -> str:
-    """BCC detaches uprobes through tracefs; mount it where a minimal system has not."""
-    for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+    """Tracepoints are found through tracefs (and BCC detaches through it); mount it where a minimal
+    system has not."""
+    for p in TRACEFS:
         if os.path.exists(os.path.join(p, "uprobe_events")):
             return p
     try:
@@ -116,6 +121,18 @@ def read_environ(pid: int) -> dict[str, str]:
     return env
 
 
+def new_log_path(opts: Options) -> Path:
+    """A fresh log file name in the (created or checked) output directory."""
+    out_dir = make_log_dir(opts.output_dir)
+    name = opts.log_name or f"log-{datetime.now().strftime('%Y-%m-%d-%H-%M-%S')}.jsonl"
+    path = out_dir / name
+    n = 1
+    while os.path.lexists(path):   # a dangling symlink counts as taken (never opened through)
+        path = out_dir / f"{Path(name).stem}-{n}.jsonl"
+        n += 1
+    return path
+
+
 class Session:
     def __init__(self, opts: Options, *, stderr=None):
         self.opts = opts
@@ -135,20 +152,21 @@ class Session:
         self._cycle_cv = threading.Condition()
         self.tracefs = ensure_tracefs()
         t = time.monotonic()
-        self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit, stderr=self.stderr)
+        self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit,
+                                 stderr=self.stderr)
         self.load_seconds = time.monotonic() - t
-        out_dir = make_log_dir(opts.output_dir)
-        name = opts.log_name or f"log-{datetime.now().strftime('%Y-%m-%d-%H-%M-%S')}.jsonl"
-        path = out_dir / name
-        n = 1
-        while os.path.lexists(path):   # a dangling symlink counts as taken (never opened through)
-            path = out_dir / f"{Path(name).stem}-{n}.jsonl"
-            n += 1
-        self.log_path = path
-        self.writer = JsonlWriter(path, batch_size=opts.batch_size, flush_ms=opts.flush_ms,
-                                  durable=opts.durable, stderr=self.stderr)
-        self.capture = Capture(self._on_exchange, deferred=opts.deferred)
-        self.prog.open_ring(self.capture.ring_callback)
+        try:
+            self.probes = Probes(self.prog, stderr=self.stderr)
+            self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
+            self.log_path = new_log_path(opts)
+            self.writer = JsonlWriter(self.log_path, batch_size=opts.batch_size, flush_ms=opts.flush_ms,
+                                      durable=opts.durable, stderr=self.stderr)
+            self.capture = Capture(self._on_exchange, deferred=opts.deferred)
+            events = self.prog.map_info("events")
+            self.ring = open_ring(self.prog.map_fd("events"), events.max_entries, self.capture.feed)
+        except BaseException:
+            self.prog.close()
+            raise
         self.capture.start()
         self._poller = threading.Thread(target=self._poll, name="tracer-ring", daemon=True)
         self._poller.start()
@@ -158,12 +176,12 @@ class Session:
 
     def _poll(self):
         while not self._stop.is_set():
-            self.prog.poll(self.POLL_MS)
-            self.prog.consume()
+            self.ring.poll(self.POLL_MS)
+            self.ring.consume()
             with self._cycle_cv:
                 self._cycles += 1
                 self._cycle_cv.notify_all()
-        self.prog.consume()
+        self.ring.consume()
 
     def wait_ring_drained(self, timeout: float = 5.0) -> None:
         """Return once the poll thread has drained the ring at least once after this call: everything
@@ -208,7 +226,7 @@ class Session:
         tgt.attached.add(key)   # located or not, do not look at this file again
         if loc is None:
             return False
-        self.prog.attach(tgt.pid, path, loc)
+        self.probes.attach(tgt.pid, path, loc)
         tgt.files.append((path, loc.library, {n: f.method for n, f in loc.functions.items()}))
         return True
 
@@ -233,14 +251,14 @@ class Session:
         tgt.alive = False
         self.wait_ring_drained()   # its last records are in the ring already: let them through first
         self.capture.close_pid(pid, reason)
-        self.prog.detach_pid(pid)
+        self.probes.detach_pid(pid)
 
     def live_targets(self) -> list[int]:
         return [p for p, t in self.targets.items() if t.alive]
 
     # -- status and the end --------------------------------------------------------------------
     def status_line(self) -> str:
-        drops = self.prog.drops()
+        drops = self.drops.read()
         s = self.capture.stats
         return (f"tracer: {self.pairs_logged} logged / {self.pairs_seen} pairs, "
                 f"{s.bytes_captured / 1e6:.1f} MB, {s.connections} conns, "
@@ -257,11 +275,14 @@ class Session:
         self.writer.flush()
         self.writer.close()
         summary = self.summary()
+        self.probes.close()
+        self.ring.close()
+        self.drops.close()
         self.prog.close()
         return summary
 
     def summary(self) -> dict:
-        drops = self.prog.drops()
+        drops = self.drops.read()
         c = self.capture.stats
         p = self.capture.live_parser_stats()
         w = self.writer.stats
@@ -284,7 +305,7 @@ class Session:
             "skipped_bytes": p.skipped_bytes,
             "parse_errors": p.parse_errors,
             "decode_errors": p.decode_errors,
-            "non_http_connections": p.not_http + c.other_connections,
+            "non_http_connections": p.not_http,
             "h2_connections": c.h2_connections,
             "unknown_header_blocks": p.unknown_header_blocks,
             "worker_errors": c.worker_errors,

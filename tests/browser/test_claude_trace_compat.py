@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.probes.kheaders import cache_root
+from tracer.paths import cache_root
 
 HARNESS = Path(__file__).parent / "harness"
 CLAUDE_TRACE = "@mariozechner/claude-trace@1.0.9"

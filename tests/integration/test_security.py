@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import shutil
 import subprocess
 import tempfile
@@ -185,3 +186,59 @@ def test_unusable_sudo_uid_refused(tmp_path, value, other_users_process):
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "SUDO_UID" in p.stderr, p.stderr
     assert "tracing" not in p.stderr
+
+
+# The names a Python child would import from its working directory if it had it on sys.path: the
+# stdlib modules the compile step uses, the site hooks, and tracer/BCC themselves.
+PLANTED = ("base64.py", "json.py", "argparse.py", "subprocess.py", "sitecustomize.py", "usercustomize.py",
+           "tracer/__init__.py", "tracer/probes/__init__.py", "tracer/probes/compile.py", "bcc/__init__.py")
+
+
+def _plant_modules(home: Path, marker: Path) -> None:
+    code = (f"import os\nopen({str(marker)!r}, 'a').write(f'{{os.getuid()}} {{__name__}}\\n')\n")
+    for rel in PLANTED:
+        f = home / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(code)
+    for p in [home, *home.rglob("*")]:
+        os.chown(p, 4242, 4242)
+
+
+def test_compile_child_never_imports_from_the_working_directory(tmp_path):
+    """A cache miss starts the BCC compile child as root. Modules planted in the directory sudo was
+    started from (owned by the invoking user) must not run - neither under `tracer doctor` nor
+    under `tracer run` with a non-default ring size. The real console script, as sudo runs it."""
+    home = tmp_path / "home"
+    marker = tmp_path / "planted-code-ran"
+    _plant_modules(home, marker)
+    tracer = str(Path(sys.executable).parent / "tracer")
+    env = sudo_env(uid=4242, gid=4242, TRACER_BPF_CACHE_DIR=str(tmp_path / "bpfcache"))
+    p = subprocess.run([tracer, "doctor"], cwd=home, env=env, capture_output=True, text=True, timeout=300)
+    assert not marker.exists(), f"planted code ran as root: {marker.read_text()}"
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "compiled with BCC and cached" in p.stdout, p.stdout
+    p = subprocess.run([tracer, "run", "--ring-buffer-mb", "2", "-o", str(tmp_path / "out"), "--quiet",
+                        "--no-html", "--", "/bin/true"],
+                       cwd=home, env=env, capture_output=True, text=True, timeout=300)
+    assert not marker.exists(), f"planted code ran as root: {marker.read_text()}"
+    assert p.returncode == 0, p.stderr
+    assert len(list((tmp_path / "bpfcache").glob("tracer-*.json"))) == 2      # two compiles happened
+
+
+def test_code_another_user_can_change_is_refused(tmp_path):
+    """tracer installed where another user can write (here: its package owned by uid 4242) refuses
+    to load BPF programs as root, naming the path, before compiling or loading anything."""
+    pkg = tmp_path / "site"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "tracer", pkg / "tracer", symlinks=False,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for p in [pkg, *pkg.rglob("*")]:
+        os.chown(p, 4242, 4242)
+    code = ("import sys\nsys.path.insert(0, sys.argv[1])\n"
+            "from tracer.errors import TracerError\nfrom tracer.probes.load import load_program\n"
+            "try:\n    load_program(1)\nexcept TracerError as e:\n    print('REFUSED', e)\n")
+    p = subprocess.run([sys.executable, "-I", "-c", code, str(pkg)], cwd="/", capture_output=True,
+                       text=True, timeout=120,
+                       env=dict(os.environ, TRACER_BPF_CACHE_DIR=str(tmp_path / "bpfcache")))
+    assert p.stdout.startswith("REFUSED refusing to run as root"), p.stdout + p.stderr
+    assert f"{pkg}/tracer" in p.stdout and "owned by uid 4242" in p.stdout
+    assert not (tmp_path / "bpfcache").exists()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
-HEADER = BPF_DIR / "tracer_event.h"
+from tracer.paths import bpf_dir
+
+HEADER = bpf_dir() / "tracer_event.h"
 
 _CTYPES = {"u64": "Q", "u32": "I", "u16": "H", "u8": "B", "s64": "q", "s32": "i"}
 

@@ -1,17 +1,18 @@
-"""Ring buffer -> per-connection byte streams -> protocol parsers -> exchanges.
+"""Ring-buffer records -> per-connection byte streams -> protocol parsers -> exchanges.
 
-Two threads, as the seed's zero-latency design asks:
-  * the poll thread runs BCC's ring_buffer_poll; its callback only copies each record's bytes into
-    an in-memory queue (no parsing), so the kernel ring drains as fast as possible;
+`feed(record)` takes one record (struct tracer_event + payload, tracer/capture/event.py) as the
+ring reader (tracer/capture/ring.py) hands it out. Two threads, as the seed's zero-latency design asks:
+  * the ring's poll thread calls `feed`, which only appends the record to an in-memory queue (no
+    parsing), so the kernel ring drains as fast as possible;
   * the worker thread decodes records, keeps one stream per connection (pid, SSL*), detects capture
     gaps from the kernel's per-stream offsets, feeds the connection's parser and hands finished
     exchanges to `on_exchange`.
-With deferred parsing off (--no-deferred-parsing) the callback does the worker's job inline.
+With deferred parsing off (--no-deferred-parsing) `feed` does the worker's job at once - which is
+also how tests drive the pipeline without a kernel.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 import time
@@ -20,13 +21,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from tracer.capture import event as ev
+from tracer.protocols import http2
 from tracer.protocols.base import ConnInfo, Direction, Exchange, ParserStats
 from tracer.protocols.http1 import Http1Connection, looks_like_http1_request, looks_like_http1_response
-
-try:  # HTTP/2 support lands separately; without it h2 connections are recognised and counted
-    from tracer.protocols import http2 as _h2
-except ImportError:  # pragma: no cover
-    _h2 = None
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -53,7 +50,6 @@ class CaptureStats:
     copy_fail_bytes: int = 0
     key_reuse: int = 0
     h2_connections: int = 0
-    other_connections: int = 0
     worker_errors: int = 0
     queue_peak: int = 0
 
@@ -77,19 +73,18 @@ class Capture:
         dump = os.environ.get("TRACER_DUMP_EVENTS")   # debugging: raw ring records, length-prefixed
         self.dump = open(dump, "ab") if dump else None
 
-    # -- ring buffer side ---------------------------------------------------------------------
-    def ring_callback(self, _ctx, data, size):
-        raw = ctypes.string_at(data, size)
+    # -- records in ---------------------------------------------------------------------------
+    def feed(self, record: bytes) -> None:
+        """One ring-buffer record: queued for the worker (deferred parsing) or processed now."""
         if self.dump is not None:
-            self.dump.write(len(raw).to_bytes(4, "little") + raw)
+            self.dump.write(len(record).to_bytes(4, "little") + record)
         if self.deferred:
-            self._inbox.append(raw)
+            self._inbox.append(record)
             if len(self._inbox) == 1:
                 self._wake.set()
         else:
             with self._lock:
-                self._handle(raw)
-        return 0
+                self._handle(record)
 
     # -- worker -------------------------------------------------------------------------------
     def start(self):
@@ -159,17 +154,13 @@ class Capture:
             st.kind = "h2"
         elif (looks_like_http1_request(head) or looks_like_http1_response(head)):
             st.kind = "http/1.1"
-        elif _h2 is not None and (_h2.looks_like_h2_frames(data) or _h2.h2_frames_offset(data) is not None):
+        elif http2.looks_like_h2_frames(data) or http2.h2_frames_offset(data) is not None:
             st.kind = "h2"    # attached to a live h2 connection (the chunk may start mid-frame)
         else:
             st.kind = "http/1.1"   # unknown start: the HTTP/1 parser resynchronises or skips
         if st.kind == "h2":
             self.stats.h2_connections += 1
-            if _h2 is None:
-                st.kind = "other"
-                self.stats.other_connections += 1
-                return None
-            return _h2.Http2Connection(st.info, max_decoded_body=self.max_decoded_body)
+            return http2.Http2Connection(st.info, max_decoded_body=self.max_decoded_body)
         return Http1Connection(st.info, max_decoded_body=self.max_decoded_body)
 
     def _data(self, e: ev.Event):

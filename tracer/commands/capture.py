@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from tracer.probes.attach import TracerError
+from tracer.errors import TracerError
 from tracer.session import Options, Session, command_files, format_summary, ssl_library_candidates
 
 
@@ -144,15 +144,11 @@ def _finish(session: Session, opts: Options) -> dict:
     summary = session.finish()
     html_path = None
     if opts.html and summary["records_written"]:
+        from tracer.sinks.html import write_html     # the viewer's code is loaded only when used
         try:
-            from tracer.sinks.html import write_html
-        except ImportError:
-            write_html = None
-        if write_html is not None:
-            try:
-                html_path = write_html(session.log_path)
-            except Exception as e:  # the log is what matters; say why the viewer is missing
-                click.echo(f"tracer: building the HTML viewer failed: {e}", err=True)
+            html_path = write_html(session.log_path)
+        except Exception as e:  # the log is what matters; say why the viewer is missing
+            click.echo(f"tracer: building the HTML viewer failed: {e}", err=True)
     text = format_summary(summary)
     if html_path:
         text += f"\nhtml: {html_path}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import sys
@@ -9,7 +10,11 @@ from dataclasses import dataclass
 
 import click
 
+from tracer import paths
+from tracer.errors import TracerError
 from tracer.probes import kheaders
+from tracer.probes.attach import TRACEFS
+from tracer.probes.load import load_program
 
 CAP_PERFMON, CAP_BPF, CAP_SYS_ADMIN = 38, 39, 21
 
@@ -65,10 +70,10 @@ def check_uprobes() -> Check:
 
 
 def check_tracefs() -> Check:
-    for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+    for p in TRACEFS:
         if os.path.exists(os.path.join(p, "uprobe_events")):
             return Check("tracefs", True, f"mounted at {p}")
-    return Check("tracefs", False, "not mounted (BCC detaches uprobes through it)",
+    return Check("tracefs", False, "not mounted (tracepoints are found through it)",
                  "mount -t tracefs nodev /sys/kernel/tracing  (tracer does this itself when root)",
                  warn=True)
 
@@ -96,7 +101,7 @@ def check_headers(build: bool) -> Check:
         c = kheaders.choose(build=build)
     except OSError as e:
         return Check("kernel headers", False, f"building a merged tree failed: {e}",
-                     "check free space in " + str(kheaders.cache_root()))
+                     "check free space in " + str(paths.kheaders_dir()))
     if c.source == "none":
         return Check("kernel headers", False, c.detail, kheaders.install_hint())
     return Check("kernel headers", True, f"{c.source}: {c.detail}")
@@ -104,22 +109,21 @@ def check_headers(build: bool) -> Check:
 
 def check_compile() -> Check:
     """Compile (or take from the bytecode cache) and load the real program: also warms the cache."""
-    import io
-    from tracer.probes.attach import TracerError
-    from tracer.probes.loader import load_program
     notes = io.StringIO()
     try:
         prog = load_program(ring_buffer_mb=1, stderr=notes)
     except TracerError as e:
         return Check("BPF program", False, str(e).splitlines()[0], "see the checks above")
-    backend = getattr(prog, "backend", "bcc")
-    how = ("from the bytecode cache" if getattr(prog, "cache_hit", False)
-           else "compiled with BCC" + (" and cached" if backend != "bcc" else " in-process"))
-    secs = getattr(prog, "load_seconds", None)
+    if prog.cache_hit:
+        how = "from the bytecode cache"
+    elif prog.backend == "bcc":
+        how = "compiled with BCC in-process"
+    else:
+        how = "compiled with BCC and cached"
     prog.close()
     extra = f"; {notes.getvalue().strip()}" if notes.getvalue().strip() else ""
-    return Check("BPF program", True, f"{how}, loaded by the kernel verifier"
-                 + (f" in {secs:.2f} s" if secs is not None else "") + extra)
+    return Check("BPF program", True, f"{how}, loaded by the kernel verifier in "
+                 f"{prog.load_seconds:.2f} s" + extra)
 
 
 def run_checks(compile_prog: bool = True) -> list[Check]:

@@ -12,8 +12,8 @@ Pieces
 - ``certs.py``     a throw-away CA + leaf for 127.0.0.1 / localhost (``cert.pem``, ``key.pem``, ``ca.pem``).
 - ``harness.py``   ``MockServer`` (thread) and ``MockServerProcess`` (subprocess) context managers.
 
-HTTP/2 hook (``tracer/mock/h2.py``, written separately)
-    When the server runs with ``h2=True`` / ``--h2`` and ``tracer.mock.h2`` imports, ALPN offers
+HTTP/2 front end (``tracer/mock/h2.py``)
+    When the server runs with ``h2=True`` / ``--h2``, ALPN offers
     ``h2, http/1.1``; a connection that picks ``h2`` is handed over after the TLS handshake as::
 
         await tracer.mock.h2.serve(reader, writer, app, recorder)

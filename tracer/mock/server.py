@@ -4,7 +4,7 @@ One task per connection. After the TLS handshake the ALPN result picks the front
 
 - ``http/1.1`` (or no ALPN): :class:`H1Connection` below (httptools parser, keep-alive, pipelining,
   ``Expect: 100-continue``, chunked / content-length / close-delimited bodies).
-- ``h2``: only offered when enabled *and* ``tracer.mock.h2`` imports; then the connection is handed to
+- ``h2``: only offered when enabled; then the connection is handed to
   ``await tracer.mock.h2.serve(reader, writer, app, recorder)`` (see ``tracer/mock/__init__.py``).
 """
 
@@ -336,12 +336,9 @@ class MockServerCore:
         ctx.options |= ssl.OP_NO_COMPRESSION
         protos = ["http/1.1"]
         if self.config.h2:
-            try:
-                self.h2_module = importlib.import_module("tracer.mock.h2")
-            except ImportError as e:
-                log.warning("h2 asked but tracer.mock.h2 is not available (%s); offering http/1.1 only", e)
-            if self.h2_module is not None:
-                protos = ["h2", "http/1.1"]
+            # the h2 front end (and the h2 library) is loaded only when asked for
+            self.h2_module = importlib.import_module("tracer.mock.h2")
+            protos = ["h2", "http/1.1"]
         ctx.set_alpn_protocols(protos)
         keylog = os.environ.get("SSLKEYLOGFILE")
         if keylog:

@@ -36,7 +36,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, CS_OP_IMM, CS_OP_MEM, CS_OP_REG, C
 from capstone import x86_const as X
 from elftools.elf.elffile import ELFFile
 
-from tracer.probes.locate import FunctionLocation, Located, LocateError, build_id
+from tracer.probes.located import FunctionLocation, Located, LocateError, build_id
 
 METHOD = "boringssl error-site fingerprint"
 

@@ -1,49 +1,32 @@
-"""Compile tracer's BPF program once with BCC - in a subprocess - and cache what is needed to load it
-again without BCC (tracer/probes/loader.py).
+"""The cache of compiled BPF bytecode: one JSON entry per (source, compile flags, BCC, kernel,
+headers), holding what tracer/probes/compile.py's isolated child describes (instructions, program
+types, map layout), base64 for the bytecode.
 
-Importing BCC maps libbcc and LLVM into the process (~77 MB RSS) and compiling costs 1.5-3 s and
-~60 MB more. So the compile runs in a child process (`python -m tracer.probes.bpfcache`), which
-builds and loads the program exactly as BpfProgram does (same cflags, kernel-header logic, license),
-then records
-  * each program's final instructions (`BPF.dump_func`: after BCC's rewriting, map references are
-    ld_imm64 with src_reg BPF_PSEUDO_MAP_FD and imm = the child's map fd), and
-  * every map those instructions reference plus BCC's named tables (events, active, offsets, drops),
-    each defined by BPF_OBJ_GET_INFO_BY_FD (type, key/value size, max_entries, flags, name),
-as JSON (base64 bytecode) in <cache root>/bpf/, written atomically. The file name is a hash of
-everything the bytecode depends on: the BPF source and header, the compile flags, BpfProgram's
-code, the BCC version, the kernel release/build and the kernel-header choice.
+Entries live in the BPF cache directory (tracer/paths.py), are written atomically, and are loaded
+into the kernel as root, so the directory and every entry must be root's and not writable by others
+(else the cache is not used). The file name is a hash of everything the bytecode depends on: the
+BPF source and header, the compile flags, the code that compiles and names the programs, the BCC
+version, the kernel release/build and the kernel-header choice. A miss compiles (once, under a lock,
+for tracers started together), and entries unused for 30 days are pruned.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
-import struct
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tracer.capture.event import BPF_DIR, HEADER
-from tracer.probes import kheaders
-from tracer.probes.attach import PROBES
+from tracer import paths
+from tracer.probes import compile, kheaders, program
+from tracer.probes.program import BPF_MAP_TYPE_RINGBUF, PROGRAM_NAMES, REQUIRED_MAPS, referenced_map_fds
 
-FORMAT = 1
-PROGRAM_NAMES = sorted({f for pair in PROBES.values() for f in pair} | {"probe_free"})
-ROLES = ("events", "active", "offsets", "drops")
-REQUIRED_ROLES = ("events", "drops")
-BPF_SOURCE = BPF_DIR / "tracer.bpf.c"
-ATTACH_PY = Path(__file__).resolve().parent / "attach.py"
-BPF_MAP_TYPE_RINGBUF = 27
-COMPILE_TIMEOUT = 180
-
-
-class CompileError(Exception):
-    """BCC could not compile or load the program (the message is for the user, as is)."""
+FORMAT = 2
 
 
 class CacheError(Exception):
@@ -51,18 +34,6 @@ class CacheError(Exception):
 
 
 # -- the key ------------------------------------------------------------------------------------
-
-def ring_pages(ring_buffer_mb: int) -> int:
-    """Ring size in pages, as BpfProgram computes it (a power of two)."""
-    pages = max(1, (int(ring_buffer_mb) << 20) // 4096)
-    return 1 << (pages.bit_length() - 1)
-
-
-def cflags(ring_buffer_mb: int, copy_limit: int) -> list[str]:
-    """BpfProgram's compile flags (its code is part of the key too, so drift only costs a compile)."""
-    return [f"-I{BPF_DIR}", f"-DRINGBUF_PAGES={ring_pages(ring_buffer_mb)}",
-            f"-DCOPY_LIMIT={int(copy_limit)}", "-Wno-macro-redefined", "-Wno-unused-function"]
-
 
 def bcc_version() -> str:
     """BCC's version without importing it (importing it maps LLVM)."""
@@ -87,14 +58,21 @@ def header_identity() -> str:
     return f"{c.source}|{c.detail}"
 
 
+def _sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def key_material(ring_buffer_mb: int, copy_limit: int) -> dict:
     un = os.uname()
+    src = paths.bpf_dir()
     return {
         "format": FORMAT,
-        "source": hashlib.sha256(BPF_SOURCE.read_bytes()).hexdigest(),
-        "header": hashlib.sha256(HEADER.read_bytes()).hexdigest(),
-        "bpfprogram": hashlib.sha256(ATTACH_PY.read_bytes()).hexdigest(),
-        "cflags": cflags(ring_buffer_mb, copy_limit),
+        "source": _sha(src / "tracer.bpf.c"),
+        "header": _sha(src / "tracer_event.h"),
+        "compiler": [_sha(compile.__file__), _sha(program.__file__)],
+        # the include directory is where tracer is installed; the header's content counts instead
+        "cflags": [f for f in compile.cflags(compile.ring_pages(ring_buffer_mb), copy_limit)
+                   if not f.startswith("-I")],
         "bcc": bcc_version(),
         "kernel": [un.release, un.version, un.machine],
         "headers": header_identity(),
@@ -106,25 +84,11 @@ def cache_key(ring_buffer_mb: int, copy_limit: int) -> str:
     return hashlib.sha256(blob).hexdigest()[:40]
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("TRACER_BPF_CACHE_DIR")
-    return Path(env) if env else kheaders.cache_root() / "bpf"
-
-
 def entry_path(key: str, directory: Path | None = None) -> Path:
-    return Path(directory or cache_dir()) / f"tracer-{key}.json"
+    return Path(directory or paths.bpf_cache_dir()) / f"tracer-{key}.json"
 
 
 # -- reading and checking an entry ---------------------------------------------------------------
-
-def referenced_map_fds(insns: bytes) -> set[int]:
-    """fds in ld_imm64 map references (BPF_PSEUDO_MAP_FD / BPF_PSEUDO_MAP_VALUE)."""
-    fds = set()
-    for i in range(0, len(insns) - 7, 8):
-        if insns[i] == 0x18 and (insns[i + 1] >> 4) in (1, 2):
-            fds.add(struct.unpack_from("<i", insns, i + 4)[0])
-    return fds
-
 
 def validate(entry: dict, key: str | None = None) -> dict:
     """Raise CacheError unless `entry` is a complete, self-consistent entry (for `key`)."""
@@ -142,13 +106,15 @@ def validate(entry: dict, key: str | None = None) -> dict:
         if set(entry["programs"]) != set(PROGRAM_NAMES):
             raise CacheError(f"programs {sorted(entry['programs'])}, expected {PROGRAM_NAMES}")
         for name, p in entry["programs"].items():
+            if p["type"] != int(program.spec(name).type):
+                raise CacheError(f"{name}: program type {p['type']}")
             insns = base64.b64decode(p["insns"], validate=True)
             if not insns or len(insns) % 8:
                 raise CacheError(f"{name}: {len(insns)} instruction bytes")
             missing = referenced_map_fds(insns) - known
             if missing:
                 raise CacheError(f"{name} references maps {sorted(missing)} that are not defined")
-        for r in REQUIRED_ROLES:
+        for r in REQUIRED_MAPS:
             if int(entry["roles"][r]) not in known:
                 raise CacheError(f"no map for {r}")
         ev = next(m for m in maps if int(m["fd"]) == int(entry["roles"]["events"]))
@@ -220,117 +186,32 @@ def write_entry(path: Path, entry: dict) -> None:
         raise
 
 
-# -- compiling (in the child process) ------------------------------------------------------------
+# -- hit or compile -----------------------------------------------------------------------------
 
 def compile_entry(ring_buffer_mb: int, copy_limit: int, key: str) -> dict:
-    """Compile+load with BCC in THIS process (BpfProgram) and describe the result. Child only."""
-    from tracer.probes import loader
-    from tracer.probes.attach import BpfProgram, TracerError
-
-    t0 = time.monotonic()
-    try:
-        prog = BpfProgram(ring_buffer_mb=ring_buffer_mb, copy_limit=copy_limit)
-    except TracerError as e:
-        raise CompileError(str(e)) from None
-    from bcc import libbcc
-    b = prog.bpf
-    programs, fds = {}, set()
-    license = libbcc.lib.bpf_module_license(b.module)
-    license = license.decode() if license else "GPL"
-    for name in PROGRAM_NAMES:
-        code = b.dump_func(name.encode())
-        fds |= referenced_map_fds(code)
-        programs[name] = {"insns": base64.b64encode(code).decode(), "license": license,
-                          "insn_count": len(code) // 8}
-    roles = {}
-    for r in ROLES:
-        try:
-            roles[r] = int(b[r].map_fd)
-        except KeyError:
-            continue
-    maps = []
-    for fd in sorted(fds | set(roles.values())):
-        info = loader.map_info(fd)
-        maps.append({"fd": fd, "name": info.name, "type": info.type, "key_size": info.key_size,
-                     "value_size": info.value_size, "max_entries": info.max_entries,
-                     "flags": info.flags})
-    hc = prog.header_choice
+    """Compile in the isolated child and make the cache entry of its result."""
+    choice = compile.header_choice()
+    pages = compile.ring_pages(ring_buffer_mb)
+    body = compile.compile_isolated(pages, copy_limit, choice)
     entry = {
+        **body,
         "format": FORMAT,
         "key": key,
         "material": key_material(ring_buffer_mb, copy_limit),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "compile_seconds": round(time.monotonic() - t0, 3),
-        "ring_pages": prog.ring_pages,
+        "ring_pages": pages,
         "copy_limit": int(copy_limit),
-        "kern_version": int(libbcc.lib.bpf_module_kern_version(b.module)),
-        "header_choice": {"source": hc.source, "path": hc.path, "detail": hc.detail},
-        "roles": roles,
-        "maps": maps,
-        "programs": programs,
+        "header_choice": {"source": choice.source, "path": choice.path, "detail": choice.detail},
     }
-    prog.close()
-    return validate(entry, key)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m tracer.probes.bpfcache",
-                                 description="compile tracer's BPF program with BCC and cache it")
-    ap.add_argument("--ring-buffer-mb", type=int, default=8)
-    ap.add_argument("--copy-limit", type=int, default=1 << 20)
-    ap.add_argument("--key", help="cache key (default: computed here)")
-    ap.add_argument("--out", help="entry file (default: in the cache directory)")
-    a = ap.parse_args(argv)
-    key = a.key or cache_key(a.ring_buffer_mb, a.copy_limit)
-    out = Path(a.out) if a.out else entry_path(key)
     try:
-        entry = compile_entry(a.ring_buffer_mb, a.copy_limit, key)
-        write_entry(out, entry)
-    except CompileError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    except Exception as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps({"path": str(out), "compile_seconds": entry["compile_seconds"],
-                      "programs": {n: p["insn_count"] for n, p in entry["programs"].items()},
-                      "maps": [m["name"] for m in entry["maps"]]}))
-    return 0
-
-
-# -- the parent side ---------------------------------------------------------------------------
-
-def _child_python() -> str:
-    return sys.executable or "/usr/bin/python3"
-
-
-def compile_subprocess(ring_buffer_mb: int, copy_limit: int, key: str, path: Path,
-                       timeout: float = COMPILE_TIMEOUT) -> None:
-    """Run the compile step in a child process; raises CompileError (BCC said no) or RuntimeError."""
-    root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [_child_python(), "-m", "tracer.probes.bpfcache", "--ring-buffer-mb", str(ring_buffer_mb),
-           "--copy-limit", str(copy_limit), "--key", key, "--out", str(path)]
-    try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"compiling the BPF program took longer than {timeout:.0f} s") from None
-    except OSError as e:
-        raise RuntimeError(f"could not start {cmd[0]}: {e.strerror}") from None
-    err = p.stderr.strip()
-    if p.returncode == 2:
-        raise CompileError(err or "BCC could not compile the BPF program")
-    if p.returncode != 0:
-        tail = "\n".join(err.splitlines()[-8:])
-        raise RuntimeError(f"the compile step exited with {p.returncode}: {tail}")
+        return validate(entry, key)
+    except CacheError as e:
+        raise RuntimeError(f"the compile step described an unusable program: {e}") from None
 
 
 def get_entry(ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *,
               cache_dir: Path | None = None) -> tuple[dict, bool]:
-    """(entry, cache_hit). On a miss (or a corrupt entry) compile through a subprocess, under a
+    """(entry, cache_hit). On a miss (or a corrupt entry) compile in the isolated child, under a
     lock so that tracers started together compile once."""
     key = cache_key(ring_buffer_mb, copy_limit)
     path = entry_path(key, cache_dir)
@@ -343,14 +224,13 @@ def get_entry(ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *,
         return entry, True
     except CacheError:
         pass
-    import fcntl
     with open(path.parent / f".tracer-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             return read_entry(path, key), False     # another tracer compiled it meanwhile
         except CacheError:
             pass
-        compile_subprocess(ring_buffer_mb, copy_limit, key, path)
+        write_entry(path, compile_entry(ring_buffer_mb, copy_limit, key))
         entry = read_entry(path, key)
     prune(path.parent, keep=path)
     return entry, False
@@ -379,6 +259,3 @@ def invalidate(ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *,
     with contextlib.suppress(FileNotFoundError):
         entry_path(cache_key(ring_buffer_mb, copy_limit), cache_dir).unlink()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,28 +25,19 @@ import re
 import tempfile
 from pathlib import Path
 
-from tracer.probes.locate import ALL_FUNCS, FunctionLocation, Located
+from tracer.paths import locate_cache_dir
+from tracer.probes.located import ALL_FUNCS, FunctionLocation, Located
 
 CACHE_VERSION = 1
 METHOD = "cache"
 _BUILD_ID = re.compile(r"^[0-9a-f]{8,128}$")
 
 
-def cache_base() -> Path:
-    """Base directory of tracer's caches (locator results, downloaded releases)."""
-    from tracer.probes.kheaders import cache_root
-    return cache_root()
-
-
-def cache_dir() -> Path:
-    return cache_base() / "locate"
-
-
 def _entry(build_id: str) -> Path | None:
     bid = build_id.lower()
     if not _BUILD_ID.match(bid):
         return None
-    return cache_dir() / (bid + ".json")
+    return locate_cache_dir() / (bid + ".json")
 
 
 def _file_size(path: str) -> int:

@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracer.paths import kheaders_dir
+
 USR_SRC = Path("/usr/src")
 
 
@@ -26,15 +28,6 @@ class HeaderChoice:
     source: str        # "environment", "running kernel", "merged debian headers", "none"
     path: str | None   # tree to give BCC (None: BCC's own default lookup works)
     detail: str
-
-
-def cache_root() -> Path:
-    env = os.environ.get("TRACER_CACHE_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/cache/tracer")
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tracer"
 
 
 def _tree_ok(p: Path) -> bool:
@@ -85,7 +78,7 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 def merged_tree(common: Path, arch: Path, dest_root: Path | None = None) -> Path:
     """Build (once) and return a merged header tree for a Debian -common/-arch pair."""
-    dest_root = dest_root or cache_root() / "kheaders"
+    dest_root = dest_root or kheaders_dir()
     dest = dest_root / arch.name
     stamp = dest / ".tracer-complete"
     if stamp.exists():

@@ -14,63 +14,22 @@ Functions we care about: SSL_read, SSL_write, SSL_read_ex, SSL_write_ex (data) a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from elftools.elf.elffile import ELFFile
 
-DATA_FUNCS = ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")
-ALL_FUNCS = DATA_FUNCS + ("SSL_free",)
-
-
-class LocateError(Exception):
-    """Something that looked like a TLS library was found but could not be located safely."""
-
-
-@dataclass(frozen=True)
-class FunctionLocation:
-    name: str
-    address: int          # ELF virtual address
-    method: str           # "symbol table", "dynamic symbol table", "boringssl error-site fingerprint", "cache"
-
-
-@dataclass
-class Located:
-    path: str                                  # path as given (may be /proc/PID/root/...)
-    build_id: str = ""
-    library: str = ""                          # "openssl", "boringssl", ...
-    functions: dict[str, FunctionLocation] = field(default_factory=dict)
-
-    @property
-    def has_data_funcs(self) -> bool:
-        return ("SSL_read" in self.functions or "SSL_read_ex" in self.functions) and (
-            "SSL_write" in self.functions or "SSL_write_ex" in self.functions)
-
-    def to_json(self) -> dict:
-        return {
-            "binary": self.path,
-            "build_id": self.build_id,
-            "library": self.library,
-            "functions": {n: {"address": hex(f.address), "method": f.method}
-                          for n, f in sorted(self.functions.items())},
-        }
+from tracer.probes import cache
+from tracer.probes.boringssl import BoringSSLStrategy
+from tracer.probes.located import (ALL_FUNCS, DATA_FUNCS, FunctionLocation, LocateError, Located,  # noqa: F401
+                                   build_id)
 
 
 class Strategy(Protocol):
     name: str
 
     def locate(self, path: str, elf: ELFFile) -> Located | None: ...
-
-
-def build_id(elf: ELFFile) -> str:
-    for sec in elf.iter_sections():
-        if sec.header.sh_type == "SHT_NOTE":
-            for note in sec.iter_notes():
-                if note["n_type"] == "NT_GNU_BUILD_ID":
-                    return note["n_desc"]
-    return ""
 
 
 class SymbolStrategy:
@@ -132,14 +91,7 @@ def _find_symbols(elf: ELFFile, symsec, strtab, names: list[str]) -> dict[str, i
 
 
 def default_strategies() -> list[Strategy]:
-    strategies: list[Strategy] = [SymbolStrategy()]
-    try:
-        from tracer.probes.boringssl import BoringSSLStrategy  # added by the Bun/BoringSSL work
-    except ImportError:
-        pass
-    else:
-        strategies.append(BoringSSLStrategy())
-    return strategies
+    return [SymbolStrategy(), BoringSSLStrategy()]
 
 
 def is_elf(path: str | Path) -> bool:
@@ -163,7 +115,6 @@ def locate(path: str, strategies: list[Strategy] | None = None, use_cache: bool 
         elf = ELFFile(f)
         bid = build_id(elf) if use_cache and any(getattr(s, "cacheable", False) for s in strategies) else ""
         if bid:
-            from tracer.probes import cache
             hit = cache.load(bid, path)
             if hit is not None:
                 return hit

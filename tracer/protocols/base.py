@@ -162,7 +162,7 @@ class ParserStats:
     gap_bytes: int = 0            # bytes the capture lost (reported by gap())
     decode_errors: int = 0
     unknown_header_blocks: int = 0  # h2: header blocks that could not be decoded
-    not_http: int = 0             # connections recognised as not HTTP/1.x (e.g. h2 before issue 7)
+    not_http: int = 0             # connections whose bytes are neither HTTP/1.x nor HTTP/2
 
     def add(self, other: "ParserStats") -> None:
         for k in self.__dataclass_fields__:

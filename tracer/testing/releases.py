@@ -29,17 +29,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tracer.probes.cache import cache_base
+from tracer.paths import npm_cache_dir
 
 _COMPLETE = ".tracer-complete"
 
 
 class ReleaseError(RuntimeError):
     """A release could not be downloaded or unpacked."""
-
-
-def npm_cache_dir() -> Path:
-    return cache_base() / "npm"
 
 
 def release_dir(package: str, version: str) -> Path:
