@@ -1,11 +1,11 @@
-"""Helpers shared by the benchmarks: the machine line, percentiles, /proc figures of a process, and
-starting `tracer attach` / `tracer run` as a user would."""
+"""Helpers of the benchmarks: the machine line, percentiles, /proc figures of a process, the tracer's
+summary. Running the tracer CLI (tracer_cmd, start_attach, stop_tracer) comes from
+tracer/testing/helpers.py, shared with the tests."""
 
 from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
 import threading
 import time
@@ -14,6 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tracer.sinks.summary import losses  # noqa: E402
+from tracer.testing.helpers import read_summary, start_attach, stop_tracer, tracer_cmd  # noqa: E402,F401
 
 ASYNC_CLIENT = ROOT / "tests" / "integration" / "clients" / "async_client.py"
 PY_CLIENT = ROOT / "tests" / "integration" / "clients" / "py_client.py"
@@ -85,53 +88,11 @@ class MemWatch:
         self._t.join(2)
 
 
-def tracer_cmd(*args) -> list[str]:
-    """The tracer CLI; TRACER_BENCH_TRACER=path/to/script.py runs that script instead (A/B experiments
-    with a patched tracer: it gets the same arguments)."""
-    alt = os.environ.get("TRACER_BENCH_TRACER")
-    if alt:
-        return [sys.executable, alt, *args]
-    return [sys.executable, "-m", "tracer.cli", *args]
-
-
-def start_attach(pids, out_dir, *extra, env=None, timeout=300) -> tuple[subprocess.Popen, float, list[str]]:
-    """`tracer attach`; returns (process, seconds until it said it is tracing, its first stderr lines)."""
-    args = []
-    for p in pids:
-        args += ["--pid", str(p)]
-    t0 = time.monotonic()
-    t = subprocess.Popen(tracer_cmd("attach", *args, "-o", str(out_dir), "--quiet", "--no-html", *extra),
-                         stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
-    lines = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = t.stderr.readline()
-        if not line:
-            raise SystemExit("tracer attach exited early:\n" + "".join(lines))
-        lines.append(line)
-        if "tracing" in line and "process" in line:
-            return t, time.monotonic() - t0, lines
-    raise SystemExit("tracer attach did not start in time")
-
-
-def stop_tracer(t: subprocess.Popen, sig=2, timeout=120) -> str:
-    t.send_signal(sig)
-    err = t.stderr.read()
-    t.wait(timeout)
-    return err
-
-
-def summary_numbers(stderr: str) -> dict:
-    out = {}
-    for line in stderr.splitlines():
-        if line.startswith("pairs:"):
-            w = line.split()
-            out["logged"] = int(w[1])
-            out["filtered"] = int(w[3])
-            out["incomplete"] = int(w[6])
-        elif line.startswith("losses:"):
-            out["losses"] = line[len("losses:"):].strip()
-    return out
+def tracer_summary(path) -> dict:
+    """The --summary-json file of a finished tracer, plus its losses line as text under "losses"."""
+    s = read_summary(path)
+    s["losses"] = losses(s)
+    return s
 
 
 def logs(out_dir) -> list[Path]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import (ASYNC_CLIENT, MemWatch, logs, machine, start_attach, status_kb,  # noqa: E402
-                   stop_tracer, summary_numbers)
+                   stop_tracer, tracer_summary)
 
 import orjson  # noqa: E402
 
@@ -70,7 +70,7 @@ def main():
         # traced
         c = subprocess.Popen(client_cmd(srv, args, tmp, "t"), stdout=subprocess.PIPE, text=True, env=env)
         time.sleep(0.5)
-        tr, _, _ = start_attach([c.pid], tmp / "log")
+        tr, _, _ = start_attach([c.pid], tmp / "log", "--summary-json", str(tmp / "summary.json"))
         mw = MemWatch(tr.pid)
         rss_before = status_kb(tr.pid, "VmRSS")
         t0 = time.monotonic()
@@ -82,7 +82,7 @@ def main():
         (tmp / "release-t").touch()
         c.wait(60)
         time.sleep(1.0)
-        err = stop_tracer(tr)
+        stop_tracer(tr)
         mw.stop()
         errors = [r for r in res_u + res_t if r["error"]]
         recs = [orjson.loads(l) for l in logs(tmp / "log")[0].read_bytes().splitlines()]
@@ -100,12 +100,12 @@ def main():
             good += ok
             bad += not ok
         missing = len(wanted - seen)
-        s = summary_numbers(err)
+        s = tracer_summary(tmp / "summary.json")
         print(f"client errors: {len(errors)}")
         print(f"untraced: {args.n} concurrent streams in {wall_u:.1f} s | traced: {wall_t:.1f} s "
               f"(x{wall_t / wall_u:.2f})")
         print(f"pairs: {len(recs)} logged, {good} complete and byte-exact, {bad} wrong/incomplete, "
-              f"{missing} of {len(wanted)} missing; tracer losses: {s.get('losses')}")
+              f"{missing} of {len(wanted)} missing; tracer losses: {s['losses']}")
         print(f"tracer memory: RSS {rss_before / 1024:.0f} MB before, {rss_open / 1024:.0f} MB with "
               f"{args.n} connections open after their streams, peak (VmHWM) {mw.hwm_kb / 1024:.0f} MB")
 

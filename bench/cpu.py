@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import ASYNC_CLIENT, cpu_seconds, machine, start_attach, status_kb, stop_tracer, summary_numbers  # noqa: E402
+from _util import ASYNC_CLIENT, cpu_seconds, machine, start_attach, status_kb, stop_tracer, tracer_summary  # noqa: E402
 
 from tracer.mock import MockServerProcess  # noqa: E402
 
@@ -49,7 +48,8 @@ def main():
         n = args.seconds
         p, go = client(srv, tmp, "cc", "--n", str(n), "--rate", "1", "--concurrency", "4", "--stream",
                        "--prompt-bytes", "50000", "--header", "x-mock-deltas: 200", "--header", "x-mock-delay-ms: 2")
-        tr, _, _ = start_attach([p.pid], tmp / "log-cc", *args.tracer_arg)
+        tr, _, _ = start_attach([p.pid], tmp / "log-cc", "--summary-json", str(tmp / "summary-cc.json"),
+                                *args.tracer_arg)
         time.sleep(1.0)
         c0, t0 = cpu_seconds(tr.pid), time.monotonic()
         time.sleep(args.idle_seconds)
@@ -59,32 +59,32 @@ def main():
         out, _ = p.communicate(timeout=n * 3 + 120)
         c2, t2 = cpu_seconds(tr.pid), time.monotonic()
         rss = status_kb(tr.pid, "VmRSS")
-        err = stop_tracer(tr)
+        stop_tracer(tr)
         res = [json.loads(l) for l in out.splitlines() if '"i"' in l]
         busy = (c2 - c1) / (t2 - t1)
-        s = summary_numbers(err)
+        s = tracer_summary(tmp / "summary-cc.json")
         print(f"idle (attached, no traffic, {args.idle_seconds} s): {100 * idle:.2f} % of one core")
         print(f"Claude-Code-like ({len(res)} streaming requests at 1/s, 50 KB request, 200 SSE events): "
               f"{100 * busy:.2f} % of one core over {t2 - t1:.0f} s (target <= 2 %); "
-              f"{s.get('logged')} pairs logged; RSS {rss / 1024:.0f} MB; losses: {s.get('losses')}")
+              f"{s['pairs_logged']} pairs logged; RSS {rss / 1024:.0f} MB; losses: {s['losses']}")
         # full speed
         p, go = client(srv, tmp, "gb", "--n", str(args.gb_responses), "--concurrency", "1", "--stream",
                        "--header", "x-mock-text-bytes: 100000000")
-        tr, _, _ = start_attach([p.pid], tmp / "log-gb", *args.tracer_arg)
+        tr, _, _ = start_attach([p.pid], tmp / "log-gb", "--summary-json", str(tmp / "summary-gb.json"),
+                                *args.tracer_arg)
         c0, t0 = cpu_seconds(tr.pid), time.monotonic()
         go.touch()
         p.communicate(timeout=3600)
         t1 = time.monotonic()
         time.sleep(1.0)
         c1 = cpu_seconds(tr.pid)
-        err = stop_tracer(tr)
-        m = re.search(r"captured: (\d+) bytes", err)
-        captured = int(m.group(1)) if m else 0
+        stop_tracer(tr)
+        s = tracer_summary(tmp / "summary-gb.json")
+        captured = s["bytes_captured"]
         sent = sum(r["response_body"]["length"] for r in srv.records()[-args.gb_responses:])
-        s = summary_numbers(err)
         print(f"full speed ({args.gb_responses} x 100 MB streamed responses, {sent / 1e6:.0f} MB of SSE body, "
               f"{t1 - t0:.1f} s): tracer CPU {c1 - c0:.1f} s for {captured / 1e9:.3f} GB captured = "
-              f"{(c1 - c0) / max(captured / 1e9, 1e-9):.1f} CPU s/GB; losses: {s.get('losses')}")
+              f"{(c1 - c0) / max(captured / 1e9, 1e-9):.1f} CPU s/GB; losses: {s['losses']}")
 
 
 if __name__ == "__main__":

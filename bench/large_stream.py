@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import (ASYNC_CLIENT, MemWatch, logs, machine, start_attach, status_kb,  # noqa: E402
-                   stop_tracer, summary_numbers)
+                   stop_tracer, tracer_summary)
 
 import orjson  # noqa: E402
 
@@ -57,7 +57,8 @@ def main():
             wall_u = time.monotonic() - t0
         c = run_client(srv, size, tmp / "go-t", env)
         time.sleep(0.3)
-        tr, _, _ = start_attach([c.pid], tmp / "log", *args.tracer_arg)
+        tr, _, _ = start_attach([c.pid], tmp / "log", "--summary-json", str(tmp / "summary.json"),
+                                *args.tracer_arg)
         rss0 = status_kb(tr.pid, "VmRSS")
         mw = MemWatch(tr.pid)
         t0 = time.monotonic()
@@ -73,7 +74,7 @@ def main():
                 break
             time.sleep(0.2)
         time.sleep(1.0)
-        err = stop_tracer(tr)
+        stop_tracer(tr)
         mw.stop()
         rec_m = srv.records()[-1]
         raw = logs(tmp / "log")[0].read_bytes()
@@ -88,7 +89,7 @@ def main():
               f"log line whole: {whole}")
         print(f"time: untraced {wall_u and f'{wall_u:.1f} s'} | traced {wall_t:.1f} s (client's last byte)")
         print(f"tracer: RSS {rss0 / 1024:.0f} MB at start, peak VmHWM {mw.hwm_kb / 1024:.0f} MB "
-              f"(target <= 100 MB); CPU {mw.cpu_s:.1f} s; losses: {summary_numbers(err).get('losses')}")
+              f"(target <= 100 MB); CPU {mw.cpu_s:.1f} s; losses: {tracer_summary(tmp / 'summary.json')['losses']}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import MemWatch, machine, start_attach, stop_tracer, summary_numbers  # noqa: E402
+from _util import MemWatch, machine, start_attach, stop_tracer, tracer_summary  # noqa: E402
 
 from tracer.mock.certs import ensure_certs  # noqa: E402
 
@@ -162,7 +162,8 @@ def main():
             bpf_ns["empty"][1] += cnt
             probes.close()
             p = start(exe, certs, args.iterations)
-            tr, _, _ = start_attach([p.pid], tmp / f"log{r}", "--include-all-requests")
+            tr, _, _ = start_attach([p.pid], tmp / f"log{r}", "--include-all-requests",
+                                    "--summary-json", str(tmp / f"summary{r}.json"))
             mw = MemWatch(tr.pid, interval=0.2)
             c0 = mw.cpu_s
             s0 = bpf_prog_stats()
@@ -174,13 +175,13 @@ def main():
             cpu["tracer"].append(out["cpu_ns_per_call"])
             runq["tracer"].append(out["runq_wait_ns_per_call"])
             time.sleep(0.5)
-            err = stop_tracer(tr)
+            stop_tracer(tr)
             mw.stop()
-            s = summary_numbers(err)
+            s = tracer_summary(tmp / f"summary{r}.json")
             tracer_cpu.append(mw.cpu_s - c0)
             print(f"  round {r}: untraced {res['untraced'][-1]:.0f} ns/call, empty probes {res['empty'][-1]:.0f}, "
-                  f"tracer {res['tracer'][-1]:.0f} (tracer logged {s.get('logged')} pairs, "
-                  f"losses: {s.get('losses')})", flush=True)
+                  f"tracer {res['tracer'][-1]:.0f} (tracer logged {s['pairs_logged']} pairs, "
+                  f"losses: {s['losses']})", flush=True)
         u, e, t = (statistics.median(res[k]) for k in ("untraced", "empty", "tracer"))
         calls = 4 * args.iterations
         print(f"per SSL call (median of {args.rounds}; {calls} calls each): untraced {u:.0f} ns, empty "

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import ROOT, MemWatch, logs, machine, summary_numbers, tracer_cmd  # noqa: E402
+from _util import ROOT, MemWatch, logs, machine, tracer_cmd, tracer_summary  # noqa: E402
 
 from tracer.mock.certs import ensure_certs  # noqa: E402
 
@@ -174,7 +174,10 @@ def run_wrk(args: list[str], traced: bool, out_dir: Path) -> tuple[dict, dict | 
     wrk = shutil.which("wrk")
     cmd = [wrk, "--latency", *args]
     if traced:
-        cmd = tracer_cmd("run", "--quiet", "--no-html", "--include-all-requests", "-o", str(out_dir), "--", *cmd)
+        summary = out_dir.with_name(out_dir.name + "-summary.json")
+        summary.unlink(missing_ok=True)
+        cmd = tracer_cmd("run", "--quiet", "--no-html", "--include-all-requests", "-o", str(out_dir),
+                         "--summary-json", str(summary), "--", *cmd)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
     mw = MemWatch(proc.pid, interval=0.1) if traced else None   # the tracer itself (wrk is its child)
     stdout, stderr = proc.communicate(timeout=900)
@@ -185,7 +188,7 @@ def run_wrk(args: list[str], traced: bool, out_dir: Path) -> tuple[dict, dict | 
     log = None
     if traced:
         mw.stop()
-        s = summary_numbers(p.stderr)
+        s = tracer_summary(summary)
         s["tracer_cpu_s"] = mw.cpu_s
         complete = 0
         lf = logs(out_dir)
@@ -230,7 +233,7 @@ def main():
                     empty.append(run_wrk_empty_probes(sat))
                     print(f"  round {r}: untraced {base[-1]['rps']:.0f} req/s | traced {res['rps']:.0f} req/s, "
                           f"{log['complete']} complete pairs logged of {res['requests']} requests "
-                          f"({log.get('incomplete')} incomplete); tracer: {log.get('losses')}, CPU "
+                          f"({log['pairs_incomplete']} incomplete); tracer: {log['losses']}, CPU "
                           f"{log['tracer_cpu_s']:.1f} s ({1e6 * log['tracer_cpu_s'] / max(res['requests'], 1):.0f} us"
                           f"/pair) | empty uprobes "
                           f"{empty[-1]['rps']:.0f} req/s", flush=True)

@@ -39,6 +39,7 @@ class Options:
     deferred: bool = True
     html: bool = True
     status: bool = True
+    summary_json: Path | None = None
     watch_interval: float = 0.25
 
 
@@ -316,29 +317,3 @@ class Session:
             "queue_peak": c.queue_peak,
         }
 
-
-def format_summary(s: dict) -> str:
-    lines = [
-        f"pairs: {s['pairs_logged']} logged, {s['pairs_filtered_out']} filtered out, "
-        f"{s['pairs_incomplete']} incomplete ({s['pairs_seen']} seen on {s['connections']} connections)",
-        f"captured: {s['bytes_captured']} bytes in {s['ring_records']} ring records over {s['duration_s']} s",
-    ]
-    problems = []
-    for key, label in (("ring_drops_events", "ring-buffer drops (events)"),
-                       ("ring_drops_bytes", "ring-buffer drops (bytes)"),
-                       ("truncated_bytes", "bytes beyond the per-call copy limit"),
-                       ("copy_fail_bytes", "bytes unreadable in the target"),
-                       ("gap_bytes", "bytes missing from streams (gaps)"),
-                       ("skipped_bytes", "bytes skipped to resynchronise"),
-                       ("parse_errors", "parse errors"), ("decode_errors", "decode errors"),
-                       ("non_http_connections", "non-HTTP connections"),
-                       ("unknown_header_blocks", "HTTP/2 header blocks undecodable (attached mid-connection)"),
-                       ("records_lost", "records lost (log write failures)"),
-                       ("worker_errors", "internal errors")):
-        if s.get(key):
-            problems.append(f"{label}: {s[key]}")
-    lines.append("losses: " + ("; ".join(problems) if problems else "none"))
-    if s.get("last_worker_error"):
-        lines.append(f"last internal error: {s['last_worker_error']}")
-    lines.append(f"log: {s['log']}")
-    return "\n".join(lines)

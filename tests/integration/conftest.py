@@ -1,6 +1,6 @@
-"""Shared fixtures for real-eBPF integration tests: one mock server per session, helpers to run the
-tracer as a user would (`python -m tracer.cli run|attach ...`) and to compare logs with what the
-server recorded."""
+"""Shared fixtures for real-eBPF integration tests: one mock server per session, the test clients'
+command lines, running `tracer run` and comparing logs with what the server recorded. Running the
+CLI (`tracer_cmd`, `start_attach`, summaries) lives in tracer/testing/helpers.py, shared with bench/."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -17,6 +15,7 @@ import pytest
 
 from tests.conftest import bpf_unavailable_reason
 from tracer.mock import MockServer, body_bytes
+from tracer.testing.helpers import start_attach, tracer_cmd, wait_for  # noqa: F401 - for the tests
 
 CLIENTS = Path(__file__).resolve().parent / "clients"
 
@@ -36,10 +35,6 @@ def pytest_collection_modifyitems(items):
 def mock():
     with MockServer() as srv:
         yield srv
-
-
-def tracer_cmd(*args) -> list[str]:
-    return [sys.executable, "-m", "tracer.cli", *args]
 
 
 def client_env(mock, **extra) -> dict:
@@ -118,30 +113,3 @@ def assert_pair_matches(mock, logged: dict):
     # default redaction of the API key
     assert "secret" not in req["headers"].get("x-api-key", "")
     return m
-
-
-def wait_for(pred, timeout=10.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    return pred()
-
-
-def start_attach(pids, out_dir, *extra, env=None) -> tuple[subprocess.Popen, list[str]]:
-    """`tracer attach` on one pid or a list of pids; returns once it says the probes are in place."""
-    args = []
-    for p in ([pids] if isinstance(pids, int) else pids):
-        args += ["--pid", str(p)]
-    t = subprocess.Popen(tracer_cmd("attach", *args, "-o", str(out_dir), "--quiet", "--no-html", *extra),
-                         stderr=subprocess.PIPE, text=True, env=env)
-    lines = []
-    while True:
-        line = t.stderr.readline()
-        if not line:
-            raise AssertionError("tracer attach exited early:\n" + "".join(lines))
-        lines.append(line)
-        if "tracing" in line and "process" in line:
-            return t, lines

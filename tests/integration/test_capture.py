@@ -107,7 +107,7 @@ def test_attach(mock, tmp_path, client):
         cmd = py_client(mock, *args) if client == "python" else node_client(mock, *args)
     target = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     time.sleep(0.3 if client != "node" else 0.6)   # let it load its TLS library
-    tr, head = start_attach(target.pid, tmp_path / "log")
+    tr, _, head = start_attach(target.pid, tmp_path / "log")
     if client == "curl":
         with open(go, "w") as f:       # releases curl, blocked opening the FIFO for its first body
             f.write(curl_body(True))
@@ -133,7 +133,7 @@ def test_attach_midstream_resyncs(mock, tmp_path):
                     "--header", "x-mock-deltas: 100")
     target = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)   # the first response (5 s long) is under way when the probes go in
-    tr, head = start_attach(target.pid, tmp_path / "log")
+    tr, _, head = start_attach(target.pid, tmp_path / "log")
     out, _ = target.communicate(timeout=60)
     err = tr.stderr.read()
     assert tr.wait(timeout=30) == 0, err
@@ -152,7 +152,7 @@ def test_sigterm_loses_no_completed_pair(mock, tmp_path):
     target = subprocess.Popen(py_client(mock, "--stream", "--count", "200", "--sleep-between", "0.02"),
                               env=env, stdout=subprocess.PIPE, text=True)
     time.sleep(0.3)
-    tr, _ = start_attach(target.pid, tmp_path / "log")
+    tr, _, _ = start_attach(target.pid, tmp_path / "log")
     t_attached = time.time()
     time.sleep(1.5)
     tr.send_signal(signal.SIGTERM)
@@ -204,3 +204,33 @@ def test_target_killed_midstream_leaves_note(mock, tmp_path):
     assert r["response"]["status_code"] == 200
     body = r["response"]["body_raw"]
     assert body.startswith("event: message_start") and "message_stop" not in body
+
+
+def test_summary_json(mock, tmp_path):
+    """--summary-json: the end-of-run summary as JSON, the same figures as the text on stderr, in a
+    new file owned like the log; an existing file is refused before anything is traced."""
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    env = client_env(mock, SUDO_UID="4242", SUDO_GID="4243")
+    p = subprocess.run(tracer_cmd("run", "-o", str(out), "--quiet", "--summary-json", str(summary), "--",
+                                  "/bin/true"), env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    s = json.loads(summary.read_text())
+    assert s["pairs_logged"] == s["records_written"] == 0 and s["log"].startswith(str(out))
+    st = summary.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4243, 0o600)
+    p = subprocess.run(tracer_cmd("run", "-o", str(out), "--quiet", "--summary-json", str(summary), "--",
+                                  "/usr/bin/touch", str(tmp_path / "ran")), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "exists" in p.stderr and not (tmp_path / "ran").exists(), p.stderr
+    summary.unlink()
+    p = subprocess.run(tracer_cmd("run", "-o", str(out), "--summary-json", str(summary), "--",
+                                  *py_client(mock, "--stream", "--json")),
+                       env=client_env(mock), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    s = json.loads(summary.read_text())
+    text = p.stderr[p.stderr.index("pairs:"):]
+    assert text.startswith(f"pairs: {s['pairs_logged']} logged, {s['pairs_filtered_out']} filtered out, "
+                           f"{s['pairs_incomplete']} incomplete")
+    assert s["pairs_logged"] == 2 and s["bytes_captured"] > 0 and s["ring_records"] > 0
+    assert f"captured: {s['bytes_captured']} bytes in {s['ring_records']} ring records" in text
+    assert s["html"] and s["html"] in text and "losses: none" in text

@@ -20,7 +20,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.integration.conftest import CLIENTS, py_client, start_attach, wait_for
+from tests.integration.conftest import CLIENTS, py_client
+from tracer.testing.helpers import read_summary, start_attach, wait_for
 from tracer.mock import MockServerProcess, body_bytes
 
 ASYNC_CLIENT = CLIENTS / "async_client.py"
@@ -102,22 +103,6 @@ def parse_log(out_dir: Path) -> list[dict]:
     return [orjson.loads(l) for l in raw.splitlines()]
 
 
-def summary_counts(stderr: str) -> dict:
-    """The few summary figures the tests check, parsed from the end-of-run text."""
-    out = {}
-    for line in stderr.splitlines():
-        if line.startswith("pairs:"):
-            parts = line.split()
-            out["logged"] = int(parts[1])
-            out["incomplete"] = int(parts[line.split().index("incomplete") - 1])
-        if line.startswith("losses:"):
-            for item in line[len("losses:"):].split(";"):
-                if ":" in item:
-                    k, v = item.rsplit(":", 1)
-                    out[k.strip()] = int(v)
-    return out
-
-
 def rid(rec: dict) -> str | None:
     resp = rec.get("response") or {}
     return (resp.get("headers") or {}).get("x-mock-record-id")
@@ -158,7 +143,7 @@ def test_sigterm_during_1000_streams(mockp, tmp_path):
                               stdout=subprocess.PIPE, text=True, env=cenv(mockp))
     lines = Lines(client.stdout)
     time.sleep(0.5)
-    tr, _ = start_attach([client.pid], tmp_path / "log")
+    tr, _, _ = start_attach([client.pid], tmp_path / "log", "--summary-json", str(tmp_path / "summary.json"))
     go.touch()
     assert wait_for(lambda: len(lines.results()) >= 300, timeout=120), "client made no progress"
     tr.send_signal(signal.SIGTERM)
@@ -181,8 +166,8 @@ def test_sigterm_during_1000_streams(mockp, tmp_path):
     for r in recs:
         if not r["tracer"]["complete"]:
             assert r.get("note") or r["tracer"]["notes"], r["tracer"]
-    s = summary_counts(err)
-    assert s["logged"] == len(recs)
+    s = read_summary(tmp_path / "summary.json")
+    assert s["pairs_logged"] == s["records_written"] == len(recs)
 
 
 def test_kill9_leaves_only_whole_lines(mockp, tmp_path):
@@ -193,7 +178,7 @@ def test_kill9_leaves_only_whole_lines(mockp, tmp_path):
                                            "--go-file", str(go)), stdout=subprocess.PIPE, text=True, env=cenv(mockp))
     lines = Lines(client.stdout)
     time.sleep(0.5)
-    tr, _ = start_attach([client.pid], tmp_path / "log", "--write-buffer-size", "3", "--flush-ms", "5")
+    tr, _, _ = start_attach([client.pid], tmp_path / "log", "--write-buffer-size", "3", "--flush-ms", "5")
     go.touch()
     log = tmp_path / "log"
     assert wait_for(lambda: any(p.stat().st_size > 20_000 for p in log.glob("*.jsonl")), timeout=120)
@@ -248,7 +233,8 @@ def test_disk_full_counts_lost_records_and_resumes(mockp, tmp_path, tiny_tmpfs):
     lines = Lines(client.stdout)
     time.sleep(0.5)
     out = tiny_tmpfs / "out"
-    tr, _ = start_attach([client.pid], out, "--flush-ms", "20")
+    tr, _, _ = start_attach([client.pid], out, "--flush-ms", "20",
+                            "--summary-json", str(tmp_path / "summary.json"))
     filler = tiny_tmpfs / "filler"
     _fill(filler)
     go.touch()
@@ -264,9 +250,9 @@ def test_disk_full_counts_lost_records_and_resumes(mockp, tmp_path, tiny_tmpfs):
     assert tr.wait(timeout=60) == 0, err
     assert "cannot write log" in err and "No space left on device" in err, err
     assert "works again" in err, err
-    s = summary_counts(err)
+    s = read_summary(tmp_path / "summary.json")
     recs = parse_log(out)
-    assert s["logged"] == 40, err
+    assert s["pairs_logged"] == 40, err
     res = lines.results()
     first = {r["record"] for r in res if r["i"] < 20}
     second = {r["record"] for r in res if r["i"] >= 20}
@@ -274,7 +260,7 @@ def test_disk_full_counts_lost_records_and_resumes(mockp, tmp_path, tiny_tmpfs):
     assert second <= logged, "records after space was freed are missing"
     # every phase-1 record is either in the log or counted as lost (normally all 20 are lost; on a very
     # slow machine the writer may reach the last few only after the space came back)
-    lost = s.get("records lost (log write failures)", 0)
+    lost = s["records_lost"]
     assert lost >= 1 and lost == len(first - logged) and len(recs) == 40 - lost, err
     by_id = records_by_id(mockp)
     for r in recs:
@@ -293,7 +279,8 @@ def test_tiny_ring_buffer_drops_are_marked(mockp, tmp_path):
                               stdout=subprocess.PIPE, text=True, env=cenv(mockp))
     lines = Lines(client.stdout)
     time.sleep(0.5)
-    tr, _ = start_attach([client.pid], tmp_path / "log", "--ring-buffer-mb", "1")
+    tr, _, _ = start_attach([client.pid], tmp_path / "log", "--ring-buffer-mb", "1",
+                            "--summary-json", str(tmp_path / "summary.json"))
     os.kill(tr.pid, signal.SIGSTOP)
     try:
         go.touch()
@@ -308,9 +295,9 @@ def test_tiny_ring_buffer_drops_are_marked(mockp, tmp_path):
     tr.send_signal(signal.SIGINT)
     err = tr.stderr.read()
     assert tr.wait(timeout=60) == 0, err
-    s = summary_counts(err)
-    assert s.get("ring-buffer drops (events)", 0) > 0, err
-    assert s.get("bytes missing from streams (gaps)", 0) > 0, err
+    s = read_summary(tmp_path / "summary.json")
+    assert s["ring_drops_events"] > 0, err
+    assert s["gap_bytes"] > 0, err
     recs = parse_log(tmp_path / "log")
     by_id = records_by_id(mockp)
     res = lines.results()
@@ -346,7 +333,7 @@ def test_target_sigkill_midstream_other_target_goes_on(mockp, tmp_path):
     other = subprocess.Popen(py_client(mockp, "--stream", "--count", "12", "--sleep-between", "0.25",
                                        "--go-file", str(go)), stdout=subprocess.PIPE, text=True, env=cenv(mockp))
     time.sleep(0.5)
-    tr, _ = start_attach([slow.pid, other.pid], tmp_path / "log")
+    tr, _, _ = start_attach([slow.pid, other.pid], tmp_path / "log")
     go.touch()
     time.sleep(3.0)            # the slow stream is 10 s long: well under way, far from done
     assert slow.poll() is None
@@ -382,7 +369,7 @@ def test_reused_ssl_addresses_no_crosstalk(mockp, tmp_path):
                                            "--go-file", str(go)), stdout=subprocess.PIPE, text=True, env=cenv(mockp))
     lines = Lines(client.stdout)
     time.sleep(0.5)
-    tr, _ = start_attach([client.pid], tmp_path / "log")
+    tr, _, _ = start_attach([client.pid], tmp_path / "log")
     go.touch()
     assert client.wait(timeout=300) == 0
     lines.join()

@@ -229,7 +229,7 @@ def test_attach_mid_connection_unknown_hpack_state(h2mock, tmp_path):
     first = target.stdout.readline()
     assert first.startswith("{"), first
     assert target.stdout.readline().strip() == "warm"
-    tr, head = start_attach(target.pid, tmp_path / "log", "--include-all-requests")
+    tr, _, head = start_attach(target.pid, tmp_path / "log", "--include-all-requests")
     go.touch()
     out, _ = target.communicate(timeout=60)
     err = tr.stderr.read()
@@ -275,7 +275,7 @@ def test_attach_during_a_streaming_response(h2mock, tmp_path):
     target = subprocess.Popen(httpx_client(tmp_path, h2mock, "slow-stream-then-more", n),
                               env=client_env(h2mock), stdout=subprocess.PIPE, text=True)
     assert target.stdout.readline().strip() == "streaming"
-    tr, head = start_attach(target.pid, tmp_path / "log", "--include-all-requests")
+    tr, _, head = start_attach(target.pid, tmp_path / "log", "--include-all-requests")
     out, _ = target.communicate(timeout=90)
     err = tr.stderr.read()
     assert tr.wait(timeout=30) == 0, "".join(head) + err
@@ -306,7 +306,7 @@ def test_traced_server_side(tmp_path):
     with MockServerProcess(h2=True, state_dir=tmp_path / "mock") as srv:
         pid = srv.pid
         time.sleep(0.3)
-        tr, head = start_attach(pid, tmp_path / "log", "--include-all-requests")
+        tr, _, head = start_attach(pid, tmp_path / "log", "--include-all-requests")
         cmd = ["curl", *curl_args(srv, body(True)), "--next", *curl_args(srv, body(False))]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
         assert out.split() == ["2", "2"]

@@ -22,11 +22,12 @@ import zstandard
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tracer.protocols.base import ConnInfo, Direction as D
+from tracer.protocols.base import Direction as D
 from tracer.protocols.encoding import StreamDecoder
 from tracer.protocols.http1 import Http1Connection
 from tracer.protocols.sse import SSEParser, parse_events, reconstruct
 from tracer.sinks.record import Clock, build_record
+from tracer.testing.helpers import CONN, chunked
 
 _COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False,
                print_blob=True)
@@ -36,21 +37,10 @@ settings.register_profile("fuzz", max_examples=int(os.environ.get("TRACER_FUZZ_E
 PROFILE = settings.get_profile(os.environ.get("TRACER_FUZZ_PROFILE", "ci"))
 HANG_S = 5.0          # one example taking longer than this counts as a hang
 
-CONN = ConnInfo(pid=1, tid=1, comm="t", conn_id="1:0x1:1")
 CLOCK = Clock()
 
 # --------------------------------------------------------------------------------------------- traffic
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=200)
-
-
-def chunked(body: bytes, sizes: list[int]) -> bytes:
-    out, i, k = [], 0, 0
-    while i < len(body):
-        n = max(1, sizes[k % len(sizes)] if sizes else len(body))
-        out.append(b"%x\r\n%s\r\n" % (len(body[i:i + n]), body[i:i + n]))
-        i += n
-        k += 1
-    return b"".join(out) + b"0\r\n\r\n"
 
 
 def sse_body(deltas: list[str]) -> bytes:

@@ -10,10 +10,9 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracer.protocols.base import ConnInfo, Direction as D
+from tracer.protocols.base import Direction as D
 from tracer.protocols.http1 import Http1Connection
-
-CONN = ConnInfo(pid=1, tid=1, comm="t", conn_id="1:0x1:1")
+from tracer.testing.helpers import CONN, chunked
 
 
 def req(method="POST", path="/v1/messages", body=b'{"a":1}', extra=b""):
@@ -21,11 +20,6 @@ def req(method="POST", path="/v1/messages", body=b'{"a":1}', extra=b""):
     if body or method == "POST":
         head += b"Content-Length: %d\r\n" % len(body)
     return head + b"\r\n" + body
-
-
-def chunked(body: bytes, size=7) -> bytes:
-    out = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size]) for i in range(0, len(body), size))
-    return out + b"0\r\n\r\n"
 
 
 SSE = (b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n"

@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from tracer.errors import TracerError
-from tracer.session import Options, Session, command_files, format_summary, ssl_library_candidates
+from tracer.session import Options, Session, command_files, ssl_library_candidates
+from tracer.sinks.summary import format_summary, write_summary_json
 
 
 def capture_options(f):
@@ -42,6 +43,9 @@ def capture_options(f):
         click.option("--no-deferred-parsing", is_flag=True,
                      help="Parse in the ring-buffer callback instead of on the worker thread."),
         click.option("--no-html", is_flag=True, help="Do not build the HTML viewer at the end."),
+        click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Also write the end-of-run summary (pairs, bytes, every loss counter) to this "
+                          "file as JSON. A new file: an existing one is refused."),
         click.option("--quiet", "-q", is_flag=True, help="No live status line."),
         click.option("--duration", type=float, default=None, help="Stop after this many seconds."),
     ]
@@ -55,7 +59,8 @@ def _options(kw) -> Options:
         output_dir=kw["output_dir"], include_all=kw["include_all_requests"], redact=not kw["no_redact"],
         batch_size=kw["write_buffer_size"], flush_ms=kw["flush_ms"], durable=kw["durable"],
         ring_buffer_mb=kw["ring_buffer_mb"], copy_limit=kw["copy_limit_kb"] * 1024,
-        deferred=not kw["no_deferred_parsing"], html=not kw["no_html"], status=not kw["quiet"])
+        deferred=not kw["no_deferred_parsing"], html=not kw["no_html"], status=not kw["quiet"],
+        summary_json=kw["summary_json"])
 
 
 def _fail(msg: str, code: int = 2):
@@ -149,14 +154,23 @@ def _finish(session: Session, opts: Options) -> dict:
             html_path = write_html(session.log_path)
         except Exception as e:  # the log is what matters; say why the viewer is missing
             click.echo(f"tracer: building the HTML viewer failed: {e}", err=True)
+    summary["html"] = str(html_path) if html_path else None
     text = format_summary(summary)
     if html_path:
         text += f"\nhtml: {html_path}"
     click.echo(text, err=True)
+    if opts.summary_json is not None:
+        try:
+            write_summary_json(opts.summary_json, summary)
+        except OSError as e:
+            click.echo(f"tracer: cannot write the summary to {opts.summary_json}: {e.strerror or e}",
+                       err=True)
     return summary
 
 
 def _start_session(opts: Options) -> Session:
+    if opts.summary_json is not None and os.path.lexists(opts.summary_json):
+        _fail(f"--summary-json {opts.summary_json} exists; give a new file name")
     try:
         return Session(opts)
     except TracerError as e:

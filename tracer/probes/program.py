@@ -27,6 +27,9 @@ class ProgType(IntEnum):
 
 @dataclass(frozen=True)
 class ProgramSpec:
+    """One program of bpf/tracer.bpf.c. Its C function must not be named with BCC's kprobe__ /
+    tracepoint__ prefixes: BCC attaches those by itself when it compiles, and tracer attaches
+    every program itself (tracer/probes/attach.py), for the pids it traces."""
     name: str                       # the C function in bpf/tracer.bpf.c
     type: ProgType = ProgType.KPROBE
     tracepoint: str = ""            # "category/name" for TRACEPOINT programs, e.g. "sched/sched_process_exec"

@@ -1,0 +1,211 @@
+"""Own code vs libbpf on the BPF path: what each costs in load time, tracer memory and ring throughput.
+
+  load      creating the maps and loading the programs of the cached bytecode entry: with raw bpf(2)
+            syscalls written here (what tracer did by hand) vs libbpf's bpf_map_create / bpf_prog_load
+            (tracer/libbpf.py, what tracer does); median of --loads alternating runs, same process.
+  RSS       VmRSS / VmHWM of a fresh process that imports the loader, loads the program with the
+            default 8 MB ring and opens the ring with each reader (the tracer process minus parsing).
+  ring      records/s and MB/s of draining a full ring with each reader - tracer's own mapping
+            (capture/ring.py MappedRing, x86-64) vs libbpf's ring_buffer__consume (LibbpfRing) - with
+            the real GIL-holding Python callback (Capture.feed: queue the record's bytes); the ring
+            (64 MB) is filled by a TLS pump while nobody consumes, then drained and timed, for small
+            (64 B writes) and large (16 KiB writes) records.
+
+    .venv/bin/python bench/bpf_loader.py [--loads 7] [--rounds 3]
+
+Needs root. Prints the machine line (with the load average) first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import ctypes
+import json
+import os
+import platform
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import ROOT, machine  # noqa: E402
+
+from tracer import libbpf  # noqa: E402
+from tracer.capture.pipeline import Capture  # noqa: E402
+from tracer.capture.ring import READERS  # noqa: E402
+from tracer.probes import bpfcache, load  # noqa: E402
+from tracer.probes.program import patch_map_fds  # noqa: E402
+from tracer.testing.bpf import Traced, pump_round, start_pump, tls_objects  # noqa: E402
+
+# -- the hand-written loader, for comparison: bpf(2) through libc's syscall() -------------------
+
+_NR_BPF = {"x86_64": 321, "aarch64": 280}
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _bpf(cmd: int, attr) -> int:
+    r = _libc.syscall(ctypes.c_long(_NR_BPF[platform.machine()]), ctypes.c_long(cmd), attr,
+                      ctypes.c_long(len(attr)))
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+
+
+def own_map_create(m: dict) -> int:
+    a = ctypes.create_string_buffer(72)
+    struct.pack_into("<IIIII", a, 0, m["type"], m["key_size"], m["value_size"], m["max_entries"], m["flags"])
+    name = m["name"].encode()[:15]
+    a[28:28 + len(name)] = name
+    return _bpf(0, a)                                             # BPF_MAP_CREATE
+
+
+def own_prog_load(ptype: int, insns: bytes, name: str, license: str, kv: int) -> int:
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    a = ctypes.create_string_buffer(72)
+    struct.pack_into("<IIQQIIQII", a, 0, ptype, len(insns) // 8, ctypes.addressof(code),
+                     ctypes.addressof(lic), 0, 0, 0, kv, 0)
+    nm = name.encode()[:15]
+    a[48:48 + len(nm)] = nm
+    return _bpf(5, a)                                             # BPF_PROG_LOAD
+
+
+def load_once(entry: dict, how: str) -> float:
+    """Create the maps and load the programs of `entry` (sequentially, both ways); seconds."""
+    fds: list[int] = []
+    t0 = time.perf_counter()
+    try:
+        fdmap = {}
+        for m in entry["maps"]:
+            if how == "own":
+                fd = own_map_create(m)
+            else:
+                fd = libbpf.map_create(m["type"], m["key_size"], m["value_size"], m["max_entries"],
+                                       m["flags"], m["name"])
+            fds.append(fd)
+            fdmap[m["fd"]] = fd
+        kv = entry.get("kern_version") or libbpf.kernel_version_code()
+        for name, p in entry["programs"].items():
+            insns = patch_map_fds(base64.b64decode(p["insns"]), fdmap)
+            if how == "own":
+                fds.append(own_prog_load(p["type"], insns, name, p["license"], kv))
+            else:
+                fds.append(libbpf.prog_load(p["type"], insns, name, p["license"], kern_version=kv))
+        return time.perf_counter() - t0
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def bench_load(n: int) -> dict:
+    entry, _ = bpfcache.get_entry(8, 1 << 20)
+    load_once(entry, "libbpf")                                    # warm both paths up
+    load_once(entry, "own")
+    times = {"own": [], "libbpf": []}
+    for _ in range(n):
+        for how in ("own", "libbpf"):
+            times[how].append(load_once(entry, how))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+CHILD = r'''
+import sys, json
+from tracer.probes.load import load_program
+from tracer.capture.ring import open_ring
+p = load_program(8, fallback=False)
+r = open_ring(p.map_fd("events"), p.map_info("events").max_entries, lambda b: None, sys.argv[1])
+r.poll(0)
+st = open("/proc/self/status").read()
+kb = lambda k: int(st.split(k + ":")[1].split()[0])
+print(json.dumps({"rss_kb": kb("VmRSS"), "hwm_kb": kb("VmHWM")}))
+'''
+
+
+def bench_rss(reader: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, reader], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    if out.returncode != 0:
+        raise SystemExit(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- ring throughput ----------------------------------------------------------------------------
+
+def bench_ring(reader: str, wsize: int, total: int, rounds: int, work: Path) -> dict:
+    capture = Capture(lambda ex: None, deferred=True)             # the worker is not started: feed only queues
+    prog = load.load_program(64, fallback=False)
+    traced = Traced(prog, capture.feed, reader)
+    pump, go = start_pump(work, total, wsize=wsize, rounds=rounds)
+    runs = []
+    try:
+        for mo, located in tls_objects(pump.pid, work / "lib"):
+            traced.attach(pump.pid, mo.host_path, located)
+        for r in range(rounds):
+            capture._inbox.clear()
+            dropped_before = traced.drops()["events"]
+            assert pump_round(pump, go, r) == total
+            time.sleep(0.2)
+            t0 = time.perf_counter()
+            n = 0
+            while True:
+                k = traced.consume()
+                if not k:
+                    break
+                n += k
+            secs = time.perf_counter() - t0
+            payload = sum(len(b) for b in capture._inbox)
+            runs.append({"records": n, "seconds": secs, "bytes": payload,
+                         "dropped": traced.drops()["events"] - dropped_before})
+    finally:
+        pump.kill()
+        pump.wait()
+        traced.close()
+    best = max(runs, key=lambda x: x["records"] / x["seconds"])
+    return {"records": best["records"], "rec_per_s": best["records"] / best["seconds"],
+            "mb_per_s": best["bytes"] / best["seconds"] / 1e6, "dropped": best["dropped"],
+            "all_rec_per_s": [round(x["records"] / x["seconds"]) for x in runs]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--loads", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root", file=sys.stderr)
+        return 2
+    print(machine(), flush=True)
+    readers = [r for r in sorted(READERS) if r == "libbpf" or platform.machine() == "x86_64"]
+
+    t = bench_load(a.loads)
+    print(f"load (8 maps + 7 programs, median of {a.loads}): own bpf(2) {t['own'] * 1000:.1f} ms, "
+          f"libbpf {t['libbpf'] * 1000:.1f} ms", flush=True)
+
+    for reader in readers:
+        m = bench_rss(reader)
+        print(f"RSS after load + ring open ({reader} reader): VmRSS {m['rss_kb'] / 1024:.1f} MB, "
+              f"VmHWM {m['hwm_kb'] / 1024:.1f} MB", flush=True)
+
+    for label, wsize, total in (("small records (64 B writes)", 64, 4_000_000),
+                                ("large records (16 KiB writes)", 16384, 24_000_000)):
+        for reader in readers:
+            with tempfile.TemporaryDirectory(prefix="bench-ring-") as d:
+                r = bench_ring(reader, wsize, total, a.rounds, Path(d))
+            print(f"ring, {label}, {reader}: {r['rec_per_s']:,.0f} records/s, {r['mb_per_s']:.0f} MB/s "
+                  f"({r['records']:,} records drained; runs {r['all_rec_per_s']}; "
+                  f"dropped while filling {r['dropped']})", flush=True)
+    print(machine())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
