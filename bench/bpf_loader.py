@@ -1,17 +1,19 @@
 """Own code vs libbpf on the BPF path: what each costs in load time, tracer memory and ring throughput.
 
   load      creating the maps and loading the programs of the cached bytecode entry: with raw bpf(2)
-            syscalls written here (what tracer did by hand) vs libbpf's bpf_map_create / bpf_prog_load
+            syscalls written here (the hand-written alternative) vs libbpf's bpf_map_create / bpf_prog_load
             (tracer/libbpf.py, what tracer does); median of --loads alternating runs, same process.
   RSS       VmRSS / VmHWM of a fresh process that imports the loader, loads the program with the
-            default 8 MB ring and opens the ring with each reader (the tracer process minus parsing).
-  ring      records/s and MB/s of draining a full ring with each reader - tracer's own mapping
-            (capture/ring.py MappedRing, x86-64) vs libbpf's ring_buffer__consume (LibbpfRing) - with
-            the real GIL-holding Python callback (Capture.feed: queue the record's bytes); the ring
-            (64 MB) is filled by a TLS pump while nobody consumes, then drained and timed, for small
-            (64 B writes) and large (16 KiB writes) records.
+            default 8 MB ring and opens the ring with each reader (the tracer process minus parsing):
+            libbpf maps the ring's data area twice, the reader here once.
+  ring      records/s and MB/s (payload) of draining a full ring with each reader - a Python reader
+            of its own mapping of the ring (MappedRing here, x86-64 only) vs libbpf's
+            ring_buffer__consume (capture/ring.py, what tracer uses) - with the real GIL-holding Python callback (Capture.feed: queue the record's bytes); the
+            ring (64 MB) is filled by a TLS pump while nobody consumes, then drained and timed (wall
+            clock, and the draining thread's CPU time, which a busy machine disturbs less), readers
+            taking turns on the same ring, for small (64 B writes) and large (16 KiB writes) records.
 
-    .venv/bin/python bench/bpf_loader.py [--loads 7] [--rounds 3]
+    .venv/bin/python bench/bpf_loader.py [--loads 7] [--rounds 5]
 
 Needs root. Prints the machine line (with the load average) first.
 """
@@ -33,11 +35,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _mapped_ring import MappedRing  # noqa: E402
 from _util import ROOT, machine  # noqa: E402
 
 from tracer import libbpf  # noqa: E402
 from tracer.capture.pipeline import Capture  # noqa: E402
-from tracer.capture.ring import READERS  # noqa: E402
+from tracer.capture import event as ev  # noqa: E402
+from tracer.capture.ring import Ring  # noqa: E402
 from tracer.probes import bpfcache, load  # noqa: E402
 from tracer.probes.program import patch_map_fds  # noqa: E402
 from tracer.testing.bpf import Traced, pump_round, start_pump, tls_objects  # noqa: E402
@@ -109,10 +113,19 @@ def bench_load(n: int) -> dict:
     load_once(entry, "libbpf")                                    # warm both paths up
     load_once(entry, "own")
     times = {"own": [], "libbpf": []}
-    for _ in range(n):
-        for how in ("own", "libbpf"):
+    for i in range(n):
+        for how in (("own", "libbpf") if i % 2 else ("libbpf", "own")):
             times[how].append(load_once(entry, how))
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+# -- ring readers --------------------------------------------------------------------------------
+
+READERS = {"libbpf": lambda fd, size, cb: Ring(fd, cb), "mapped": MappedRing}
+
+
+def open_reader(name: str, prog, callback):
+    return READERS[name](prog.map_fd("events"), prog.map_info("events").max_entries, callback)
 
 
 # -- memory -------------------------------------------------------------------------------------
@@ -120,9 +133,14 @@ def bench_load(n: int) -> dict:
 CHILD = r'''
 import sys, json
 from tracer.probes.load import load_program
-from tracer.capture.ring import open_ring
 p = load_program(8, fallback=False)
-r = open_ring(p.map_fd("events"), p.map_info("events").max_entries, lambda b: None, sys.argv[1])
+if sys.argv[1] == "mapped":
+    sys.path.insert(0, sys.argv[2])
+    from _mapped_ring import MappedRing
+    r = MappedRing(p.map_fd("events"), p.map_info("events").max_entries, lambda b: None)
+else:
+    from tracer.capture.ring import Ring
+    r = Ring(p.map_fd("events"), lambda b: None)
 r.poll(0)
 st = open("/proc/self/status").read()
 kb = lambda k: int(st.split(k + ":")[1].split()[0])
@@ -130,8 +148,23 @@ print(json.dumps({"rss_kb": kb("VmRSS"), "hwm_kb": kb("VmHWM")}))
 '''
 
 
+LIBBPF_RSS = r'''
+import ctypes
+kb = lambda: int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+before = kb()
+ctypes.CDLL("libbpf.so.1")
+print(kb() - before)
+'''
+
+
+def libbpf_rss_kb() -> int:
+    """What mapping libbpf.so.1 (and what it links) adds to a Python process' RSS."""
+    out = subprocess.run([sys.executable, "-c", LIBBPF_RSS], capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
 def bench_rss(reader: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, reader], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", CHILD, reader, str(Path(__file__).resolve().parent)], cwd=ROOT, capture_output=True, text=True,
                          timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     if out.returncode != 0:
         raise SystemExit(out.stderr)
@@ -140,45 +173,54 @@ def bench_rss(reader: str) -> dict:
 
 # -- ring throughput ----------------------------------------------------------------------------
 
-def bench_ring(reader: str, wsize: int, total: int, rounds: int, work: Path) -> dict:
+def bench_ring(readers: list[str], wsize: int, total: int, rounds: int, work: Path) -> dict:
+    """Per reader: the best and the median drain over `rounds` fills, readers taking turns on the
+    same ring (one program, one pump), each timed by wall clock and by the draining thread's CPU."""
     capture = Capture(lambda ex: None, deferred=True)             # the worker is not started: feed only queues
     prog = load.load_program(64, fallback=False)
-    traced = Traced(prog, capture.feed, reader)
-    pump, go = start_pump(work, total, wsize=wsize, rounds=rounds)
-    runs = []
+    traced = Traced(prog, capture.feed)             # its ring is libbpf's
+    rings = {r: traced.ring if r == "libbpf" else open_reader(r, prog, capture.feed) for r in readers}
+    pump, go = start_pump(work, total, wsize=wsize, rounds=rounds * len(readers))
+    runs: dict[str, list[dict]] = {r: [] for r in readers}
     try:
         for mo, located in tls_objects(pump.pid, work / "lib"):
             traced.attach(pump.pid, mo.host_path, located)
-        for r in range(rounds):
+        for i in range(rounds * len(readers)):
+            reader = readers[i % len(readers)]
             capture._inbox.clear()
             dropped_before = traced.drops()["events"]
-            assert pump_round(pump, go, r) == total
+            assert pump_round(pump, go, i) == total
             time.sleep(0.2)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             n = 0
-            while True:
-                k = traced.consume()
-                if not k:
-                    break
+            while k := rings[reader].consume():
                 n += k
-            secs = time.perf_counter() - t0
-            payload = sum(len(b) for b in capture._inbox)
-            runs.append({"records": n, "seconds": secs, "bytes": payload,
-                         "dropped": traced.drops()["events"] - dropped_before})
+            wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+            payload = sum(len(b) - ev.HEADER_SIZE for b in capture._inbox)
+            runs[reader].append({"records": n, "wall": wall, "cpu": cpu, "bytes": payload,
+                                 "dropped": traced.drops()["events"] - dropped_before})
     finally:
         pump.kill()
         pump.wait()
+        for r in readers:
+            if rings[r] is not traced.ring:
+                rings[r].close()
         traced.close()
-    best = max(runs, key=lambda x: x["records"] / x["seconds"])
-    return {"records": best["records"], "rec_per_s": best["records"] / best["seconds"],
-            "mb_per_s": best["bytes"] / best["seconds"] / 1e6, "dropped": best["dropped"],
-            "all_rec_per_s": [round(x["records"] / x["seconds"]) for x in runs]}
+    out = {}
+    for reader, rs in runs.items():
+        rate = [x["records"] / x["wall"] for x in rs]
+        cpu_rate = [x["records"] / max(x["cpu"], 1e-9) for x in rs]
+        mbs = [x["bytes"] / x["wall"] / 1e6 for x in rs]
+        out[reader] = {"records": rs[0]["records"], "best": max(rate), "median": statistics.median(rate),
+                       "cpu_median": statistics.median(cpu_rate), "mb_best": max(mbs),
+                       "mb_median": statistics.median(mbs), "dropped": sum(x["dropped"] for x in rs)}
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--loads", type=int, default=7)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5, help="ring fills drained by each reader")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
@@ -190,6 +232,7 @@ def main() -> int:
     print(f"load (8 maps + 7 programs, median of {a.loads}): own bpf(2) {t['own'] * 1000:.1f} ms, "
           f"libbpf {t['libbpf'] * 1000:.1f} ms", flush=True)
 
+    print(f"libbpf.so.1 itself: +{libbpf_rss_kb()} kB RSS", flush=True)
     for reader in readers:
         m = bench_rss(reader)
         print(f"RSS after load + ring open ({reader} reader): VmRSS {m['rss_kb'] / 1024:.1f} MB, "
@@ -197,12 +240,13 @@ def main() -> int:
 
     for label, wsize, total in (("small records (64 B writes)", 64, 4_000_000),
                                 ("large records (16 KiB writes)", 16384, 24_000_000)):
-        for reader in readers:
-            with tempfile.TemporaryDirectory(prefix="bench-ring-") as d:
-                r = bench_ring(reader, wsize, total, a.rounds, Path(d))
-            print(f"ring, {label}, {reader}: {r['rec_per_s']:,.0f} records/s, {r['mb_per_s']:.0f} MB/s "
-                  f"({r['records']:,} records drained; runs {r['all_rec_per_s']}; "
-                  f"dropped while filling {r['dropped']})", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-ring-") as d:
+            res = bench_ring(readers, wsize, total, a.rounds, Path(d))
+        for reader, r in res.items():
+            print(f"ring, {label}, {reader}: {r['median']:,.0f} records/s median ({r['best']:,.0f} best), "
+                  f"{r['cpu_median']:,.0f} records per CPU-second; {r['mb_median']:.0f} MB/s median "
+                  f"({r['mb_best']:.0f} best); {r['records']:,} records a fill, {a.rounds} fills; "
+                  f"dropped while filling: {r['dropped']}", flush=True)
     print(machine())
     return 0
 

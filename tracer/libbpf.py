@@ -1,6 +1,6 @@
 """libbpf (`libbpf.so.1`, installed as BCC's dependency) through ctypes: the bpf(2) commands tracer
 uses - create a map, load a program, describe a map, read/write/delete map elements - and libbpf's
-ring-buffer reader.
+ring-buffer reader (tracer/capture/ring.py).
 
 Only libbpf's stable low-level API is used (the functions exist since libbpf 0.6 / 0.0.9 with the
 same signatures through 1.x); option structs carry their size, so an older or newer libbpf reads
@@ -42,7 +42,8 @@ class _MapInfo(ctypes.Structure):            # the head of struct bpf_map_info (
                 ("max_entries", c_uint), ("map_flags", c_uint), ("name", ctypes.c_char * 16)]
 
 
-RING_SAMPLE_FN = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+# int (*)(void *ctx, void *data, size_t size); data as char* so that data[:size] copies it in one step
+RING_SAMPLE_FN = ctypes.CFUNCTYPE(c_int, c_void_p, ctypes.POINTER(ctypes.c_char), c_size_t)
 
 _SIGNATURES = {
     "bpf_map_create": (c_int, [c_int, c_char_p, c_uint, c_uint, c_uint, ctypes.POINTER(_MapCreateOpts)]),

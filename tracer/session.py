@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tracer.capture.pipeline import Capture
-from tracer.capture.ring import DropCounters, open_ring
+from tracer.capture.ring import DropCounters, Ring
 from tracer.probes.attach import TRACEFS, Probes
 from tracer.probes.load import load_program
 from tracer.probes.targets import Locator, mapped_objects
@@ -163,8 +163,7 @@ class Session:
             self.writer = JsonlWriter(self.log_path, batch_size=opts.batch_size, flush_ms=opts.flush_ms,
                                       durable=opts.durable, stderr=self.stderr)
             self.capture = Capture(self._on_exchange, deferred=opts.deferred)
-            events = self.prog.map_info("events")
-            self.ring = open_ring(self.prog.map_fd("events"), events.max_entries, self.capture.feed)
+            self.ring = Ring(self.prog.map_fd("events"), self.capture.feed)
         except BaseException:
             self.prog.close()
             raise

@@ -1,33 +1,19 @@
 """Records out of the kernel: the BPF ring buffer (`events` map) and the drop counters (`drops`).
 
-Two readers with one interface, `poll(timeout_ms)` / `consume()` / `close()`, each calling
-`callback(record: bytes)` once per committed record, in order:
-
-  * `MappedRing` walks the ring in Python through its own mapping (x86-64 only): the data area is
-    mapped once, not twice back to back as libbpf does - the kernel puts every page of a ring
-    mapping in at mmap time and they count in the tracer's resident set, so libbpf's double mapping
-    costs the ring's size again (8 MB for the default ring). Records that wrap past the end of the
-    area are joined into one bytes object instead. Memory ordering: x86-64 is TSO, so a plain
-    aligned 8-byte load of producer_pos / of a record header is an acquire load and a plain store of
-    consumer_pos a release store - exactly what the ring protocol needs. Other architectures need
-    barriers that Python cannot issue.
-  * `LibbpfRing` is libbpf's ring_buffer__poll (correct memory ordering on every architecture),
-    calling back into Python once per record.
-
-`open_ring` picks `MappedRing` on x86-64 and `LibbpfRing` elsewhere (BENCHMARKS.md, "Ring
-reader", has the measurements behind that choice); TRACER_RING_READER=mapped|libbpf forces one.
+`Ring` is libbpf's ring-buffer reader (ring_buffer__poll / ring_buffer__consume through ctypes): it
+calls `callback(record: bytes)` once per committed record, in order, with the memory ordering the
+ring protocol needs on every architecture (acquire loads of producer_pos and of each record header,
+a release store of consumer_pos). Measured against a reader written here that walks its own mapping
+of the ring in Python, libbpf's is as fast or faster per record and costs the ring's size in RSS
+once more (it maps the data area twice); BENCHMARKS.md, "Ring reader", has the numbers.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import platform
-import select
 import struct
 import threading
 import time
-from typing import Callable, Protocol
+from typing import Callable
 
 from tracer import libbpf
 from tracer.capture.event import decode_drops
@@ -35,164 +21,30 @@ from tracer.probes.program import PERCPU_MAP_TYPES, MapInfo
 
 Callback = Callable[[bytes], object]
 
-RINGBUF_BUSY_BIT = 1 << 31
-RINGBUF_DISCARD_BIT = 1 << 30
-RINGBUF_HDR_SZ = 8
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_long]
-_libc.munmap.restype = ctypes.c_int
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-PROT_READ, PROT_WRITE, MAP_SHARED = 1, 2, 1
-MAP_FAILED = ctypes.c_void_p(-1).value
+class Ring:
+    """Reader of a BPF_MAP_TYPE_RINGBUF map. A failing callback (a consumer bug) is counted, never
+    allowed to stop the ring."""
 
-
-class Ring(Protocol):
-    callback_errors: int
-    last_callback_error: str
-
-    def poll(self, timeout_ms: int) -> int: ...
-    def consume(self) -> int: ...
-    def close(self) -> None: ...
-
-
-class _Errors:
-    """A failing callback (a consumer bug) is counted, never allowed to stop the ring."""
-    callback_errors = 0
-    last_callback_error = ""
-
-    def _failed(self, e: Exception) -> None:
-        self.callback_errors += 1
-        self.last_callback_error = f"{type(e).__name__}: {e}"
-
-
-class MappedRing(_Errors):
-    """The ring buffer read through our own mapping of it (x86-64 only, see the module docstring)."""
-
-    def __init__(self, map_fd: int, size: int, callback: Callback):
-        if platform.machine() != "x86_64":
-            raise OSError(95, f"the mapped ring reader relies on x86-64 memory ordering, "
-                              f"not {platform.machine()}'s")
-        if size <= 0 or size & (size - 1):
-            raise ValueError(f"ring buffer size {size} is not a power of two")
-        self.size = size
-        self.mask = size - 1
+    def __init__(self, map_fd: int, callback: Callback):
         self.callback = callback
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.wrapped_records = 0
-        self._lock = threading.Lock()
-        cons = _libc.mmap(None, self.page, PROT_READ | PROT_WRITE, MAP_SHARED, map_fd, 0)
-        if cons in (None, MAP_FAILED):
-            e = ctypes.get_errno()
-            raise OSError(e, f"mmap of the ring buffer consumer page: {os.strerror(e)}")
-        self._prod_len = self.page + size
-        prod = _libc.mmap(None, self._prod_len, PROT_READ, MAP_SHARED, map_fd, self.page)
-        if prod in (None, MAP_FAILED):
-            e = ctypes.get_errno()
-            _libc.munmap(cons, self.page)
-            raise OSError(e, f"mmap of the ring buffer data: {os.strerror(e)}")
-        self._cons_addr, self._prod_addr = cons, prod
-        self._consumer = ctypes.c_uint64.from_address(cons)
-        self._producer = ctypes.c_uint64.from_address(prod)
-        self._view = memoryview((ctypes.c_char * size).from_address(prod + self.page)).cast("B")
-        self._ep = select.epoll()
-        self._ep.register(map_fd, select.EPOLLIN)
-        self.closed = False
-
-    @property
-    def consumer_pos(self) -> int:
-        return self._consumer.value
-
-    def consume(self) -> int:
-        """Hand out every committed record; returns how many."""
-        with self._lock:
-            if self.closed:
-                return 0
-            return self._consume()
-
-    def _consume(self) -> int:
-        n = 0
-        view, mask, cb, size = self._view, self.mask, self.callback, self.size
-        consumer, producer = self._consumer, self._producer
-        unpack = struct.unpack_from
-        cons = consumer.value
-        while True:
-            prod = producer.value
-            progressed = False
-            while cons < prod:
-                off = cons & mask
-                hdr = unpack("<I", view, off)[0]
-                if hdr & RINGBUF_BUSY_BIT:
-                    consumer.value = cons
-                    return n          # the producer's commit will wake us (consumer is at it)
-                length = hdr & ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT)
-                cons += (length + RINGBUF_HDR_SZ + 7) & ~7
-                if not hdr & RINGBUF_DISCARD_BIT:
-                    start = (off + RINGBUF_HDR_SZ) & mask      # headers never straddle the end
-                    end = start + length
-                    if end <= size:
-                        record = bytes(view[start:end])
-                    else:                                      # wraps: join the two pieces
-                        self.wrapped_records += 1
-                        record = bytes(view[start:]) + bytes(view[:end - size])
-                    try:
-                        cb(record)
-                    except Exception as e:
-                        self._failed(e)
-                    n += 1
-                consumer.value = cons
-                progressed = True
-            if not progressed:
-                return n
-
-    def poll(self, timeout_ms: int) -> int:
-        n = self.consume()
-        if n:
-            return n
-        if self.closed:
-            time.sleep(max(0, timeout_ms) / 1000)
-            return 0
-        try:
-            self._ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
-        except (OSError, ValueError):        # closed under us
-            return 0
-        return self.consume()
-
-    def close(self) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            self._view.release()
-            _libc.munmap(self._prod_addr, self._prod_len)
-            _libc.munmap(self._cons_addr, self.page)
-            self._ep.close()
-
-
-class LibbpfRing(_Errors):
-    """libbpf's ring_buffer reader (any architecture); one C -> Python call per record."""
-
-    def __init__(self, map_fd: int, size: int, callback: Callback):
-        self.size = size
-        self.callback = callback
+        self.callback_errors = 0
+        self.last_callback_error = ""
         self._lock = threading.Lock()
         self._cb = libbpf.RING_SAMPLE_FN(self._sample)     # kept alive as long as the ring
         self._lib = libbpf.lib()
-        ctypes.set_errno(0)
         rb = self._lib.ring_buffer__new(map_fd, self._cb, None, None)
         if not rb:
-            e = ctypes.get_errno() or 22
-            raise OSError(e, f"libbpf ring_buffer__new: {os.strerror(e)}")
+            raise OSError(22, "libbpf ring_buffer__new failed (see libbpf's message above)")
         self._rb = rb
         self.closed = False
 
     def _sample(self, _ctx, data, size) -> int:
         try:
-            self.callback(ctypes.string_at(data, size))
+            self.callback(data[:size])
         except Exception as e:
-            self._failed(e)
+            self.callback_errors += 1
+            self.last_callback_error = f"{type(e).__name__}: {e}"
         return 0
 
     def _call(self, fn, *args) -> int:
@@ -200,17 +52,17 @@ class LibbpfRing(_Errors):
             if self.closed:
                 return 0
             rc = fn(self._rb, *args)
-        if rc < 0 and rc != -4:            # EINTR: a signal arrived, nothing lost
-            raise OSError(-rc, f"libbpf ring buffer: {os.strerror(-rc)}")
-        return max(rc, 0)
+        return max(rc, 0)              # only -EINTR (a signal) is possible: nothing was lost
 
     def poll(self, timeout_ms: int) -> int:
+        """Wait up to `timeout_ms` for records and hand out all there are; how many."""
         if self.closed:
             time.sleep(max(0, timeout_ms) / 1000)
             return 0
         return self._call(self._lib.ring_buffer__poll, timeout_ms)
 
     def consume(self) -> int:
+        """Hand out every committed record without waiting; how many."""
         return self._call(self._lib.ring_buffer__consume)
 
     def close(self) -> None:
@@ -220,18 +72,6 @@ class LibbpfRing(_Errors):
             self.closed = True
             self._lib.ring_buffer__free(self._rb)
             self._rb = None
-
-
-READERS = {"mapped": MappedRing, "libbpf": LibbpfRing}
-
-
-def open_ring(map_fd: int, size: int, callback: Callback, reader: str | None = None) -> Ring:
-    """A reader of the ring buffer map `map_fd` (`size` bytes of data) calling `callback(record)`."""
-    reader = reader or os.environ.get("TRACER_RING_READER") or (
-        "mapped" if platform.machine() == "x86_64" else "libbpf")
-    if reader not in READERS:
-        raise ValueError(f"unknown ring reader {reader!r} (one of {', '.join(READERS)})")
-    return READERS[reader](map_fd, size, callback)
 
 
 # -- loss counters ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from tracer.capture import event as ev
-from tracer.capture.ring import DropCounters, open_ring
+from tracer.capture.ring import DropCounters, Ring
 from tracer.mock.certs import ensure_certs
 from tracer.probes.attach import Probes
 from tracer.probes.targets import Locator
@@ -124,10 +124,10 @@ def tls_objects(pid: int, private: Path | None = None):
 class Traced:
     """A loaded program with its attach and ring steps, put together as Session does."""
 
-    def __init__(self, prog, callback, reader: str | None = None, stderr=None):
+    def __init__(self, prog, callback, stderr=None):
         self.prog = prog
         self.probes = Probes(prog, stderr=stderr)
-        self.ring = open_ring(prog.map_fd("events"), prog.map_info("events").max_entries, callback, reader)
+        self.ring = Ring(prog.map_fd("events"), callback)
         self.counters = DropCounters(prog.map_fd("drops"), prog.map_info("drops"))
 
     def attach(self, pid, path, located):
