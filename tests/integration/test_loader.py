@@ -343,7 +343,7 @@ def test_hit_loads_without_bcc_fast_and_small(cache_dir):
 
 
 def test_fallback_to_bcc_with_message(cache_dir, monkeypatch):
-    def broken(entry):
+    def broken(entry, **kw):
         raise OSError(22, "Invalid argument (injected)")
     monkeypatch.setattr(load, "LoadedProgram", broken)
     with pytest.raises(TracerError, match="injected"):

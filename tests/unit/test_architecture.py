@@ -134,3 +134,23 @@ def test_compile_child_imports_only_stdlib_bcc_and_tracer_leaves():
     # nothing of the locator (numpy, pyelftools, capstone) or the capture path
     assert not any(m.startswith(("tracer.capture", "tracer.protocols", "tracer.sinks"))
                    or m == "tracer.probes.locate" for m in reach), sorted(reach)
+
+
+def test_readme_how_it_works_lists_the_modules():
+    """README's "How it works" block names every module of the data path (a directory entry such as
+    tracer/viewer/ stands for all of its files), and everything it names exists."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## How it works", 1)[1].split("```", 2)[1]
+    named = set()
+    for line in block.splitlines():
+        first = line.split()[0] if line.strip() else ""
+        if first.startswith(("tracer/", "bpf/")):
+            named.add(first.rstrip(","))
+    for n in named:
+        assert (ROOT / n).exists(), f"README names {n}, which does not exist"
+    dirs = {n for n in named if n.endswith("/")}
+    for p in sorted(PKG.rglob("*.py")):
+        rel = p.relative_to(ROOT).as_posix()
+        if p.name == "__init__.py" or rel.startswith("tracer/commands/"):
+            continue                      # packages; the commands are named through tracer/cli.py
+        assert rel in named or any(rel.startswith(d) for d in dirs), f"{rel} is not in README's block"

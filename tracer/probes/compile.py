@@ -120,9 +120,9 @@ class BccProgram(Program):
 
     backend = "bcc"
 
-    def __init__(self, ring_buffer_mb: int = 8, copy_limit: int = 1 << 20):
+    def __init__(self, ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *, started: float | None = None):
         super().__init__()
-        t0 = time.monotonic()
+        t0 = time.monotonic() if started is None else started
         self.header_choice = header_choice()
         self.ring_pages = ring_pages(ring_buffer_mb)
         self.bpf, self.prog_fds = bcc_load(self.ring_pages, copy_limit, self.header_choice)
@@ -233,6 +233,6 @@ def compile_isolated(pages: int, copy_limit: int, choice: kheaders.HeaderChoice,
         tail = "\n".join(err.splitlines()[-8:])
         raise RuntimeError(f"the compile step exited with {p.returncode}: {tail}")
     try:
-        return json.loads(p.stdout)
-    except ValueError as e:
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError) as e:
         raise RuntimeError(f"the compile step printed no description ({e})") from None

@@ -31,9 +31,12 @@ class LoadedProgram(Program):
 
     backend = "cached bytecode"
 
-    def __init__(self, entry: dict):
+    def __init__(self, entry: dict, *, cache_hit: bool = True, started: float | None = None):
+        """`started`: when getting the entry began (time.monotonic()), so that load_seconds
+        includes a compile on a cache miss."""
         super().__init__()
-        t0 = time.monotonic()
+        t0 = time.monotonic() if started is None else started
+        self.cache_hit = cache_hit
         hc = entry.get("header_choice") or {}
         self.header_choice = HeaderChoice(hc.get("source", "cache"), hc.get("path"),
                                           hc.get("detail", "compiled earlier"))
@@ -110,12 +113,6 @@ class LoadedProgram(Program):
         self._map_fds.clear()
 
 
-def _bcc(ring_buffer_mb: int, copy_limit: int, t0: float) -> Program:
-    prog = BccProgram(ring_buffer_mb=ring_buffer_mb, copy_limit=copy_limit)
-    prog.load_seconds = time.monotonic() - t0
-    return prog
-
-
 def load_program(ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *, stderr=None,
                  cache_dir=None, fallback: bool | None = None) -> Program:
     """tracer's BPF program, loaded: from the bytecode cache when possible (compiling once in the
@@ -129,20 +126,20 @@ def load_program(ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *, stderr=N
     mode = os.environ.get("TRACER_BPF_LOADER", "auto")
     t0 = time.monotonic()
     if mode == "bcc":
-        return _bcc(ring_buffer_mb, copy_limit, t0)
+        return BccProgram(ring_buffer_mb, copy_limit, started=t0)
     if fallback is None:
         fallback = mode != "cache"
     try:
         entry, hit = bpfcache.get_entry(ring_buffer_mb, copy_limit, cache_dir=cache_dir)
         try:
-            prog = LoadedProgram(entry)
+            return LoadedProgram(entry, cache_hit=hit, started=t0)
         except (OSError, ValueError, KeyError) as e:
             if not hit or (isinstance(e, OSError) and e.errno == errno.EPERM):
                 raise
             # a stale entry the kernel refuses: compile afresh once before giving up on the cache
             bpfcache.invalidate(ring_buffer_mb, copy_limit, cache_dir=cache_dir)
             entry, hit = bpfcache.get_entry(ring_buffer_mb, copy_limit, cache_dir=cache_dir)
-            prog = LoadedProgram(entry)
+            return LoadedProgram(entry, cache_hit=hit, started=t0)
     except TracerError:     # e.g. CompileError: in-process BCC would fail the same way
         raise
     except Exception as e:
@@ -151,10 +148,7 @@ def load_program(ring_buffer_mb: int = 8, copy_limit: int = 1 << 20, *, stderr=N
             raise TracerError(f"loading the cached BPF program failed: {why}") from None
         print(f"tracer: the fast BPF loader failed ({why}); compiling with BCC in-process instead "
               "(slower start, more memory)", file=stderr)
-        return _bcc(ring_buffer_mb, copy_limit, t0)
-    prog.cache_hit = hit
-    prog.load_seconds = time.monotonic() - t0
-    return prog
+        return BccProgram(ring_buffer_mb, copy_limit, started=t0)
 
 
 def _describe(e: BaseException) -> str:

@@ -85,8 +85,8 @@ class MapInfo:
 class Program(ABC):
     """The loaded BPF program: an fd per program and per map, until close().
 
-    Backends fill `prog_fds` and `maps` and say where the program came from (`backend`,
-    `cache_hit`, `load_seconds`, `header_choice`)."""
+    Backends fill `prog_fds` and `maps` in their constructor and say there where the program came
+    from (`backend`, `cache_hit`, `load_seconds`, `header_choice`)."""
 
     backend: str                         # "cached bytecode" or "bcc"
     cache_hit: bool = False              # the bytecode came from the cache (no compile this time)
