@@ -179,3 +179,82 @@ def test_message_delta_usage_merges_and_empty_tool_input():
     assert r.message["usage"] == {"input_tokens": 5, "output_tokens": 9,
                                   "server_tool_use": {"web_search_requests": 1}}
     assert r.first_delta_end is None and r.complete
+
+
+# --------------------------------------------------------------------------- linear reconstruction
+
+class _Counted(str):
+    """A delta piece that records every concatenation it takes part in (and the size of the result)."""
+    copied = 0
+
+    def __add__(self, other):
+        r = str.__add__(self, other)
+        _Counted.copied += len(r)
+        return r
+
+    def __radd__(self, other):
+        r = str.__add__(other, self)
+        _Counted.copied += len(r)
+        return r
+
+
+def _deltas(builder: MessageBuilder, n: int, piece: str, kind: str = "text_delta", field: str = "text") -> None:
+    builder.apply_payload({"type": "message_start", "message": {"id": "m", "content": []}}, 1)
+    builder.apply_payload({"type": "content_block_start", "index": 0,
+                           "content_block": {"type": "text", field: ""}}, 2)
+    for i in range(n):
+        builder.apply_payload({"type": "content_block_delta", "index": 0,
+                               "delta": {"type": kind, field: _Counted(piece)}}, 3 + i)
+    builder.apply_payload({"type": "message_stop"}, n + 3)
+
+
+@given(st.integers(1, 3000), st.sampled_from([("text_delta", "text"), ("thinking_delta", "thinking")]))
+@settings(max_examples=30, deadline=None)
+def test_text_is_joined_once_not_regrown(n, kind):
+    """Bytes copied while accumulating N deltas stay proportional to the text, never N^2 (the old
+    `text = text + piece` copied ~N^2/2 pieces)."""
+    _Counted.copied = 0
+    b = MessageBuilder()
+    _deltas(b, n, "abcd", *kind)
+    msg = b.finish()
+    assert msg["content"][0][kind[1]] == "abcd" * n
+    assert _Counted.copied <= 2 * 4 * n
+
+
+def test_capped_fields_keep_head_and_count_the_rest():
+    seen = []
+    b = MessageBuilder(max_field_chars=10, on_text=lambda i, f, p: seen.append(p))
+    _deltas(b, 1000, "0123456789abc")
+    msg = b.finish()
+    assert msg["content"][0]["text"] == "0123456789"
+    assert b.truncated == [{"index": 0, "field": "text", "kept": 10, "chars": 13000}]
+    assert "".join(seen) == "0123456789abc" * 1000      # the sink saw all of it
+    # tool input JSON over the cap is kept as (cut) text and said so
+    b = MessageBuilder(max_field_chars=8)
+    b.apply_payload({"type": "content_block_start", "index": 0,
+                     "content_block": {"type": "tool_use", "id": "t", "name": "X", "input": {}}})
+    b.apply_payload({"type": "content_block_delta", "index": 0,
+                     "delta": {"type": "input_json_delta", "partial_json": '{"a": "0123456789"}'}})
+    b.apply_payload({"type": "content_block_stop", "index": 0})
+    m = b.finish()
+    assert m["content"][0]["input"] == '{"a": "0' and b.truncated[0]["field"] == "input"
+
+
+def test_block_index_cannot_allocate_unbounded():
+    b = MessageBuilder()
+    b.apply_payload({"type": "message_start", "message": {"content": []}})
+    b.apply_payload({"type": "content_block_delta", "index": 10**12, "delta": {"type": "text_delta", "text": "x"}})
+    for i in range(20_000):
+        b.apply_payload({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}})
+    m = b.finish()
+    assert len(m["content"]) == 10_000                  # 9,999 started blocks + the odd one, in index order
+    assert m["content"][-1] == {"type": "text", "text": "x"}
+    assert any("more than" in e for e in b.errors)
+
+
+def test_repeated_errors_listed_once_with_count():
+    body = "".join(sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "weird"}}) for _ in range(500))
+    r = reconstruct(body)
+    assert len(r.errors) <= 4
+    assert any("(x500)" in e for e in r.errors)

@@ -24,6 +24,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import orjson
+
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -172,6 +174,51 @@ def parse_events(body: bytes | str) -> list[SSEEvent]:
 
 _DELTA_FIELDS = {"text_delta": ("text", "text"), "thinking_delta": ("thinking", "thinking"),
                  "signature_delta": ("signature", "signature")}
+_TOOL_BLOCKS = ("tool_use", "server_tool_use", "mcp_tool_use")
+MAX_BLOCKS = 10_000        # content blocks kept per message; a stream naming more is counted as odd
+
+
+class _Acc:
+    """One growing text field: pieces kept in a list and joined once (linear in the text's size).
+
+    With ``cap`` only the first ``cap`` characters are kept; ``total`` still counts every character, so
+    a caller can say how much was left out. ``sink(piece)``, when given, sees every piece (hashing,
+    search indexing) whether or not it is kept.
+    """
+
+    __slots__ = ("pieces", "kept", "total", "cap", "sink")
+
+    def __init__(self, initial: str, cap: int | None, sink) -> None:
+        self.pieces: list[str] = []
+        self.kept = 0
+        self.total = 0
+        self.cap = cap
+        self.sink = sink
+        if initial:
+            self.add(initial)
+
+    def add(self, piece: str) -> None:
+        n = len(piece)
+        self.total += n
+        if self.sink is not None:
+            self.sink(piece)
+        if self.cap is None:
+            self.pieces.append(piece)
+            self.kept += n
+        elif self.kept < self.cap:
+            if self.kept + n > self.cap:
+                piece = piece[:self.cap - self.kept]
+            self.pieces.append(piece)
+            self.kept += len(piece)
+
+    def value(self) -> str:
+        if len(self.pieces) > 1:
+            self.pieces = ["".join(self.pieces)]
+        return self.pieces[0] if self.pieces else ""
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.kept
 
 
 class MessageBuilder:
@@ -180,9 +227,17 @@ class MessageBuilder:
     Handles message_start, content_block_start/delta/stop (text_delta, thinking_delta, signature_delta,
     input_json_delta, citations_delta), message_delta (stop_reason, stop_sequence, usage), message_stop,
     ping and error. Tolerates missing starts and truncated streams; what was odd goes to ``errors``.
+
+    Linear in the stream's size: every text (and tool-input JSON) is accumulated as a list of pieces and
+    joined once, in ``finish()``. ``max_field_chars`` keeps only the first N characters of each text
+    field (and of each tool input's JSON); what was cut is listed in ``truncated`` as
+    ``{"index", "field", "kept", "chars"}``. ``on_text(index, field, piece)`` sees every piece.
+
+    ``apply(ev)`` takes an SSE event; ``apply_payload(obj, end)`` takes an already decoded event object
+    (Bedrock's event stream carries the same events without SSE framing).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_field_chars: int | None = None, on_text=None) -> None:
         self.message: dict[str, Any] | None = None
         self.errors: list[str] = []
         self.error: Any = None           # payload of an `error` event
@@ -192,130 +247,197 @@ class MessageBuilder:
         self.first_delta_end: int | None = None   # stream offset just past the first content delta
         self.first_event_end: int | None = None
         self.last_event_end: int | None = None
-        self._json: dict[int, list[str]] = {}     # block index -> partial_json pieces
+        self.truncated: list[dict[str, Any]] = []
+        self._cap = max_field_chars
+        self._on_text = on_text
+        self._blocks: dict[int, dict[str, Any]] = {}            # index -> block (no text fields yet)
+        self._text: dict[tuple[int, str], _Acc] = {}            # (index, field) -> accumulated text
+        self._json: dict[int, _Acc] = {}                        # index -> tool input JSON pieces
         self._open: set[int] = set()
+        self._odd: dict[str, int] = {}                          # repeated complaints, counted once
+
+    def _err(self, msg: str) -> None:
+        """Record a problem; the same problem repeated (a long broken stream) is listed once, counted."""
+        n = self._odd.get(msg, 0)
+        self._odd[msg] = n + 1
+        if n == 0:
+            self.errors.append(msg)
 
     def _msg(self) -> dict[str, Any]:
         if self.message is None:
-            self.errors.append("events before message_start")
+            self._err("events before message_start")
             self.message = {"type": "message", "role": "assistant", "content": []}
         return self.message
 
-    def _block(self, index: Any) -> dict[str, Any] | None:
-        content = self._msg().setdefault("content", [])
-        if not isinstance(index, int) or index < 0:
-            self.errors.append(f"bad content block index {index!r}")
+    def _index(self, index: Any) -> int | None:
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            self._err(f"bad content block index {index!r}")
             return None
-        while len(content) <= index:
-            content.append(None)
-        if content[index] is None:
-            self.errors.append(f"delta for block {index} without content_block_start")
-            content[index] = {"type": "text", "text": ""}
-        return content[index]
+        if index not in self._blocks and len(self._blocks) >= MAX_BLOCKS:
+            self._err(f"more than {MAX_BLOCKS} content blocks: the rest ignored")
+            return None
+        return index
+
+    def _block(self, index: Any) -> dict[str, Any] | None:
+        self._msg()
+        i = self._index(index)
+        if i is None:
+            return None
+        if i not in self._blocks:
+            self._err(f"delta for block {i} without content_block_start")
+            self._blocks[i] = {"type": "text", "text": ""}
+        return self._blocks[i]
 
     def apply(self, ev: SSEEvent) -> None:
-        self.events += 1
-        if self.first_event_end is None:
-            self.first_event_end = ev.end
-        self.last_event_end = ev.end
         try:
-            payload = json.loads(ev.data)
+            payload = _loads(ev.data)
         except ValueError:
-            self.errors.append(f"{ev.event}: data is not JSON")
+            self._count(ev.end)
+            self._err(f"{ev.event}: data is not JSON")
             self.event_counts[ev.event] = self.event_counts.get(ev.event, 0) + 1
             return
-        kind = payload.get("type", ev.event) if isinstance(payload, dict) else ev.event
+        self.apply_payload(payload, ev.end, ev.event)
+
+    def _count(self, end: int) -> None:
+        self.events += 1
+        if self.first_event_end is None:
+            self.first_event_end = end
+        self.last_event_end = end
+
+    def apply_payload(self, payload: Any, end: int = 0, name: str = "message") -> None:
+        """One decoded event object; ``end`` is the stream offset just past it."""
+        self._count(end)
+        kind = payload.get("type", name) if isinstance(payload, dict) else name
+        if not isinstance(kind, str):
+            kind = name
         self.event_counts[kind] = self.event_counts.get(kind, 0) + 1
         if not isinstance(payload, dict):
-            self.errors.append(f"{kind}: payload is not an object")
+            self._err(f"{kind}: payload is not an object")
             return
-        handler = getattr(self, "_on_" + kind, None)
+        handler = self._HANDLERS.get(kind)
         if handler is None:
             if kind != "ping":
-                self.errors.append(f"unknown event {kind!r}")
+                self._err(f"unknown event {kind!r}")
             return
-        handler(payload, ev)
+        handler(self, payload, end)
 
-    def _on_message_start(self, p: dict, ev: SSEEvent) -> None:
+    def _on_message_start(self, p: dict, end: int) -> None:
         m = p.get("message")
         if not isinstance(m, dict):
-            self.errors.append("message_start without message")
+            self._err("message_start without message")
             m = {}
         if self.message is not None:
-            self.errors.append("second message_start")
+            self._err("second message_start")
         self.message = copy.deepcopy(m)
         self.message.setdefault("type", "message")
         self.message.setdefault("role", "assistant")
-        if not isinstance(self.message.get("content"), list):
-            self.message["content"] = []
+        content = self.message.get("content")
+        self.message["content"] = []
+        if isinstance(content, list):  # a prefilled start (not sent by the API today): keep its blocks
+            for i, b in enumerate(content[:MAX_BLOCKS]):
+                if isinstance(b, dict):
+                    self._start_block(i, b)
 
-    def _on_content_block_start(self, p: dict, ev: SSEEvent) -> None:
-        index = p.get("index")
+    def _start_block(self, index: int, block: dict) -> None:
+        block = copy.deepcopy(block)
+        for _src, dst in _DELTA_FIELDS.values():
+            v = block.get(dst)
+            if isinstance(v, str):   # the text goes to an accumulator; the key keeps its place
+                self._text[(index, dst)] = _Acc(v, self._cap, self._sink(index, dst))
+                block[dst] = ""
+        self._blocks[index] = block
+        if block.get("type") in _TOOL_BLOCKS:
+            self._json[index] = _Acc("", self._cap, None)
+
+    def _sink(self, index: int, dst: str):
+        if self._on_text is None:
+            return None
+        cb = self._on_text
+        return lambda piece: cb(index, dst, piece)
+
+    def _on_content_block_start(self, p: dict, end: int) -> None:
         block = p.get("content_block")
-        if not isinstance(block, dict) or not isinstance(index, int) or index < 0:
-            self.errors.append("malformed content_block_start")
+        if not isinstance(block, dict) or not isinstance(p.get("index"), int):
+            self._err("malformed content_block_start")
             return
-        content = self._msg().setdefault("content", [])
-        while len(content) <= index:
-            content.append(None)
-        content[index] = copy.deepcopy(block)
+        self._msg()
+        index = self._index(p.get("index"))
+        if index is None:
+            return
+        for dst in [k for k in self._text if k[0] == index]:   # a restarted block starts afresh
+            del self._text[dst]
+        self._start_block(index, block)
         self._open.add(index)
-        if block.get("type") in ("tool_use", "server_tool_use", "mcp_tool_use"):
-            self._json[index] = []
 
-    def _on_content_block_delta(self, p: dict, ev: SSEEvent) -> None:
+    def _on_content_block_delta(self, p: dict, end: int) -> None:
         if self.first_delta_end is None:
-            self.first_delta_end = ev.end
-        block = self._block(p.get("index"))
+            self.first_delta_end = end
         delta = p.get("delta")
-        if block is None or not isinstance(delta, dict):
-            if not isinstance(delta, dict):
-                self.errors.append("content_block_delta without delta")
+        if not isinstance(delta, dict):
+            self._msg()
+            self._err("content_block_delta without delta")
             return
+        block = self._block(p.get("index"))
+        if block is None:
+            return
+        index = p["index"]
         dt = delta.get("type")
         if dt in _DELTA_FIELDS:
             src, dst = _DELTA_FIELDS[dt]
             piece = delta.get(src)
             if isinstance(piece, str):
-                block[dst] = (block.get(dst) or "") + piece
+                acc = self._text.get((index, dst))
+                if acc is None:
+                    acc = self._text[(index, dst)] = _Acc("", self._cap, self._sink(index, dst))
+                acc.add(piece)
         elif dt == "input_json_delta":
             piece = delta.get("partial_json")
             if isinstance(piece, str):
-                self._json.setdefault(p["index"], []).append(piece)
+                acc = self._json.get(index)
+                if acc is None:
+                    acc = self._json[index] = _Acc("", self._cap, None)
+                acc.add(piece)
         elif dt == "citations_delta":
-            block.setdefault("citations", []).append(delta.get("citation"))
+            cites = block.setdefault("citations", [])
+            if isinstance(cites, list):
+                cites.append(delta.get("citation"))
         else:
-            self.errors.append(f"unknown delta type {dt!r}")
+            self._err(f"unknown delta type {dt!r}")
 
-    def _on_content_block_stop(self, p: dict, ev: SSEEvent) -> None:
+    def _on_content_block_stop(self, p: dict, end: int) -> None:
         index = p.get("index")
         self._open.discard(index)
-        self._finish_json(index)
+        if isinstance(index, int):
+            self._finish_json(index)
 
-    def _finish_json(self, index: Any) -> None:
-        pieces = self._json.pop(index, None)
-        if pieces is None:
+    def _finish_json(self, index: int) -> None:
+        acc = self._json.pop(index, None)
+        block = self._blocks.get(index)
+        if acc is None or block is None:
             return
-        content = self._msg().get("content") or []
-        if not isinstance(index, int) or index >= len(content) or content[index] is None:
+        raw = acc.value()
+        if acc.truncated:
+            block["input"] = raw
+            self.truncated.append({"index": index, "field": "input", "kept": acc.kept, "chars": acc.total})
+            self._err(f"block {index}: tool input of {acc.total} characters cut to {acc.kept} (kept as text)")
             return
-        raw = "".join(pieces)
         if not raw:
-            if not isinstance(content[index].get("input"), dict):
-                content[index]["input"] = {}
+            if not isinstance(block.get("input"), dict):
+                block["input"] = {}
             return
         try:
-            content[index]["input"] = json.loads(raw)
-        except ValueError:
-            content[index]["input"] = raw
-            self.errors.append(f"block {index}: tool input is not valid JSON (kept as text)")
+            block["input"] = _loads(raw)
+        except (ValueError, RecursionError):
+            block["input"] = raw
+            self._err(f"block {index}: tool input is not valid JSON (kept as text)")
 
-    def _on_message_delta(self, p: dict, ev: SSEEvent) -> None:
+    def _on_message_delta(self, p: dict, end: int) -> None:
         m = self._msg()
         delta = p.get("delta")
         if isinstance(delta, dict):
             for k, v in delta.items():
-                m[k] = v
+                if k != "content":
+                    m[k] = v
         usage = p.get("usage")
         if isinstance(usage, dict):
             u = m.get("usage")
@@ -325,25 +447,51 @@ class MessageBuilder:
                 if v is not None:
                     u[k] = v
 
-    def _on_message_stop(self, p: dict, ev: SSEEvent) -> None:
+    def _on_message_stop(self, p: dict, end: int) -> None:
         self._msg()
         self.stopped = True
 
-    def _on_error(self, p: dict, ev: SSEEvent) -> None:
+    def _on_error(self, p: dict, end: int) -> None:
         self.error = p.get("error", p)
 
+    _HANDLERS = {
+        "message_start": _on_message_start, "content_block_start": _on_content_block_start,
+        "content_block_delta": _on_content_block_delta, "content_block_stop": _on_content_block_stop,
+        "message_delta": _on_message_delta, "message_stop": _on_message_stop, "error": _on_error,
+    }
+
     def finish(self) -> dict[str, Any] | None:
-        """Close what is still open (truncated streams) and return the message."""
+        """Close what is still open (truncated streams) and return the message. Call once."""
         for index in list(self._json):
             self._finish_json(index)
+        for (index, dst), acc in self._text.items():
+            block = self._blocks.get(index)
+            if block is None:
+                continue
+            block[dst] = acc.value()
+            if acc.truncated:
+                self.truncated.append({"index": index, "field": dst, "kept": acc.kept, "chars": acc.total})
+        self._text = {}
         if self.message is not None:
-            self.message["content"] = [b for b in self.message.get("content", []) if b is not None]
+            self.message["content"] = [self._blocks[i] for i in sorted(self._blocks)]
             if self._open:
-                self.errors.append(f"stream ended with {len(self._open)} open content block(s)")
+                self._err(f"stream ended with {len(self._open)} open content block(s)")
                 self._open.clear()
             if not self.stopped:
-                self.errors.append("no message_stop")
+                self._err("no message_stop")
+        for msg, n in self._odd.items():
+            if n > 1:
+                k = self.errors.index(msg)
+                self.errors[k] = f"{msg} (x{n})"
+        self._odd = {}
         return self.message
+
+
+def _loads(data: str | bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)    # what orjson refuses (lone surrogates, huge integers), the stdlib reads
 
 
 @dataclass
@@ -358,17 +506,22 @@ class Reconstruction:
     first_delta_end: int | None = None
     last_event_end: int | None = None
     body_bytes: int = 0
+    truncated: list[dict[str, Any]] = field(default_factory=list)   # fields cut by max_field_chars
 
 
-def reconstruct(body: bytes | str | Iterable[bytes]) -> Reconstruction:
-    """Parse a whole SSE body (or an iterable of byte chunks) into the Messages API response."""
+def reconstruct(body: bytes | str | Iterable[bytes | str], *, max_field_chars: int | None = None,
+                on_text=None) -> Reconstruction:
+    """Parse a whole SSE body (or an iterable of byte chunks) into the Messages API response.
+
+    Linear in the body's size; with ``max_field_chars`` its memory is bounded too (see MessageBuilder).
+    """
     p = SSEParser()
-    b = MessageBuilder()
+    b = MessageBuilder(max_field_chars=max_field_chars, on_text=on_text)
     size = 0
     chunks = [body] if isinstance(body, (bytes, bytearray, str)) else body
     for chunk in chunks:
         if isinstance(chunk, str):
-            chunk = chunk.encode("utf-8")
+            chunk = chunk.encode("utf-8", "surrogatepass")
         size += len(chunk)
         for ev in p.feed(chunk):
             b.apply(ev)
@@ -377,4 +530,4 @@ def reconstruct(body: bytes | str | Iterable[bytes]) -> Reconstruction:
     p.close()
     msg = b.finish()
     return Reconstruction(msg, b.errors, b.error, b.events, b.event_counts, b.stopped,
-                          b.first_event_end, b.first_delta_end, b.last_event_end, size)
+                          b.first_event_end, b.first_delta_end, b.last_event_end, size, b.truncated)
