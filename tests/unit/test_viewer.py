@@ -193,7 +193,8 @@ def test_write_html_embeds_safely(tmp_path, cc_log):
     n_msgs = len(re.findall(r'<script type="application/json" id="m\d+">', page))
     total_refs = sum(len(r["request"]["body"].get("messages", [])) for r in cc_log.records
                      if isinstance(r["request"].get("body"), dict))
-    assert n_msgs == summ["messages"] < total_refs
+    end = json.loads(re.search(r'id="tracer-end">(.*?)</script>', page, re.S).group(1))
+    assert n_msgs == end["messages"] < total_refs
     blob = json.loads(re.search(r'id="c1">(.*?)</script>', page, re.S).group(1))
     assert blob["msgref"] and all(isinstance(i, int) for i in blob["request"]["body"]["messages"])
     assert blob["rebuilt"]["content"][-1]["name"] == "TodoWrite"

@@ -151,7 +151,10 @@ def _finish(session: Session, opts: Options) -> dict:
     if opts.html and summary["records_written"]:
         from tracer.sinks.html import write_html     # the viewer's code is loaded only when used
         try:
-            html_path = write_html(session.log_path)
+            skipped: list[str] = []
+            html_path = write_html(session.log_path, warnings=skipped)
+            from tracer.commands.viewer import report_skipped
+            report_skipped(session.log_path, skipped)
         except Exception as e:  # the log is what matters; say why the viewer is missing
             click.echo(f"tracer: building the HTML viewer failed: {e}", err=True)
     summary["html"] = str(html_path) if html_path else None

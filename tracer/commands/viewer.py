@@ -12,10 +12,24 @@ import click
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write (default: the log's name with .html).")
 def html_cmd(log: Path, out: Path | None) -> None:
-    """Build the self-contained HTML viewer for LOG (ours or claude-trace's) and print its path."""
+    """Build the self-contained HTML viewer for LOG (ours or claude-trace's) and print its path.
+
+    Lines that cannot be read (not JSON, nested too deeply, torn) are skipped, counted on stderr and
+    listed in the page. Bodies of very long lines are cut in the page, with a marker naming the line."""
     from tracer.sinks.html import write_html
 
-    click.echo(str(write_html(log, out)))
+    warnings: list[str] = []
+    path = write_html(log, out, warnings=warnings)
+    report_skipped(log, warnings)
+    click.echo(str(path))
+
+
+def report_skipped(log: Path, warnings: list[str]) -> None:
+    """Say on stderr how many lines of ``log`` the viewer left out, and why (the first few)."""
+    if not warnings:
+        return
+    shown = "; ".join(warnings[:5]) + (f"; … {len(warnings) - 5} more" if len(warnings) > 5 else "")
+    click.echo(f"tracer: viewer for {log}: skipped {len(warnings)} line(s): {shown}", err=True)
 
 
 @click.command("index")

@@ -1,5 +1,21 @@
 """From log records to what the viewer shows: per-call figures, conversations (threads) and sessions.
 
+API (also used by other sinks, e.g. OpenTelemetry export)::
+
+    an = analyze(records)                          # a list of records in memory
+    an, lines = analyze_log(path, warnings)        # a log file, streamed: bounded memory, linear time
+    an.calls[i]          # CallInfo: model, tokens (input/output/cache read/cache creation), ttfb/ttft/
+                         #   duration ms, stop reason, error, .response (the Messages response rebuilt
+                         #   from SSE or the JSON body; None with keep_responses=False), .thread, .session
+    an.threads[t]        # Thread: calls (indexes), final call, kind main|subagent|aux, parent
+                         #   (thread, tool_use id), children, continues/continued_by, title, sid
+    an.sessions[s]       # Session: root thread, threads, calls; .totals(an.calls)
+    lines[i]             # analyze_log only: LogLine of call i (line number, offset, length)
+
+Or record by record: ``a = Analyzer(); a.add(rec) ...; an = a.finish()``. Every pass is linear in the
+size of the log: a record is looked at once, then only small facts about it are kept (fingerprints,
+tool names, Task prompts), and grouping uses dictionaries, never all-pairs comparisons.
+
 Definitions
 - A *call* is one record (request/response pair). Calls whose request body has a ``messages`` list are
   Messages API calls; the rest (telemetry, token counting, ...) appear in the raw view only.
@@ -30,17 +46,21 @@ from __future__ import annotations
 import base64
 import bisect
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from tracer.protocols.sse import reconstruct
-from tracer.viewer.logs import dumps
+from tracer.viewer.logs import BigString, LogLine, dumps, iter_lines
 
 CONTINUATION_MARK = "This session is being continued from a previous conversation"
 SUBAGENT_TOOLS = ("Task", "Agent")
 WARMUP_TEXTS = ("Warmup",)
 BILLING_PREFIX = "x-anthropic-billing-header:"
+FIRST_TEXT_CHARS = 16 << 10   # of a thread's first message kept for matching subagents and continuations
 SESSION_HEADER = "x-claude-code-session-id"  # Claude Code names its session in every request  # Claude Code pre-warms its subagents' prompt caches with these
 
 
@@ -62,9 +82,38 @@ def is_sse(response: dict) -> bool:
             if str(k).lower() == "content-type":
                 ctype = str(v).lower()
     raw = response.get("body_raw")
+    if isinstance(raw, BigString):
+        raw = raw.head(16)[0]
     if "text/event-stream" in ctype:
         return isinstance(raw, str)
     return isinstance(raw, str) and (raw.startswith("event:") or raw.startswith("data:"))
+
+
+def _body_chunks(raw: str | BigString, base64_encoded: bool):
+    """The logged response body as bytes chunks (decoded from base64 when logged so)."""
+    if isinstance(raw, BigString):
+        pieces = raw.pieces()
+    else:
+        pieces = iter((raw,))
+    if not base64_encoded:
+        for p in pieces:
+            yield p.encode("utf-8", "surrogatepass")
+        return
+    carry = ""
+    for p in pieces:
+        p = carry + "".join(p.split())
+        cut = len(p) - len(p) % 4
+        carry = p[cut:]
+        if cut:
+            try:
+                yield base64.b64decode(p[:cut], validate=True)
+            except ValueError:
+                return
+    if carry:
+        try:
+            yield base64.b64decode(carry + "=" * (-len(carry) % 4))
+        except ValueError:
+            return
 
 
 def chunk_time_ms(chunks: list, offset: int) -> float | None:
@@ -105,6 +154,7 @@ class CallInfo:
     complete: bool = True
     response: dict | None = None  # the Messages response (rebuilt from SSE, or the JSON body)
     rebuild_errors: list[str] = field(default_factory=list)
+    truncated: list[dict] = field(default_factory=list)   # response fields cut by max_field_chars
     n_messages: int = 0
     thread: int | None = None
     session: int | None = None
@@ -121,7 +171,8 @@ class CallInfo:
         }
 
 
-def analyze_call(index: int, rec: dict) -> CallInfo:
+def analyze_call(index: int, rec: dict, max_field_chars: int | None = None) -> CallInfo:
+    """One record's figures; the response is rebuilt with every text cut to ``max_field_chars``."""
     req = rec.get("request") or {}
     res = rec.get("response") if isinstance(rec.get("response"), dict) else None
     tr = rec.get("tracer") if isinstance(rec.get("tracer"), dict) else {}
@@ -160,15 +211,12 @@ def analyze_call(index: int, rec: dict) -> CallInfo:
     if tr.get("content_encoding"):
         chunks = []  # offsets are then in the compressed body: no byte -> time mapping for the text
     if is_sse(res):
-        raw: str | bytes = res["body_raw"]
-        if tr.get("response_body_encoding") == "base64":  # body not valid UTF-8: logged as base64
-            try:
-                raw = base64.b64decode(raw)
-            except ValueError:
-                pass
-        r = reconstruct(raw)
+        # body not valid UTF-8: logged as base64
+        chunks_in = _body_chunks(res["body_raw"], tr.get("response_body_encoding") == "base64")
+        r = reconstruct(chunks_in, max_field_chars=max_field_chars)
         c.response = r.message
         c.rebuild_errors = r.errors
+        c.truncated = r.truncated
         if r.error is not None:
             err = r.error.get("message") if isinstance(r.error, dict) else None
             c.error = str(err or r.error)
@@ -205,24 +253,69 @@ def analyze_call(index: int, rec: dict) -> CallInfo:
 # --------------------------------------------------------------------------------------- threads
 
 def _strip_cache_control(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _strip_cache_control(x) for k, x in v.items() if k != "cache_control"}
-    if isinstance(v, list):
-        return [_strip_cache_control(x) for x in v]
-    return v
+    """A copy without cache_control keys at any depth (iterative: a deeply nested log cannot recurse)."""
+    if not isinstance(v, (dict, list)):
+        return v
+    root: list = [None]
+    stack = [(v, root, 0)]
+    while stack:
+        src, dst, key = stack.pop()
+        if isinstance(src, dict):
+            out: Any = {}
+            dst[key] = out
+            for k, x in src.items():
+                if k == "cache_control":
+                    continue
+                if isinstance(x, (dict, list)):
+                    out[k] = None
+                    stack.append((x, out, k))
+                else:
+                    out[k] = x
+        else:
+            out = [None] * len(src)
+            dst[key] = out
+            for i, x in enumerate(src):
+                if isinstance(x, (dict, list)):
+                    stack.append((x, out, i))
+                else:
+                    out[i] = x
+    return root[0]
 
 
 def _normalize(v: Any) -> Any:
     """Drop what clients change between turns of one conversation: cache_control markers, and string
     content vs. a single text block."""
     v = _strip_cache_control(v)
-    if isinstance(v, dict) and isinstance(v.get("content"), str):
+    if isinstance(v, dict) and isinstance(v.get("content"), (str, BigString)):
         v = dict(v, content=[{"type": "text", "text": v["content"]}])
     return v
 
 
+def _big_digest(o: Any) -> Any:
+    if isinstance(o, BigString):
+        h = hashlib.blake2b(digest_size=16)
+        for piece in o.pieces():
+            h.update(piece.encode("utf-8", "surrogatepass"))
+        return {"$big": h.hexdigest()}
+    raise TypeError(type(o).__name__)
+
+
 def fingerprint(v: Any) -> str:
-    return hashlib.blake2b(dumps(_normalize(v)), digest_size=12).hexdigest()
+    v = _normalize(v)
+    try:
+        raw = orjson.dumps(v, default=_big_digest)
+    except TypeError:
+        raw = json.dumps(v, ensure_ascii=True, separators=(",", ":"), default=_big_digest).encode()
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+def text_of(v: Any, limit: int = 1 << 16) -> str | None:
+    """A string field's value (a big one's first ``limit`` characters), else None."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, BigString):
+        return v.head(limit)[0]
+    return None
 
 
 def system_fingerprint(system: Any) -> str:
@@ -249,13 +342,13 @@ def message_text(msg: Any) -> str:
     if not isinstance(msg, dict):
         return ""
     c = msg.get("content")
-    if isinstance(c, str):
-        return c
+    if isinstance(c, (str, BigString)):
+        return text_of(c) or ""
     out = []
     if isinstance(c, list):
         for b in c:
-            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str):
-                out.append(b["text"])
+            if isinstance(b, dict) and b.get("type") == "text" and text_of(b.get("text")) is not None:
+                out.append(text_of(b["text"]))
     return "\n".join(out)
 
 
@@ -264,11 +357,11 @@ def user_text(msg: Any) -> str:
     if not isinstance(msg, dict):
         return ""
     c = msg.get("content")
-    if isinstance(c, str):
-        texts = [c]
+    if isinstance(c, (str, BigString)):
+        texts = [text_of(c)]
     elif isinstance(c, list):
-        texts = [b["text"] for b in c if isinstance(b, dict) and b.get("type") == "text"
-                 and isinstance(b.get("text"), str)]
+        texts = [text_of(b["text"]) for b in c if isinstance(b, dict) and b.get("type") == "text"
+                 and text_of(b.get("text")) is not None]
     else:
         texts = []
     pick = ""
@@ -281,7 +374,7 @@ def user_text(msg: Any) -> str:
 
 
 def _prompt_preview(msg: Any, limit: int = 160) -> str:
-    pick = " ".join(user_text(msg).split())
+    pick = " ".join(user_text(msg)[:limit * 8].split())
     return pick[:limit] + ("…" if len(pick) > limit else "")
 
 
@@ -300,7 +393,7 @@ class Thread:
     children: list[tuple[str, int]] = field(default_factory=list)   # (tool_use id, thread id)
     title: str = ""
     session: int | None = None
-    first_text: str = ""            # all text blocks of the first message
+    first_text: str = ""            # all text blocks of the first message (first FIRST_TEXT_CHARS)
     prompt: str = ""                # its last non-reminder text block (what the user typed)
 
     def summary(self, calls: list[CallInfo]) -> dict:
@@ -368,78 +461,153 @@ def _subagent_calls(msgs: list) -> list[tuple[str, str]]:
     return out
 
 
-def analyze(records: list[dict]) -> Analysis:
-    calls = [analyze_call(i, r) for i, r in enumerate(records)]
-    bodies = [(r.get("request") or {}).get("body") for r in records]
 
-    # Threads: same system prompt and first message.
+@dataclass
+class _Facts:
+    """What grouping needs of one Messages call, kept instead of the record."""
+    sid: str
+    key: tuple[str, str, str]
+    tools: tuple[str, ...]
+    first: str                                   # first message's fingerprint
+    tasks: tuple[tuple[str, str], ...]           # Task/Agent (tool_use id, prompt) in request + response
+
+
+class Analyzer:
+    """Calls added one record at a time (nothing of a record is kept but small facts), then grouped.
+
+    ``keep_responses``: keep each call's rebuilt response on ``CallInfo.response`` (False for big logs:
+    the page build rebuilds a call's response again when it writes it). ``max_field_chars``: cut every
+    rebuilt text to that many characters (see ``MessageBuilder``).
+    """
+
+    def __init__(self, *, keep_responses: bool = True, max_field_chars: int | None = None) -> None:
+        self.calls: list[CallInfo] = []
+        self.keep_responses = keep_responses
+        self.max_field_chars = max_field_chars
+        self._facts: dict[int, _Facts] = {}
+        self._intern: dict[Any, Any] = {}
+        self._texts: dict[str, tuple[str, str, str]] = {}   # first fingerprint -> (text, prompt, title)
+
+    def _i(self, v: Any) -> Any:
+        return self._intern.setdefault(v, v)
+
+    def add(self, rec: dict) -> CallInfo:
+        c = analyze_call(len(self.calls), rec, self.max_field_chars)
+        self.calls.append(c)
+        if c.kind == "messages":
+            req = rec.get("request") or {}
+            body = req["body"]
+            msgs = body["messages"]
+            sid = header(req.get("headers"), SESSION_HEADER)
+            first = fingerprint(msgs[0]) if msgs else ""
+            key = (sid, system_fingerprint(body.get("system")), first)
+            if first not in self._texts:
+                # bounded: what subagent and continuation matching need (a 100 KB prompt per thread
+                # in a 1,000-thread log would otherwise stay in memory)
+                self._texts[first] = ((message_text(msgs[0])[:FIRST_TEXT_CHARS], user_text(msgs[0])[:1024],
+                                       _prompt_preview(msgs[0])) if msgs else ("", "", ""))
+            tmsgs = list(msgs)
+            if isinstance(c.response, dict):
+                tmsgs.append({"role": "assistant", "content": c.response.get("content")})
+            tasks = tuple(self._i((self._i(t), self._i(p))) for t, p in _subagent_calls(tmsgs))
+            self._facts[c.index] = _Facts(self._i(sid), self._i(key), self._i(_tool_names(body)), first,
+                                          self._i(tasks))
+        if not self.keep_responses:
+            c.response = None
+        return c
+
+    def finish(self) -> Analysis:
+        return _group(self.calls, self._facts, self._texts)
+
+
+def analyze(records, *, keep_responses: bool = True, max_field_chars: int | None = None) -> Analysis:
+    """Calls, threads and sessions of records (any iterable of record dicts)."""
+    a = Analyzer(keep_responses=keep_responses, max_field_chars=max_field_chars)
+    for r in records:
+        a.add(r)
+    return a.finish()
+
+
+def analyze_log(path, warnings: list[str] | None = None, *, keep_responses: bool = False,
+                max_field_chars: int | None = None) -> tuple[Analysis, list[LogLine]]:
+    """Analyse a log file line by line (bounded memory). Lines that cannot be read or analysed are
+    skipped and described in ``warnings``; ``lines[i]`` says where call ``i`` is in the file."""
+    a = Analyzer(keep_responses=keep_responses, max_field_chars=max_field_chars)
+    lines: list[LogLine] = []
+    for ln in iter_lines(path, warnings):
+        n = len(a.calls)
+        try:
+            a.add(ln.record)
+        except (RecursionError, ValueError, TypeError, KeyError, AttributeError, OSError) as e:
+            del a.calls[n:]
+            a._facts.pop(n, None)
+            if warnings is not None:
+                warnings.append(f"line {ln.lineno}: cannot be analysed ({type(e).__name__}: {str(e)[:80]})")
+            continue
+        lines.append(LogLine(ln.lineno, ln.offset, ln.length, {}))   # the record itself is not kept
+    return a.finish(), lines
+
+
+def _group(calls: list[CallInfo], facts: dict[int, _Facts], texts: dict[str, tuple[str, str, str]]) -> Analysis:
+    # Threads: same Claude Code session id, system prompt and first message, in time order.
     threads: list[Thread] = []
     by_key: dict[tuple[str, str, str], Thread] = {}
     by_sid_first: dict[tuple[str, str], Thread] = {}
     order = sorted((c for c in calls if c.kind == "messages"),
                    key=lambda c: (c.t if c.t is not None else float("inf"), c.index))
+    final_tasks: dict[int, tuple] = {}
     for c in order:
-        body = bodies[c.index]
-        msgs = body["messages"]
-        sid = header((records[c.index].get("request") or {}).get("headers"), SESSION_HEADER)
-        first = fingerprint(msgs[0]) if msgs else ""
-        key = (sid, system_fingerprint(body.get("system")), first)
-        th = by_key.get(key)
-        if th is None and sid:
+        f = facts[c.index]
+        th = by_key.get(f.key)
+        if th is None and f.sid:
             # Same Claude Code session and first message: the system prompt changed mid-conversation.
-            th = by_sid_first.get((sid, first))
+            th = by_sid_first.get((f.sid, f.first))
             if th is not None:
-                by_key[key] = th
+                by_key[f.key] = th
         if th is None:
-            th = Thread(id=len(threads), key=key, tools=_tool_names(body), sid=sid)
-            th.first_text = message_text(msgs[0]) if msgs else ""
-            th.prompt = user_text(msgs[0]) if msgs else ""
-            th.title = _prompt_preview(msgs[0]) if msgs else ""
+            th = Thread(id=len(threads), key=f.key, tools=f.tools, sid=f.sid)
+            th.first_text, th.prompt, th.title = texts.get(f.first, ("", "", ""))
             threads.append(th)
-            by_key[key] = th
-            if sid:
-                by_sid_first.setdefault((sid, first), th)
+            by_key[f.key] = th
+            if f.sid:
+                by_sid_first.setdefault((f.sid, f.first), th)
         th.calls.append(c.index)
         c.thread = th.id
         if th.final < 0 or c.n_messages >= calls[th.final].n_messages:
             th.final = c.index
-            th.tools = _tool_names(body) or th.tools
+            th.tools = f.tools or th.tools
+    starts: list[float] = []
+    ends: list[float] = []
+    for th in threads:
+        t = calls[th.calls[0]].t
+        starts.append(t if t is not None else float(th.calls[0]))
+        e = [x for x in ((calls[i].t_end or calls[i].t) for i in th.calls) if x is not None]
+        ends.append(max(e) if e else float(th.calls[-1]))
 
     def t_start(th: Thread) -> float:
-        t = calls[th.calls[0]].t
-        return t if t is not None else float(th.calls[0])
+        return starts[th.id]
 
     def t_end(th: Thread) -> float:
-        ends = [calls[i].t_end or calls[i].t for i in th.calls]
-        ends = [e for e in ends if e is not None]
-        return max(ends) if ends else float(th.calls[-1])
+        return ends[th.id]
 
     # Subagents: a thread whose first user message carries a Task/Agent prompt from another thread.
-    claimed: set[tuple[int, str]] = set()
+    # Exact matches through a dictionary; a substring scan only for a prompt no first message equals.
+    by_text: dict[str, list[Thread]] = {}
     for th in threads:
-        fin = bodies[th.final]
-        msgs = list(fin["messages"])
-        resp = calls[th.final].response
-        if isinstance(resp, dict):
-            msgs.append({"role": "assistant", "content": resp.get("content")})
-        for tool_id, prompt in _subagent_calls(msgs):
+        by_text.setdefault(th.first_text.strip(), []).append(th)
+    for th in threads:
+        for tool_id, prompt in facts[th.final].tasks:
             if not prompt:
                 continue
-            best = None
-            for other in threads:
-                if other is th or other.parent is not None or (th.id, tool_id) in claimed:
-                    continue
-                text = other.first_text.strip()
-                if text == prompt or (prompt in text):
-                    exact = text == prompt
-                    if best is None or (exact and not best[1]):
-                        best = (other, exact)
-            if best is not None and best[0].calls and t_start(best[0]) >= t_start(th) - 1e-6:
-                sub = best[0]
-                sub.parent = (th.id, tool_id)
-                sub.kind = "subagent"
-                th.children.append((tool_id, sub.id))
-                claimed.add((th.id, tool_id))
+            best = next((o for o in by_text.get(prompt[:FIRST_TEXT_CHARS], ()) if o is not th and o.parent is None), None)
+            if best is None:
+                probe = prompt if len(prompt) < FIRST_TEXT_CHARS // 2 else prompt[:FIRST_TEXT_CHARS // 4]
+                best = next((o for o in threads if o is not th and o.parent is None
+                             and len(o.first_text) > len(probe) and probe in o.first_text), None)
+            if best is not None and best.calls and t_start(best) >= t_start(th) - 1e-6:
+                best.parent = (th.id, tool_id)
+                best.kind = "subagent"
+                th.children.append((tool_id, best.id))
 
     # Auxiliary side calls.
     for th in threads:
@@ -474,17 +642,31 @@ def analyze(records: list[dict]) -> Analysis:
         s = Session(id=len(sessions), root=th.id)
         sessions.append(s)
         chain = th
-        while chain is not None:
+        seen: set[int] = set()
+        while chain is not None and chain.id not in seen:
+            seen.add(chain.id)
             _attach(s, chain, threads)
             chain = threads[chain.continued_by] if chain.continued_by is not None else None
 
-    # Threads whose parent is not in any session yet (a subagent of a subagent attached above is
-    # handled by _attach's recursion), and auxiliary ones: the session covering their start.
-    def an_sid(sess: Session) -> str:
-        return threads[sess.root].sid
+    # Threads not in a session yet (auxiliary ones, subagents whose parent was not found): the session
+    # of the same Claude Code session id nearest in time, else the one whose span covers their start,
+    # else the nearest.
+    spans = []
+    for s in sessions:
+        if s.calls:
+            spans.append((min(calls[i].t or 0 for i in s.calls),
+                          max(calls[i].t_end or calls[i].t or 0 for i in s.calls), s))
+    spans.sort(key=lambda sp: sp[0])
+    span_starts = [sp[0] for sp in spans]
+    by_sid: dict[str, list] = {}
+    for sp in spans:
+        sid = threads[sp[2].root].sid
+        if sid:
+            by_sid.setdefault(sid, []).append(sp)
 
-    spans = [(min(calls[i].t or 0 for i in s.calls), max(calls[i].t_end or calls[i].t or 0 for i in s.calls), s)
-             for s in sessions if s.calls]
+    def dist(sp, ts):
+        return min(abs(ts - sp[0]), abs(ts - sp[1]))
+
     for th in sorted(threads, key=t_start):
         if th.session is not None:
             continue
@@ -493,18 +675,23 @@ def analyze(records: list[dict]) -> Analysis:
             sessions.append(s)
             _attach(s, th, threads)
             spans.append((t_start(th), t_end(th), s))
+            span_starts.append(t_start(th))
             continue
         ts = t_start(th)
-        same_sid = [sp for sp in spans if th.sid and an_sid(sp[2]) == th.sid]
+        same_sid = by_sid.get(th.sid) if th.sid else None
         if same_sid:
-            _attach(min(same_sid, key=lambda sp: min(abs(ts - sp[0]), abs(ts - sp[1])))[2], th, threads)
+            _attach(min(same_sid, key=lambda sp: dist(sp, ts))[2], th, threads)
             continue
-        inside = [sp for sp in spans if sp[0] <= ts <= sp[1]]
-        if inside:
-            s = max(inside, key=lambda sp: sp[0])[2]
-        else:
-            s = min(spans, key=lambda sp: min(abs(ts - sp[0]), abs(ts - sp[1])))[2]
-        _attach(s, th, threads)
+        k = bisect.bisect_right(span_starts, ts) - 1
+        target = None
+        while k >= 0:                       # latest-starting span that still covers ts
+            if spans[k][1] >= ts:
+                target = spans[k][2]
+                break
+            k -= 1
+        if target is None:
+            target = min(spans, key=lambda sp: dist(sp, ts))[2]
+        _attach(target, th, threads)
     for s in sessions:
         s.calls.sort(key=lambda i: (calls[i].t if calls[i].t is not None else float("inf"), i))
         for i in s.calls:
@@ -513,10 +700,12 @@ def analyze(records: list[dict]) -> Analysis:
 
 
 def _attach(s: Session, th: Thread, threads: list[Thread]) -> None:
-    if th.session is not None:
-        return
-    th.session = s.id
-    s.threads.append(th.id)
-    s.calls.extend(th.calls)
-    for _tool_id, child in th.children:
-        _attach(s, threads[child], threads)
+    stack = [th]
+    while stack:
+        t = stack.pop()
+        if t.session is not None:
+            continue
+        t.session = s.id
+        s.threads.append(t.id)
+        s.calls.extend(t.calls)
+        stack.extend(threads[child] for _tool_id, child in reversed(t.children))

@@ -342,22 +342,30 @@ def iter_lines(path: str | Path, warnings: list[str] | None = None) -> Iterator[
                 if isinstance(rec, dict):
                     yield LogLine(i + 1, 0, 0, rec)
             return
-        for lineno, off, length in line_spans(f):
-            try:
-                rec = read_line(f, spath, lineno, off, length)
-            except (ValueError, RecursionError, MemoryError) as e:
-                if warnings is not None:
-                    why = "nested too deeply" if isinstance(e, RecursionError) or "recursion" in str(e).lower() \
-                        else f"not JSON ({str(e)[:80]})"
-                    warnings.append(f"line {lineno}: {why}")
-                continue
-            if rec is None:
-                continue
-            if not isinstance(rec, dict) or not isinstance(rec.get("request"), dict):
-                if warnings is not None:
-                    warnings.append(f"line {lineno}: not a request/response record")
-                continue
-            yield LogLine(lineno, off, length, rec)
+        spans = path.open("rb")    # its own handle: reading a line moves f's position
+        try:
+            yield from _records(f, spans, spath, warnings)
+        finally:
+            spans.close()
+
+
+def _records(f, spans, spath: str, warnings: list[str] | None) -> Iterator[LogLine]:
+    for lineno, off, length in line_spans(spans):
+        try:
+            rec = read_line(f, spath, lineno, off, length)
+        except (ValueError, RecursionError, MemoryError) as e:
+            if warnings is not None:
+                why = "nested too deeply" if isinstance(e, RecursionError) or "recursion" in str(e).lower() \
+                    else f"not JSON ({str(e)[:80]})"
+                warnings.append(f"line {lineno}: {why}")
+            continue
+        if rec is None:
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("request"), dict):
+            if warnings is not None:
+                warnings.append(f"line {lineno}: not a request/response record")
+            continue
+        yield LogLine(lineno, off, length, rec)
 
 
 def load_line(path: str | Path, ln: LogLine) -> dict:
