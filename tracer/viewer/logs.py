@@ -276,7 +276,12 @@ def _lean_load(f, path: str, lineno: int, offset: int, length: int) -> Any:
     if in_str:
         raise ValueError("line ends inside a string (torn line)")
     obj = loads(bytes(reduced))
+    global last_reduced_bytes
+    last_reduced_bytes = len(reduced)
     return _restore(obj, bigs) if bigs else obj
+
+
+last_reduced_bytes = 0       # size of the last long line once its big strings were left out
 
 
 def _restore(obj: Any, bigs: list[BigString]) -> Any:

@@ -55,6 +55,7 @@ def asset(name: str) -> str:
 HEAD_CHARS = 64 << 10          # characters of a big logged string embedded in the page
 REBUILT_CHARS = 256 << 10      # characters of each rebuilt answer field embedded in the page
 KEEP_REBUILT = 64 << 10        # a rebuilt response up to this size is kept from pass 1 for pass 2
+CACHE_BUDGET = 8 << 20         # bigger ones (and long lines' reduced records) while this lasts
 
 
 def _mb(n: int) -> str:
@@ -307,6 +308,7 @@ def build_page_from_log(path: str | Path, out: BinaryIO, *, source: str = "",
     a = Analyzer(keep_responses=True, max_field_chars=REBUILT_CHARS)
     lines: list[LogLine] = []
     rebuilt: dict[int, tuple] = {}
+    budget = CACHE_BUDGET
     for ln in iter_lines(path, warnings):
         n = len(a.calls)
         try:
@@ -319,18 +321,25 @@ def build_page_from_log(path: str | Path, out: BinaryIO, *, source: str = "",
         raw = (ln.record.get("response") or {}).get("body_raw") if isinstance(ln.record.get("response"), dict) else None
         if c.response is not None and isinstance(raw, (str, BigString)):
             try:
-                small = len(dumps(c.response)) <= KEEP_REBUILT
+                size = len(dumps(c.response))
             except (TypeError, RecursionError):
-                small = False
-            if small:
+                size = -1
+            if 0 <= size <= KEEP_REBUILT or (size > 0 and size <= budget):
                 rebuilt[n] = (c.response, c.truncated)
+                budget -= size
         c.response = None
-        lines.append(LogLine(ln.lineno, ln.offset, ln.length, {}))
+        keep: dict = {}
+        if ln.length > _logs.INLINE_LINE and _logs.last_reduced_bytes <= budget:
+            keep = ln.record       # a long line, small once its big strings stay in the file: no rescan
+            budget -= _logs.last_reduced_bytes
+        lines.append(LogLine(ln.lineno, ln.offset, ln.length, keep))
     an = a.finish()
     f = open(path, "rb")
     try:
         def record(i: int) -> dict:
             ln = lines[i]
+            if ln.record:
+                return ln.record
             return read_line(f, str(path), ln.lineno, ln.offset, ln.length)
         end = _write(out, an, record, source=source or str(path), warnings=warnings, lines=lines, rebuilt=rebuilt)
     finally:
