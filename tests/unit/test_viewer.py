@@ -306,3 +306,53 @@ def test_session_header_separates_identical_prompts_and_tolerates_system_changes
     # the billing line's checksum differs on every request and is ignored
     systems = {json.dumps(r["request"]["body"]["system"][0]) for r in recs[:2]}
     assert len(systems) == 2 and all("cch=" in s for s in systems)
+
+
+def test_html_skips_unreadable_lines_and_says_so(tmp_path, cc_log):
+    """Nesting past what the parsers take, junk and a torn last line: skipped, counted on stderr and in
+    the page; everything else is shown (issue 11, item 3)."""
+    from click.testing import CliRunner
+
+    from tracer.cli import main as cli
+
+    good = [json.dumps(r) for r in cc_log.records[:3]]
+    nested300 = {"request": {"method": "POST", "url": "https://api.anthropic.com/v1/messages",
+                             "body": {"model": SONNET, "messages": [{"role": "user", "content": "deep"}],
+                                      "metadata": json.loads("[" * 300 + "]" * 300)}}, "response": None}
+    lines = [good[0], "[" * 5000 + "]" * 5000, good[1], json.dumps(nested300), "{not json", good[2],
+             '{"request": {"url": "torn']
+    log = tmp_path / "bad.jsonl"
+    log.write_text("\n".join(lines))
+    res = CliRunner().invoke(cli, ["html", str(log)])
+    assert res.exit_code == 0, res.output
+    assert "skipped 3 line(s)" in res.stderr and "line 2:" in res.stderr and "line 7:" in res.stderr
+    page = default_html_path(log).read_text()
+    summ = json.loads(re.search(r'id="tracer-summary">(.*?)</script>', page, re.S).group(1))
+    assert summ["skipped"] == 3 and len(summ["calls"]) == 4     # the 300-deep record is shown
+    assert any(w.startswith("line 5:") for w in summ["warnings"])
+
+
+def test_big_bodies_are_cut_with_a_marker_naming_the_line(tmp_path, monkeypatch):
+    from tracer.viewer import logs as vlogs
+    from tracer.viewer import page as vpage
+
+    monkeypatch.setattr(vlogs, "INLINE_LINE", 10_000)
+    monkeypatch.setattr(vpage, "HEAD_CHARS", 1000)
+    monkeypatch.setattr(vpage, "REBUILT_CHARS", 500)
+    text = "".join(f"word{i} " for i in range(20_000))
+    log = LogBuilder()
+    log.call({"model": SONNET, "messages": [{"role": "user", "content": "x" * 50_000}], "stream": True},
+             [{"type": "text", "text": text}])
+    path = tmp_path / "big.jsonl"
+    write_jsonl([log.records[0], log.records[0]], path)
+    warnings = []
+    out = write_html(path, warnings=warnings)
+    page = out.read_text()
+    assert not warnings
+    assert page.count("more, not in this page — see the log, line 1]") >= 2     # request and answer cut
+    assert "line 2]" in page
+    blob = json.loads(re.search(r'id="c0">(.*?)</script>', page, re.S).group(1))
+    paths = {c["path"] for c in blob["truncated"]}
+    assert "response.body_raw" in paths and "rebuilt.content.0.text" in paths
+    assert blob["rebuilt"]["content"][0]["text"].startswith(text[:500])
+    assert len(blob["response"]["body_raw"]) < 1200 and len(blob["rebuilt"]["content"][0]["text"]) < 700
