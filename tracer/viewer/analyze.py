@@ -49,11 +49,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from functools import lru_cache
+from urllib.parse import unquote, urlsplit
 
 import orjson
 
 from tracer.protocols.sse import reconstruct
+from tracer.viewer.cost import PriceTable, provider_for
 from tracer.viewer.logs import BigString, LogLine, dumps, iter_lines
 
 CONTINUATION_MARK = "This session is being continued from a previous conversation"
@@ -65,6 +67,19 @@ SESSION_HEADER = "x-claude-code-session-id"  # Claude Code names its session in 
 
 
 # ----------------------------------------------------------------------------------------- calls
+
+@lru_cache(maxsize=256)
+def _prices_for(model: str, provider: str):
+    return PriceTable.load().match(model, provider)
+
+
+def _url_model(path: str) -> str:
+    """The model of a Bedrock runtime call: /model/{id}/invoke[-with-response-stream]."""
+    parts = path.split("/")
+    if len(parts) >= 4 and parts[1] == "model":
+        return unquote(parts[2])
+    return ""
+
 
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
@@ -158,6 +173,9 @@ class CallInfo:
     n_messages: int = 0
     thread: int | None = None
     session: int | None = None
+    provider: str = "anthropic"   # price table provider: "aws" for Bedrock runtime hosts
+    cost: float | None = None     # USD from the price table; None: no usage, or a model it does not know
+    price_model: str | None = None  # the table's model id used for the cost
 
     def summary(self) -> dict:
         return {
@@ -168,6 +186,7 @@ class CallInfo:
             "ttfb": self.ttfb_ms, "ttft": self.ttft_ms, "dur": self.duration_ms, "tps": self.output_tps,
             "stop": self.stop_reason, "err": self.error, "complete": self.complete,
             "nmsg": self.n_messages, "thread": self.thread, "session": self.session,
+            "cost": self.cost, "pm": self.price_model,
         }
 
 
@@ -185,8 +204,9 @@ def analyze_call(index: int, rec: dict, max_field_chars: int | None = None) -> C
     c = CallInfo(index=index, t=t0, t_end=t1, method=str(req.get("method") or ""), url=url,
                  host=parts.netloc, path=parts.path or url, status=_int(res.get("status_code")) if res else None,
                  kind="messages" if is_msgs else "other")
+    c.provider = provider_for(parts.hostname or "")
     if is_msgs:
-        c.model = str(body.get("model") or "")
+        c.model = str(body.get("model") or "") or _url_model(parts.path)
         c.stream = bool(body.get("stream"))
         c.n_messages = len(body["messages"])
     dur = _num(tr.get("duration_ms"))
@@ -240,6 +260,11 @@ def analyze_call(index: int, rec: dict, max_field_chars: int | None = None) -> C
         c.stop_reason = c.response.get("stop_reason")
         if not c.model:
             c.model = str(c.response.get("model") or "")
+    if c.response and isinstance(c.response.get("usage"), dict) and c.model:
+        prices = _prices_for(c.model, c.provider)
+        if prices is not None:
+            c.price_model = prices.id
+            c.cost = prices.cost(c.response["usage"], c.t)
     if c.output_tokens:
         if c.ttft_ms is not None and t_last is not None and t_last > c.ttft_ms:
             c.output_tps = c.output_tokens / ((t_last - c.ttft_ms) / 1000.0)
@@ -431,6 +456,8 @@ class Session:
             "api_ms": sum(c.duration_ms or 0 for c in cs),
             "errors": sum(1 for c in cs if c.error or (c.status or 0) >= 400),
             "models": sorted({c.model for c in cs if c.model}),
+            "cost": sum(c.cost for c in cs if c.cost is not None),
+            "cost_unknown": sum(1 for c in cs if c.cost is None and c.kind == "messages" and c.response),
         }
 
 

@@ -246,7 +246,28 @@ def _summary(an: Analysis, source: str, warnings: list[str]) -> dict:
         "skipped": len(warnings),
         "warnings": list(warnings[:50]),
         "limits": {"head_chars": HEAD_CHARS, "rebuilt_chars": REBUILT_CHARS},
+        "prices": _price_summary(an),
     }
+
+
+def _price_summary(an: Analysis) -> dict:
+    """The price table's date and source, and the prices of the models this log's calls used."""
+    from tracer.viewer.cost import PriceTable
+
+    t = PriceTable.load()
+    used: dict[str, dict] = {}
+    unknown: set[str] = set()
+    for c in an.calls:
+        if c.kind != "messages":
+            continue
+        if c.price_model:
+            if c.price_model not in used:
+                m = t.match(c.model, c.provider)
+                if m is not None:
+                    used[c.price_model] = m.summary()
+        elif c.model:
+            unknown.add(c.model)
+    return {"source": t.source, "date": t.date, "note": t.note, "models": used, "unknown": sorted(unknown)}
 
 
 def _write(out: BinaryIO, an: Analysis, record: Callable[[int], dict], *, source: str, warnings: list[str],
