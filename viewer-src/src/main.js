@@ -38,6 +38,7 @@ function callRecord(i) {
   const b = blob("c" + i);
   if (!b) return undefined;
   if (b.msgref && !b._restored) {
+    b.msgIds = b.request.body.messages;
     const body = Object.assign({}, b.request.body);
     body.messages = body.messages.map(message);
     b.request = Object.assign({}, b.request, { body });
@@ -108,6 +109,37 @@ function fmtTime(t) {
 function fmtTps(x) {
   return x === null || x === undefined ? "–" : x.toFixed(x < 10 ? 1 : 0);
 }
+// Cost: computed at build time from the embedded price table (genai-prices); null = unknown.
+const PRICES = SUMMARY.prices || { models: {}, unknown: [] };
+function fmtUsd(x) {
+  if (x === null || x === undefined) return "unknown";
+  if (x === 0) return "$0";
+  if (x < 0.01) return "$" + x.toFixed(4);
+  if (x < 100) return "$" + x.toFixed(2);
+  return "$" + Math.round(x).toLocaleString("en-US");
+}
+// Sum of the calls' costs; calls with tokens but no known price are counted, never guessed.
+function costOf(ids) {
+  let sum = 0, unknown = 0;
+  for (const i of ids) {
+    const c = CALLS[i];
+    if (c.kind !== "messages") continue;
+    if (c.cost === null || c.cost === undefined) { if (c.in || c.out || c.model) unknown++; } else sum += c.cost;
+  }
+  return { sum, unknown };
+}
+function fmtCost(ids) {
+  const { sum, unknown } = costOf(ids);
+  if (!unknown) return fmtUsd(sum);
+  if (!sum) return "unknown";
+  return `${fmtUsd(sum)} + ${unknown} unknown`;
+}
+function priceNote() {
+  const used = Object.values(PRICES.models || {}).map((m) => m.name || m.id);
+  return `Prices: ${PRICES.source || "?"}, table dated ${PRICES.date || "?"}` +
+    (used.length ? `; models priced: ${used.join(", ")}` : "") +
+    ((PRICES.unknown || []).length ? `; not in the table (cost unknown): ${PRICES.unknown.join(", ")}` : "");
+}
 function json(v) {
   try {
     return JSON.stringify(v, null, 2);
@@ -132,6 +164,7 @@ function lazyDetails(summary, build, opts = {}) {
     build(body);
   };
   d.addEventListener("toggle", () => d.open && doBuild());
+  d._build = doBuild;
   if (opts.open) {
     d.open = true;
     doBuild();
@@ -283,9 +316,13 @@ function header() {
   return h("header", { class: "top" },
     h("div", { class: "brand" }, h("strong", null, "tracer"), " ", h("span", { class: "src", title: SUMMARY.source }, src)),
     h("div", { class: "totals" },
-      `${fmtInt(CALLS.length)} calls · in ${fmtTok(tot.in)} · out ${fmtTok(tot.out)} · cache read ${fmtTok(tot.cr)} · cache write ${fmtTok(tot.cc)}`),
+      `${fmtInt(CALLS.length)} calls · in ${fmtTok(tot.in)} · out ${fmtTok(tot.out)} · cache read ${fmtTok(tot.cr)} · cache write ${fmtTok(tot.cc)} · `,
+      h("span", { class: "cost-total", title: priceNote() }, "cost " + fmtCost(CALLS.map((c) => c.i))),
+      h("span", { class: "price-date", title: priceNote() }, ` (prices as of ${PRICES.date || "?"})`)),
+    searchBox(),
     bar, filter,
-    SUMMARY.warnings.length ? h("div", { class: "warn" }, `${SUMMARY.warnings.length} log line(s) skipped: ${SUMMARY.warnings.slice(0, 3).join("; ")}`) : null);
+    SUMMARY.skipped ? h("div", { class: "warn skipped" }, `${SUMMARY.skipped} log line(s) skipped: ${SUMMARY.warnings.slice(0, 3).join("; ")}` +
+      (SUMMARY.skipped > 3 ? ` (and ${SUMMARY.skipped - 3} more)` : "")) : null);
 }
 
 // ------------------------------------------------------------------------------ conversations
@@ -310,7 +347,7 @@ function renderConversations(root) {
       h("div", { class: "s-title" }, s.title || "(no prompt)"),
       h("div", { class: "s-meta" },
         `${fmtTime(t.start)} · ${t.calls} call${t.calls === 1 ? "" : "s"}` + (nsub ? ` · ${nsub} subagent${nsub === 1 ? "" : "s"}` : "")),
-      h("div", { class: "s-meta" }, `in ${fmtTok(t.in)} · out ${fmtTok(t.out)} · cache ${fmtTok(t.cr)} · ${fmtMs(t.wall_ms)}`),
+      h("div", { class: "s-meta" }, `in ${fmtTok(t.in)} · out ${fmtTok(t.out)} · cache ${fmtTok(t.cr)} · ${fmtMs(t.wall_ms)} · ${fmtCost(s.calls)}`),
       h("div", { class: "s-meta" }, (t.models || []).map(shortModel).join(", ")));
     list.append(item);
   }
@@ -334,11 +371,13 @@ function callsTable(ids) {
       h("td", { class: "num" }, fmtInt(c.cr)), h("td", { class: "num" }, fmtInt(c.cc)),
       h("td", { class: "num" }, fmtMs(c.ttfb)), h("td", { class: "num" }, fmtMs(c.ttft)),
       h("td", { class: "num" }, fmtMs(c.dur)), h("td", { class: "num" }, fmtTps(c.tps)),
+      h("td", { class: "num cost" }, c.kind === "messages" ? fmtUsd(c.cost) : ""),
+      h("td", { class: "changes" }, c.kind === "messages" ? changesBrief(i) : ""),
       h("td", null, c.stop || (c.err ? String(c.err).slice(0, 60) : "")));
   });
   return h("table", { class: "calls" },
     h("thead", null, h("tr", null, ["call", "time", "model", "status", "input", "output", "cache read",
-      "cache write", "TTFB", "TTFT", "duration", "tok/s", "stop"].map((x) => h("th", null, x)))),
+      "cache write", "TTFB", "TTFT", "duration", "tok/s", "cost", "what changed", "stop"].map((x) => h("th", null, x)))),
     h("tbody", null, rows));
 }
 
@@ -351,6 +390,7 @@ function renderSession(root, s) {
     statBox("cache read", fmtTok(t.cr), fmtInt(t.cr)), statBox("cache write", fmtTok(t.cc), fmtInt(t.cc)),
     statBox("wall time", fmtMs(t.wall_ms), "first request to last response"),
     statBox("API time", fmtMs(t.api_ms), "sum of call durations"),
+    statBox("cost", fmtCost(s.calls), priceNote()),
     statBox("started", fmtTime(t.start)),
     t.errors ? statBox("errors", String(t.errors)) : null));
   root.append(lazyDetails(`Calls (${s.calls.length})`, (b) => b.append(callsTable(s.calls)), { class: "calls-box" }));
@@ -448,11 +488,14 @@ function renderThread(tid, opts = {}) {
     for (; k < end; k++) {
       const { m, final } = all[k];
       const prod = producers.get(k);
-      list.append(renderMessage(m, ctx, prod !== undefined ? prod : (final ? th.final : null)));
+      const node = renderMessage(m, ctx, prod !== undefined ? prod : (final ? th.final : null));
+      if (node.nodeType === 1) node.dataset.k = String(k);
+      list.append(node);
     }
     if (k < all.length) setTimeout(step, 0);
   };
   step();
+  wrap.rendered = () => k >= all.length;
   if (!resp && fin.err) list.append(h("div", { class: "msg error" }, h("div", { class: "role" }, "error"), String(fin.err)));
   return wrap;
 }
@@ -466,6 +509,7 @@ function callBadge(ci) {
   else if (c.ttfb !== null) parts.push(`TTFB ${fmtMs(c.ttfb)}`);
   parts.push(fmtMs(c.dur));
   if (c.tps) parts.push(`${fmtTps(c.tps)} tok/s`);
+  if (c.kind === "messages") parts.push(fmtUsd(c.cost));
   return h("a", { class: "call-badge", href: "#", title: "Show this call in Raw calls",
     onclick: (e) => { e.preventDefault(); showCall(ci); } }, `#${ci} · ` + parts.join(" · "));
 }
@@ -569,18 +613,12 @@ function kv(pairs) {
 }
 
 function diffView(oldText, newText) {
-  const box = h("pre", { class: "pre diff" });
-  const parts = diffLines(String(oldText || ""), String(newText || ""));
-  for (const p of parts) {
-    const cls = p.added ? "add" : p.removed ? "del" : "ctx";
-    const sign = p.added ? "+" : p.removed ? "-" : " ";
-    let lines = p.value.replace(/\n$/, "").split("\n");
-    if (cls === "ctx" && lines.length > 8) {
-      lines = [...lines.slice(0, 3), `… ${lines.length - 6} unchanged lines …`, ...lines.slice(-3)];
-    }
-    for (const l of lines) box.append(h("span", { class: "dl " + cls }, sign + " " + l + "\n"));
-  }
-  return box;
+  // Myers' diff is O(N*D): bounded, so a huge edit cannot freeze the page (shown whole instead).
+  const a = String(oldText || ""), b = String(newText || "");
+  const parts = a.length + b.length < 2e6 ? diffLines(a, b, { maxEditLength: 5000 }) : undefined;
+  if (parts) return diffFromParts(parts);
+  return h("div", null, h("p", { class: "hint" }, "Too large or too different to show as a diff:"),
+    h("div", { class: "diff" }, h("div", { class: "del" }, pre(a)), h("div", { class: "add" }, pre(b))));
 }
 
 const STATUS_ICON = { completed: "☑", in_progress: "◐", pending: "☐" };
@@ -661,7 +699,7 @@ function renderToolUse(b, ctx) {
       const child = ctx.children.get(b.id);
       if (child !== undefined) {
         const ct = THREADS[child];
-        el.append(lazyDetails(`Subagent conversation (${ct.calls.length} call${ct.calls.length === 1 ? "" : "s"})`, (x) => {
+        el.append(lazyDetails(`Subagent conversation (${ct.calls.length} call${ct.calls.length === 1 ? "" : "s"}, ${subagentCost(child)})`, (x) => {
           withCalls([ct.final], () => x.append(renderThread(child)));
         }, { class: "subagent" }));
       }
@@ -677,14 +715,16 @@ function renderToolUse(b, ctx) {
 
 // ------------------------------------------------------------------------------ raw / json views
 
-function showCall(i) {
-  state.view = "raw";
+function showCall(i, mode = "raw") {
+  state.view = mode;
   render();
-  const el = document.getElementById("call-" + i);
+  const el = document.getElementById((mode === "raw" ? "call-" : "json-") + i);
   if (el) {
     el.open = true;
+    if (el._build) el._build();
     el.scrollIntoView({ block: "start" });
   }
+  return el;
 }
 
 function headersTable(hd) {
@@ -706,7 +746,12 @@ function renderRaw(body, i) {
   body.append(kv([["model", c.model], ["status", c.status === null ? "no response" : String(c.status)],
     ["started", fmtTime(c.t)], ["tokens", c.kind === "messages" ? `input ${fmtInt(c.in)} · output ${fmtInt(c.out)} · cache read ${fmtInt(c.cr)} · cache write ${fmtInt(c.cc)}` : ""],
     ["timing", `TTFB ${fmtMs(c.ttfb)} · TTFT ${fmtMs(c.ttft)} · duration ${fmtMs(c.dur)}` + (c.tps ? ` · ${fmtTps(c.tps)} output tok/s` : "")],
+    ["cost", c.kind === "messages" ? fmtUsd(c.cost) + (c.pm ? ` (${(PRICES.models[c.pm] || {}).name || c.pm}, prices as of ${PRICES.date})` : " (model not in the price table)") : ""],
     ["stop reason", c.stop], ["conversation", c.session !== null ? `session ${c.session + 1}, thread ${c.thread}` : ""]]));
+  if (rec.truncated && rec.truncated.length) {
+    body.append(h("div", { class: "warn cut" }, `Cut in this page: ${rec.truncated.map((t) => t.path || "body").join(", ")} — the full text is in the log, line ${rec.line}.`));
+  }
+  if (c.kind === "messages" && c.thread !== null) body.append(lazyDetails("What changed since the previous call of this conversation", (x) => x.append(changesView(i)), { class: "changes-box", open: true }));
   if (rec.note) body.append(h("div", { class: "warn" }, String(rec.note)));
   body.append(h("h4", null, "Request headers"), headersTable(req.headers));
   body.append(lazyDetails("Request body", (x) => x.append(pre(typeof req.body === "string" ? req.body : json(req.body), "json")), { class: "body", open: true }));
@@ -775,6 +820,412 @@ function fromHash() {
   }
   return false;
 }
+
+// ------------------------------------------------------------------------------------ cost / changes
+
+function subagentCost(tid) {
+  // the subagent's own calls and those of its subagents
+  const ids = [];
+  const stack = [tid];
+  const seen = new Set();
+  while (stack.length) {
+    const t = stack.pop();
+    if (seen.has(t)) continue;
+    seen.add(t);
+    ids.push(...THREADS[t].calls);
+    for (const [, child] of THREADS[t].children) stack.push(child);
+  }
+  return fmtCost(ids);
+}
+
+// The previous call of the same conversation (thread calls are in time order).
+const BILLING = "x-anthropic-billing-header:";
+function previousCall(i) {
+  const c = CALLS[i];
+  if (c.thread === null || c.thread === undefined) return null;
+  const calls = THREADS[c.thread].calls;
+  const k = calls.indexOf(i);
+  return k > 0 ? calls[k - 1] : null;
+}
+
+function toolsByName(body) {
+  const m = new Map();
+  for (const t of Array.isArray(body.tools) ? body.tools : []) if (t && typeof t === "object") m.set(String(t.name), JSON.stringify(t));
+  return m;
+}
+
+// What a call sent that the previous call of its conversation did not: messages are compared by their
+// (deduplicated) ids, so this is linear in the number of messages.
+function callChanges(i) {
+  const p = previousCall(i);
+  const cur = callRecord(i);
+  if (!cur) return null;
+  const body = cur.request.body || {};
+  const ids = cur.msgIds || [];
+  const out = { prev: p, added: [], removed: 0, systemChanged: false, toolsAdded: [], toolsRemoved: [], toolsChanged: [], oldSystem: "", newSystem: systemText(body.system) };
+  if (p === null) { out.added = ids.map((id, k) => k); return out; }
+  const prev = callRecord(p);
+  if (!prev) return null;
+  const pbody = prev.request.body || {};
+  const pids = prev.msgIds || [];
+  let k = 0;
+  while (k < ids.length && k < pids.length && ids[k] === pids[k]) k++;
+  out.removed = pids.length - k;
+  for (let j = k; j < ids.length; j++) out.added.push(j);
+  out.oldSystem = systemText(pbody.system);
+  // Claude Code's per-request billing line (a checksum) changes every call: not a change of prompt
+  const sys = (x) => JSON.stringify(x === undefined ? null : Array.isArray(x) ? x.filter((b) => !(b && typeof b.text === "string" && b.text.startsWith(BILLING))) : x);
+  out.systemChanged = sys(pbody.system) !== sys(body.system);
+  out.billingOnly = !out.systemChanged && JSON.stringify(pbody.system) !== JSON.stringify(body.system);
+  const a = toolsByName(pbody), b = toolsByName(body);
+  for (const [n, d] of b) { if (!a.has(n)) out.toolsAdded.push(n); else if (a.get(n) !== d) out.toolsChanged.push(n); }
+  for (const n of a.keys()) if (!b.has(n)) out.toolsRemoved.push(n);
+  return out;
+}
+
+function changesBrief(i) {
+  const ch = callChanges(i);
+  if (!ch) return "";
+  if (ch.prev === null) return `first call (${ch.added.length} msg${ch.added.length === 1 ? "" : "s"})`;
+  const parts = [`+${ch.added.length} msg${ch.added.length === 1 ? "" : "s"}`];
+  if (ch.removed) parts.push(`${ch.removed} replaced`);
+  if (ch.systemChanged) parts.push("system changed");
+  if (ch.toolsAdded.length || ch.toolsRemoved.length || ch.toolsChanged.length) parts.push("tools changed");
+  return parts.join(" · ");
+}
+
+function messagePreview(m) {
+  if (!m || typeof m !== "object") return json(m).slice(0, 200);
+  const c = typeof m.content === "string" ? [{ type: "text", text: m.content }] : Array.isArray(m.content) ? m.content : [];
+  const bits = c.map((b) => {
+    if (!b || typeof b !== "object") return "";
+    if (b.type === "text") return String(b.text || "");
+    if (b.type === "tool_use") return `[${b.name} ${JSON.stringify(b.input || {}).slice(0, 120)}]`;
+    if (b.type === "tool_result") return `[result ${resultText(b).slice(0, 160)}]`;
+    if (b.type === "thinking") return "[thinking]";
+    return `[${b.type}]`;
+  });
+  const t = bits.join(" ").replace(/\s+/g, " ").trim();
+  return t.length > 300 ? t.slice(0, 300) + "…" : t;
+}
+
+function changesView(i) {
+  const box = h("div", { class: "changes-view" });
+  const ch = callChanges(i);
+  if (!ch) { box.append(h("p", { class: "empty" }, "Call data missing.")); return box; }
+  const rec = callRecord(i);
+  const msgs = (rec.request.body && rec.request.body.messages) || [];
+  if (ch.prev === null) box.append(h("p", { class: "hint" }, "First call of this conversation: everything below is new."));
+  else box.append(h("p", { class: "hint" }, "Compared with ", h("a", { href: "#", onclick: (e) => { e.preventDefault(); showCall(ch.prev); } }, `call #${ch.prev}`),
+    `: ${ch.added.length} message${ch.added.length === 1 ? "" : "s"} added` + (ch.removed ? `, ${ch.removed} earlier message(s) replaced (history rewritten)` : "") +
+    `; system prompt ${ch.systemChanged ? "changed" : ch.billingOnly ? "unchanged (only its per-request billing line differs)" : "unchanged"}; tools ${ch.toolsAdded.length || ch.toolsRemoved.length || ch.toolsChanged.length ? "changed" : "unchanged"}.`));
+  if (ch.added.length) {
+    const ul = h("ol", { class: "added-msgs", start: String(ch.added[0] + 1) });
+    for (const k of ch.added) ul.append(h("li", { class: "added-msg role-" + String((msgs[k] && msgs[k].role) || "?") }, h("b", null, String((msgs[k] && msgs[k].role) || "?") + ": "), messagePreview(msgs[k])));
+    box.append(h("h4", null, "Messages added"), ul);
+  }
+  if (ch.prev !== null && ch.systemChanged) {
+    box.append(h("h4", null, "System prompt changed"));
+    const parts = diffLines(ch.oldSystem, ch.newSystem, { maxEditLength: 5000 });
+    if (parts) box.append(diffFromParts(parts));
+    else box.append(h("p", { class: "hint" }, `Too different to show as a diff (${fmtInt(ch.oldSystem.length)} → ${fmtInt(ch.newSystem.length)} chars).`));
+  }
+  if (ch.toolsAdded.length) box.append(h("div", { class: "tools-added" }, "Tools added: " + ch.toolsAdded.join(", ")));
+  if (ch.toolsRemoved.length) box.append(h("div", { class: "tools-removed" }, "Tools removed: " + ch.toolsRemoved.join(", ")));
+  if (ch.toolsChanged.length) box.append(h("div", { class: "tools-changed" }, "Tool definitions changed: " + ch.toolsChanged.join(", ")));
+  return box;
+}
+
+function diffFromParts(parts) {
+  const box = h("pre", { class: "pre diff" });
+  for (const p of parts) {
+    const cls = p.added ? "add" : p.removed ? "del" : "ctx";
+    const sign = p.added ? "+" : p.removed ? "-" : " ";
+    let lines = p.value.replace(/\n$/, "").split("\n");
+    if (cls === "ctx" && lines.length > 8) lines = [...lines.slice(0, 3), `… ${lines.length - 6} unchanged lines …`, ...lines.slice(-3)];
+    for (const l of lines) box.append(h("span", { class: "dl " + cls }, sign + " " + l + "\n"));
+  }
+  return box;
+}
+
+// ------------------------------------------------------------------------------------------ search
+// Full-text search over every Messages call: prompts and other messages, answers, tool inputs and
+// outputs, thinking, system prompts. The index is built on first use, in slices of a few ms between
+// frames (the page's CSP allows no worker; the first paint does not pay for it), from the embedded
+// blobs, parsed once and not kept: only the texts stay. Each distinct message is indexed once.
+
+const search = { entries: null, building: false, progress: 0, msgLoc: new Map(), q: "", results: [], panel: null, waiters: [] };
+
+function blockTexts(m) {
+  const out = [];
+  if (!m || typeof m !== "object") return out;
+  const c = typeof m.content === "string" ? [{ type: "text", text: m.content }] : Array.isArray(m.content) ? m.content : [];
+  c.forEach((b, k) => {
+    if (!b || typeof b !== "object") return;
+    let t = "", tool = null, what = b.type;
+    if (b.type === "text") t = String(b.text || "");
+    else if (b.type === "thinking") t = String(b.thinking || "");
+    else if (b.type === "tool_use" || b.type === "server_tool_use" || b.type === "mcp_tool_use") { t = String(b.name || "") + " " + (typeof b.input === "string" ? b.input : JSON.stringify(b.input)); tool = b.id; what = "tool input"; }
+    else if (b.type === "tool_result") { t = resultText(b); tool = b.tool_use_id; what = "tool output"; }
+    else if (b.type === "document" || b.type === "image") return;
+    else t = JSON.stringify(b);
+    if (t) out.push({ t, b: k, tool, what });
+  });
+  return out;
+}
+
+function rawBlob(id) {
+  if (blobCache.has(id)) return blobCache.get(id);
+  const el = document.getElementById(id);
+  return el ? JSON.parse(el.textContent) : undefined;
+}
+
+function buildIndex(done) {
+  if (search.entries) { done(); return; }
+  search.waiters.push(done);
+  if (search.building) return;
+  search.building = true;
+  const entries = [];
+  const seenSystem = new Map();
+  const msgDone = new Set();
+  const order = [];
+  for (const th of THREADS) for (const ci of th.calls) order.push(ci);
+  let k = 0;
+  const step = () => {
+    const t0 = performance.now();
+    while (k < order.length && performance.now() - t0 < 12) {
+      const ci = order[k++];
+      const b = rawBlob("c" + ci);
+      if (!b || !b.request) continue;
+      const body = b.request.body || {};
+      const ids = b.msgIds || (Array.isArray(body.messages) ? body.messages : []);
+      ids.forEach((id, pos) => {
+        if (typeof id !== "number" || search.msgLoc.has(id)) return;
+        search.msgLoc.set(id, { call: ci, pos });
+        if (msgDone.has(id)) return;
+        msgDone.add(id);
+        const m = rawBlob("m" + id);
+        for (const x of blockTexts(m)) entries.push({ t: x.t, loc: { type: "msg", id, b: x.b, tool: x.tool }, what: (m && m.role ? m.role : "?") + (x.what === "text" ? "" : " · " + x.what) });
+      });
+      if (body.system !== undefined) {
+        const st = systemText(body.system);
+        if (st && !seenSystem.has(st)) { seenSystem.set(st, ci); entries.push({ t: st, loc: { type: "system", call: ci }, what: "system prompt" }); }
+      }
+      const resp = b.rebuilt || (b.response && b.response.body && typeof b.response.body === "object" ? b.response.body : null);
+      // an answer that a later call of the conversation sends back as history is indexed there
+      const th = CALLS[ci].thread !== null && CALLS[ci].thread !== undefined ? THREADS[CALLS[ci].thread] : null;
+      const resent = th && th.final !== ci && CALLS[th.final].nmsg > CALLS[ci].nmsg;
+      if (resp && !resent) for (const x of blockTexts({ content: resp.content })) entries.push({ t: x.t, loc: { type: "response", call: ci, b: x.b, tool: x.tool }, what: "answer" + (x.what === "text" ? "" : " · " + x.what) });
+    }
+    search.progress = order.length ? k / order.length : 1;
+    updatePanel();
+    if (k < order.length) { setTimeout(step, 0); return; }
+    search.entries = entries;
+    search.building = false;
+    const ws = search.waiters.splice(0);
+    for (const w of ws) w();
+  };
+  setTimeout(step, 0);
+}
+
+function escapeRe(s) { return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"); }
+
+const MAX_RESULTS = 500;
+function runSearch(q) {
+  search.q = q;
+  search.results = [];
+  if (!q) { updatePanel(); return; }
+  buildIndex(() => {
+    if (search.q !== q) return;
+    const re = new RegExp(escapeRe(q), "i");
+    const res = [];
+    let total = 0;
+    for (const e of search.entries) {
+      const m = re.exec(e.t);
+      if (!m) continue;
+      total++;
+      if (res.length < MAX_RESULTS) res.push({ e, at: m.index });
+    }
+    search.results = res;
+    search.total = total;
+    updatePanel();
+  });
+}
+
+function locCall(loc) { return loc.type === "msg" ? (search.msgLoc.get(loc.id) || {}).call : loc.call; }
+
+function resultLabel(r) {
+  const ci = locCall(r.e.loc);
+  const c = CALLS[ci];
+  if (!c) return "";
+  const th = c.thread !== null && c.thread !== undefined ? THREADS[c.thread] : null;
+  const kind = th ? (th.kind === "aux" ? "side call" : th.kind) : "call";
+  return `session ${c.session !== null && c.session !== undefined ? c.session + 1 : "–"} · ${kind} · call #${ci} · ${r.e.what}`;
+}
+
+function snippet(text, at, len) {
+  const a = Math.max(0, at - 60), b = Math.min(text.length, at + len + 80);
+  return h("span", { class: "snip" }, (a ? "…" : "") + text.slice(a, at).replace(/\s+/g, " "), h("mark", null, text.slice(at, at + len)),
+    text.slice(at + len, b).replace(/\s+/g, " ") + (b < text.length ? "…" : ""));
+}
+
+function searchBox() {
+  const input = h("input", { type: "search", class: "search-input", placeholder: "Search all calls…", "aria-label": "Search all calls", value: search.q });
+  input.value = search.q;
+  let timer = null;
+  input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => { openPanel(); runSearch(input.value.trim()); }, 150); });
+  input.addEventListener("keydown", (e) => { if (e.key === "Enter") { clearTimeout(timer); openPanel(); runSearch(input.value.trim()); } });
+  input.addEventListener("focus", () => buildIndex(() => {}), { once: true });
+  return h("div", { class: "search" }, input);
+}
+
+function openPanel() {
+  if (search.panel) return;
+  search.panel = h("aside", { class: "search-results", role: "region", "aria-label": "Search results" });
+  document.body.append(search.panel);
+}
+
+function truncationNote() {
+  const end = rawBlob("tracer-end") || {};
+  return end.truncated ? h("p", { class: "hint cut-note" }, `${end.truncated} long bod${end.truncated === 1 ? "y was" : "ies were"} cut in this page (marked “… more, not in this page — see the log, line N”): ` +
+    "text past the cut is not searched here; it is in the log." ) : null;
+}
+
+function updatePanel() {
+  const p = search.panel;
+  if (!p) return;
+  p.textContent = "";
+  const close = h("button", { type: "button", class: "more close", onclick: () => { p.remove(); search.panel = null; } }, "close");
+  if (!search.entries) {
+    p.append(h("div", { class: "search-head" }, `Indexing… ${Math.round(search.progress * 100)}%`, close));
+    return;
+  }
+  if (!search.q) { p.append(h("div", { class: "search-head" }, "Type to search every call.", close)); return; }
+  const n = search.total || 0;
+  p.append(h("div", { class: "search-head" }, `${fmtInt(n)} match${n === 1 ? "" : "es"} for “${search.q}”` + (n > search.results.length ? ` (first ${search.results.length} shown)` : ""), close));
+  const note = truncationNote();
+  if (note) p.append(note);
+  const ul = h("ol", { class: "hits" });
+  search.results.forEach((r, k) => {
+    ul.append(h("li", { class: "hit", "data-hit": k }, h("a", { href: "#", onclick: (e) => { e.preventDefault(); goTo(r); } },
+      h("div", { class: "hit-where" }, resultLabel(r)), snippet(r.e.t, r.at, search.q.length))));
+  });
+  p.append(ul);
+}
+
+// Wait for fn() to return an element (the thread renders its messages in batches).
+function waitFor(fn, then, tries = 200) {
+  const el = fn();
+  if (el || tries <= 0) { then(el); return; }
+  setTimeout(() => waitFor(fn, then, tries - 1), 15);
+}
+
+function openLazy(d) {
+  if (!d) return;
+  d.open = true;
+  if (d._build) d._build();
+}
+
+// The element of thread tid, opening what hides it (its parent's subagent box, the side calls box).
+function threadElement(tid) {
+  const found = document.querySelector(`.conversation [data-thread="${tid}"]`);
+  if (found) return found;
+  const th = THREADS[tid];
+  if (th.kind === "aux") {
+    openLazy(document.querySelector(".conversation details.aux"));
+    return document.querySelector(`.conversation [data-thread="${tid}"]`);
+  }
+  if (th.parent) {
+    const parent = threadElement(th.parent[0]);
+    if (!parent) return null;
+    const tool = parent.querySelector(`[data-tool-id="${CSS.escape(String(th.parent[1]))}"]`);
+    if (!tool) return null;
+    openLazy(tool.querySelector("details.subagent"));
+    return document.querySelector(`.conversation [data-thread="${tid}"]`);
+  }
+  return null;
+}
+
+function goTo(r) {
+  const loc = r.e.loc;
+  const ci = locCall(loc);
+  const c = CALLS[ci];
+  if (!c) return;
+  const th = c.thread !== null ? THREADS[c.thread] : null;
+  let pos = null;
+  if (loc.type === "msg") {
+    const fin = th ? rawBlob("c" + th.final) : null;
+    const finIds = fin ? (fin.msgIds || fin.request.body.messages || []) : [];
+    const at = search.msgLoc.get(loc.id).pos;
+    if (finIds[at] === loc.id) pos = at;
+  } else if (loc.type === "response" && th && th.final === ci) {
+    const fin = rawBlob("c" + ci);
+    pos = (fin.msgIds || fin.request.body.messages || []).length;
+  } else if (loc.type === "system") pos = -1;
+  if (!th || pos === null || c.session === null) {
+    // not shown in a conversation (an earlier version of the history, or a side answer): the call itself
+    const el = showCall(ci, loc.type === "response" ? "json" : "raw");
+    if (el) setTimeout(() => highlightIn(el.querySelector(".details-body") || el, search.q), 0);
+    return;
+  }
+  state.view = "conversations";
+  state.session = c.session;
+  render();
+  waitFor(() => threadElement(c.thread), (tel) => {
+    if (!tel) return;
+    if (pos === -1) {
+      const d = tel.querySelector(":scope > .thread-head details.system");
+      openLazy(d);
+      highlightIn(d || tel, search.q);
+      return;
+    }
+    const pick = () => {
+      if (loc.tool) {
+        const t = tel.querySelector(`:scope > .messages [data-tool-id="${CSS.escape(String(loc.tool))}"]`);
+        if (t) return t;
+      }
+      return tel.querySelector(`:scope > .messages > [data-k="${pos}"]`) || (tel.rendered && tel.rendered() ? tel : null);
+    };
+    waitFor(pick, (el) => highlightIn(el || tel, search.q));
+  });
+}
+
+// Open what is folded inside el, then mark every occurrence of q in its text (case-insensitive).
+function highlightIn(el, q) {
+  if (!el || !q) return;
+  for (let round = 0; round < 3; round++) {
+    el.querySelectorAll("details:not([open])").forEach(openLazy);
+    el.querySelectorAll("button.more").forEach((b) => b.click());
+  }
+  for (let p = el.parentElement; p; p = p.parentElement) if (p.tagName === "DETAILS" && !p.open) openLazy(p);
+  document.querySelectorAll("mark.search-hit").forEach((m) => m.replaceWith(document.createTextNode(m.textContent)));
+  const re = new RegExp(escapeRe(q), "gi");
+  const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  const nodes = [];
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) if (re.test(n.nodeValue)) nodes.push(n);
+  let first = null;
+  for (const n of nodes) {
+    const text = n.nodeValue;
+    const frag = document.createDocumentFragment();
+    let last = 0;
+    re.lastIndex = 0;
+    for (let m = re.exec(text); m; m = re.exec(text)) {
+      frag.append(text.slice(last, m.index));
+      const mk = h("mark", { class: "search-hit" }, m[0]);
+      if (!first) first = mk;
+      frag.append(mk);
+      last = m.index + m[0].length;
+      if (!m[0].length) re.lastIndex++;
+    }
+    frag.append(text.slice(last));
+    n.replaceWith(frag);
+  }
+  el.classList.add("search-target");
+  (first || el).scrollIntoView({ block: "center" });
+  window.__tracerViewer.lastHighlight = { marks: document.querySelectorAll("mark.search-hit").length, text: (first || el).textContent.slice(0, 200) };
+}
+
+// ------------------------------------------------------------------------------------------- start
 window.addEventListener("hashchange", fromHash);
 if (!fromHash()) render();
 window.__tracerViewer = { painted: performance.now(), sessions: SESSIONS.length, calls: CALLS.length };
