@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from tracer.viewer.analyze import analyze
-from tracer.viewer.logs import read_records
+from tracer.viewer.analyze import analyze_log
 
 
 @dataclass
@@ -41,13 +40,13 @@ class LogSummary:
 def summarize_log(path: Path) -> LogSummary:
     st = path.stat()
     s = LogSummary(path=path, size=st.st_size, mtime=st.st_mtime)
+    warnings: list[str] = []
     try:
-        records, warnings = read_records(path)
+        an, _lines = analyze_log(path, warnings)     # streamed: bounded memory for any log size
     except OSError as e:
         s.error = e.strerror or str(e)
         return s
     s.warnings = len(warnings)
-    an = analyze(records)
     s.calls = len(an.calls)
     s.models = sorted({c.model for c in an.calls if c.model})
     s.tokens = {k: sum(getattr(c, a) for c in an.calls) for k, a in
