@@ -3,6 +3,8 @@
 Routes
 - ``POST /v1/messages`` (any query): a JSON Message, or SSE when ``"stream": true``.
 - ``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``.
+- ``POST /model/{id}/invoke`` and ``/model/{id}/invoke-with-response-stream``: Anthropic on Bedrock (the
+  streamed answer in AWS event-stream frames, ``application/vnd.amazon.eventstream``).
 - ``GET /`` and ``HEAD /``: 200 (HEAD without a body).
 - anything else: 404 (405 for a wrong method on a known path) with an Anthropic error JSON.
 
@@ -26,6 +28,7 @@ import string
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterable, Iterable, Iterator, Union
+from urllib.parse import unquote
 
 import orjson
 
@@ -168,6 +171,9 @@ def text_pieces(reply: str, k: Knobs) -> Iterator[str]:
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+_BEDROCK_PATH = re.compile(r"^/model/([^/]+)/(invoke|invoke-with-response-stream)$")
+
 
 def _sse(event: str, data: dict) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
@@ -334,7 +340,51 @@ class MockApp:
             return MockResponse(200, [("content-type", "application/json"),
                                       ("request-id", new_id("req"))],
                                 orjson.dumps({"input_tokens": estimate_input_tokens(body)}))
+        m = _BEDROCK_PATH.match(path)
+        if m:
+            if method != "POST":
+                return error_response(405, f"Method {method} not allowed on {path}")
+            return self.bedrock(req, k, unquote(m.group(1)), m.group(2) == "invoke-with-response-stream")
         return error_response(404, f"Not found: {method} {path}")
+
+    # -- Bedrock runtime: /model/{id}/invoke[-with-response-stream] ------------------------------
+    def bedrock(self, req: MockRequest, k: Knobs, model: str, stream: bool) -> MockResponse:
+        """Anthropic on Bedrock: the Messages body without ``model`` (it is in the path); the streamed
+        answer is the same events, each in an AWS event-stream ``chunk`` message (base64 in JSON)."""
+        body = self._json(req)
+        if not isinstance(body, dict):
+            return error_response(400, "request body must be a JSON object")
+        if k.status != 200:
+            return error_response(k.status)
+        plan = self._plan(dict(body, model=model), k)
+        rid = new_id("req")
+        msg_id = new_id("msg")
+        if not stream:
+            return MockResponse(200, [("content-type", "application/json"), ("x-amzn-requestid", rid)],
+                                self._json_message(plan, k, msg_id))
+        return MockResponse(200, [("content-type", "application/vnd.amazon.eventstream"),
+                                  ("x-amzn-requestid", rid), ("x-amzn-bedrock-content-type", "application/json")],
+                            self._bedrock_events(plan, k, msg_id))
+
+    def _bedrock_events(self, plan: _Plan, k: Knobs, msg_id: str) -> Iterator[bytes]:
+        from tracer.protocols.eventstream import bedrock_chunk
+
+        t0 = time.monotonic()
+        first = None
+        out_tokens = 0
+        for sse in self._sse_events(plan, k, msg_id):
+            data = sse[sse.index(b"\ndata: ") + 7:].rstrip(b"\n")
+            ev = orjson.loads(data)
+            if first is None:
+                first = time.monotonic()
+            if ev.get("type") == "message_delta":
+                out_tokens = (ev.get("usage") or {}).get("output_tokens", 0)
+            if ev.get("type") == "message_stop":
+                now = time.monotonic()
+                ev["amazon-bedrock-invocationMetrics"] = {
+                    "inputTokenCount": plan.input_tokens, "outputTokenCount": out_tokens,
+                    "invocationLatency": int((now - t0) * 1000), "firstByteLatency": int(((first or now) - t0) * 1000)}
+            yield bedrock_chunk(ev)
 
     @staticmethod
     def _json(req: MockRequest) -> Any:

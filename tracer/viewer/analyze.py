@@ -54,6 +54,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from tracer.protocols.eventstream import reconstruct_eventstream
 from tracer.protocols.sse import reconstruct
 from tracer.viewer.cost import PriceTable, provider_for
 from tracer.viewer.logs import BigString, LogLine, dumps, iter_lines
@@ -102,6 +103,12 @@ def is_sse(response: dict) -> bool:
     if "text/event-stream" in ctype:
         return isinstance(raw, str)
     return isinstance(raw, str) and (raw.startswith("event:") or raw.startswith("data:"))
+
+
+def is_eventstream(response: dict) -> bool:
+    """A Bedrock streaming answer (AWS event stream), logged as text or base64 in body_raw."""
+    return ("vnd.amazon.eventstream" in header(response.get("headers"), "content-type").lower()
+            and isinstance(response.get("body_raw"), (str, BigString)))
 
 
 def _body_chunks(raw: str | BigString, base64_encoded: bool):
@@ -230,10 +237,14 @@ def analyze_call(index: int, rec: dict, max_field_chars: int | None = None) -> C
     t_last = None
     if tr.get("content_encoding"):
         chunks = []  # offsets are then in the compressed body: no byte -> time mapping for the text
-    if is_sse(res):
-        # body not valid UTF-8: logged as base64
+    es = is_eventstream(res)
+    if es or is_sse(res):
+        # body not valid UTF-8 (always so for an event stream): logged as base64
         chunks_in = _body_chunks(res["body_raw"], tr.get("response_body_encoding") == "base64")
-        r = reconstruct(chunks_in, max_field_chars=max_field_chars)
+        if es:   # Bedrock: the same Anthropic events in binary AWS event-stream frames
+            r = reconstruct_eventstream(chunks_in, max_field_chars=max_field_chars)
+        else:
+            r = reconstruct(chunks_in, max_field_chars=max_field_chars)
         c.response = r.message
         c.rebuild_errors = r.errors
         c.truncated = r.truncated

@@ -773,7 +773,10 @@ function renderJson(body, i) {
   const rec = callRecord(i);
   const msg = responseMessage(i);
   if (!rec) return;
-  if (rec.rebuilt) body.append(h("p", { class: "hint" }, "Messages API response rebuilt from the SSE stream."));
+  const ctype = String(((rec.response && rec.response.headers) || {})["content-type"] || "");
+  if (rec.rebuilt) body.append(h("p", { class: "hint" }, /eventstream/i.test(ctype)
+    ? "Messages API response rebuilt from the Bedrock event stream (binary AWS event-stream frames; logged base64)."
+    : "Messages API response rebuilt from the SSE stream."));
   if (rec.rebuild_errors && rec.rebuild_errors.length) body.append(h("div", { class: "warn" }, rec.rebuild_errors.join("; ")));
   body.append(pre(msg ? json(msg) : json(rec.response && (rec.response.body ?? rec.response.body_raw)), "json"));
 }
