@@ -843,12 +843,16 @@ function subagentCost(tid) {
 
 // The previous call of the same conversation (thread calls are in time order).
 const BILLING = "x-anthropic-billing-header:";
+let callPos = null;
 function previousCall(i) {
   const c = CALLS[i];
   if (c.thread === null || c.thread === undefined) return null;
-  const calls = THREADS[c.thread].calls;
-  const k = calls.indexOf(i);
-  return k > 0 ? calls[k - 1] : null;
+  if (!callPos) {   // position of every call in its thread, once (no indexOf per call)
+    callPos = new Map();
+    for (const th of THREADS) th.calls.forEach((ci, k) => callPos.set(ci, k));
+  }
+  const k = callPos.get(i);
+  return k > 0 ? THREADS[c.thread].calls[k - 1] : null;
 }
 
 function toolsByName(body) {
