@@ -258,3 +258,30 @@ def test_repeated_errors_listed_once_with_count():
     r = reconstruct(body)
     assert len(r.errors) <= 4
     assert any("(x500)" in e for e in r.errors)
+
+
+def test_a_long_line_in_small_pieces_is_searched_once(monkeypatch):
+    """Bytes searched for line ends stay proportional to the stream, however a 4 MB line is split
+    (before, every piece searched the whole line again: quadratic)."""
+    import tracer.protocols.sse as sse_mod
+
+    scanned = [0]
+
+    class Counting(bytearray):
+        def find(self, sub, start=0, end=None):
+            stop = len(self) if end is None else min(end, len(self))
+            scanned[0] += max(0, stop - start)
+            return bytearray.find(self, sub, start, stop)
+
+    monkeypatch.setattr(sse_mod, "bytearray", Counting, raising=False)
+    text = "y" * (4 << 20)
+    body = (sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                        "content_block": {"type": "text", "text": ""}})
+            + sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                          "delta": {"type": "text_delta", "text": text}})).encode()
+    p = SSEParser()
+    evs = []
+    for i in range(0, len(body), 4096):
+        evs += p.feed(body[i:i + 4096])
+    assert len(evs) == 2 and len(evs[1].data) > len(text)
+    assert scanned[0] <= 3 * len(body)

@@ -43,7 +43,7 @@ class SSEParser:
     """Incremental event-stream parser. Feed bytes split anywhere; get complete events back."""
 
     __slots__ = ("_buf", "_buf_off", "_pos", "_event", "_data", "_id", "_retry", "_start",
-                 "_skip_lf", "_bom_checked", "last_event_id")
+                 "_skip_lf", "_bom_checked", "last_event_id", "_clean")
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -57,6 +57,7 @@ class SSEParser:
         self._skip_lf = False      # last line ended in CR: a following LF belongs to it
         self._bom_checked = False
         self.last_event_id = ""
+        self._clean = 0
 
     @property
     def offset(self) -> int:
@@ -81,14 +82,16 @@ class SSEParser:
         buf = self._buf
         i = 0
         n = len(buf)
-        while i < n:
+        clean = self._clean     # bytes at the start of buf already searched for a line end (a long line
+        while i < n:            # arriving in pieces is searched once, not once per piece: linear)
             if self._skip_lf:
                 self._skip_lf = False
                 if buf[i] == 0x0A:
                     i += 1
                     continue
-            lf = buf.find(b"\n", i)
-            cr = buf.find(b"\r", i, lf if lf >= 0 else n)
+            s0 = i if i >= clean else clean
+            lf = buf.find(b"\n", s0)
+            cr = buf.find(b"\r", s0, lf if lf >= 0 else n)
             if cr >= 0:
                 j, eol = cr, 1
                 if cr + 1 < n:
@@ -108,6 +111,7 @@ class SSEParser:
             ev = self._line(line, line_start, self._buf_off + j + 1)
             if ev is not None:
                 out.append(ev)
+        self._clean = n - i if i < n and not self._skip_lf else 0
         del buf[:i]
         self._buf_off += i
         self._pos = self._buf_off
@@ -154,6 +158,7 @@ class SSEParser:
     def close(self) -> list[SSEEvent]:
         """End of stream. Per the spec an unterminated final event is discarded; nothing is returned."""
         self._buf.clear()
+        self._clean = 0
         self._event, self._data, self._id, self._retry, self._start = "", [], None, None, None
         return []
 
