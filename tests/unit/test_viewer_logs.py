@@ -92,3 +92,44 @@ def test_torn_long_line(tmp_path):
     finally:
         logs.INLINE_LINE = old
     assert len(recs) == 1 and warnings and warnings[0].startswith("line 2:")
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_page_build_reads_the_log_a_bounded_number_of_times(tmp_path, monkeypatch):
+    """Two passes over the file (plus reading back big strings once each for the page and the rebuild):
+    bytes read stay a small multiple of the log's size, with long lines or not."""
+    from tracer.sinks.html import write_html
+    from tracer.viewer.synth import SONNET, LogBuilder, write_jsonl
+
+    monkeypatch.setattr(logs, "INLINE_LINE", 50_000)
+    log = LogBuilder()
+    for i in range(40):
+        log.call({"model": SONNET, "messages": [{"role": "user", "content": f"q{i} " + "z" * (i * 5000)}],
+                  "stream": True}, [{"type": "text", "text": f"answer {i} " + "a" * (i * 3000)}])
+    path = tmp_path / "log.jsonl"
+    write_jsonl(log.records, path)
+    size = path.stat().st_size
+    before = _rchar()
+    write_html(path, tmp_path / "out.html")
+    read = _rchar() - before
+    assert read <= 6 * size + (2 << 20), (read, size)
+
+
+def test_analysis_keeps_bounded_text_per_thread():
+    from tracer.viewer.analyze import FIRST_TEXT_CHARS, Analyzer
+    from tracer.viewer.synth import SONNET
+
+    a = Analyzer(keep_responses=False)
+    for i in range(50):
+        a.add({"request": {"url": "https://api.anthropic.com/v1/messages", "method": "POST", "body": {
+            "model": SONNET, "messages": [{"role": "user", "content": f"{i} " + "w" * 200_000}]}}, "response": None})
+    an = a.finish()
+    assert len(an.threads) == 50
+    assert all(len(t.first_text) <= FIRST_TEXT_CHARS and len(t.prompt) <= 1024 for t in an.threads)
