@@ -26,8 +26,8 @@ pytestmark = pytest.mark.skipif(
     reason="needs chromium and the browser harness: run scripts/bootstrap-browser.sh")
 
 
-def probe(page: Path, *extra: str, timeout: float = 240) -> dict:
-    r = subprocess.run(["node", str(HARNESS / "probe.mjs"), str(page), *extra], capture_output=True, text=True,
+def probe(page: Path, *extra: str, timeout: float = 240, script: str = "probe.mjs") -> dict:
+    r = subprocess.run(["node", str(HARNESS / script), str(page), *extra], capture_output=True, text=True,
                        timeout=timeout, cwd=HARNESS)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

@@ -4,25 +4,20 @@ on a real traced Claude Code session, and on 1,000-pair logs."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.browser.test_viewer_browser import CHROMIUM, HARNESS, pytestmark  # noqa: F401  (same skip rule)
+from tests.browser.test_viewer_browser import probe, pytestmark, session_page  # noqa: F401  (fixture, skip rule)
 from tracer.sinks.html import write_html
 from tracer.viewer.analyze import analyze
 from tracer.viewer.cost import PriceTable
 from tracer.viewer.logs import read_records
-from tracer.viewer.synth import big_log, claude_code_session, compacted_session, unique_log, write_jsonl
+from tracer.viewer.synth import big_log, unique_log, write_jsonl
 
 
 def features(page: Path, *args: str, timeout: float = 300) -> dict:
-    r = subprocess.run(["node", str(HARNESS / "features.mjs"), str(page), *args], capture_output=True, text=True,
-                       timeout=timeout, cwd=HARNESS)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    assert "fatal" not in out, out.get("fatal")
+    out = probe(page, *args, timeout=timeout, script="features.mjs")
     assert out["consoleErrors"] == [] and out["pageErrors"] == [] and out["requests"] == []
     return out
 
@@ -32,13 +27,8 @@ def usd(x: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    d = tmp_path_factory.mktemp("features")
-    log = claude_code_session()
-    compacted_session(log)
-    path = d / "cc.jsonl"
-    write_jsonl(log.records, path)
-    return write_html(path), log
+def synth(session_page):
+    return session_page
 
 
 def test_cost_per_call_session_and_total(synth):

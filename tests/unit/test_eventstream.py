@@ -9,7 +9,7 @@ import json
 import orjson
 from hypothesis import given, settings, strategies as st
 
-from tests.unit.test_sse import EXPECTED, anthropic_stream
+from tests.unit.test_sse import EXPECTED, anthropic_stream, split_at
 from tracer.protocols.eventstream import (EventStreamDecoder, bedrock_chunk, encode_message,
                                           reconstruct_eventstream)
 from tracer.protocols.sse import parse_events
@@ -67,12 +67,7 @@ def _events():
 @settings(max_examples=200, deadline=None)
 def test_any_split_decodes_the_same(data):
     body = _bedrock_body(_events())
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=30)))
-    chunks, prev = [], 0
-    for c in cuts + [len(body)]:
-        chunks.append(body[prev:c])
-        prev = c
-    r = reconstruct_eventstream(chunks)
+    r = reconstruct_eventstream(split_at(body, data.draw(st.lists(st.integers(0, len(body)), max_size=30))))
     assert r.message == EXPECTED and r.errors == [] and r.complete
     assert r.frames == len(_events()) and r.skipped_bytes == 0
 

@@ -13,6 +13,15 @@ def sse(event: str, payload: dict, eol: str = "\n") -> str:
     return f"event: {event}{eol}data: {json.dumps(payload)}{eol}{eol}"
 
 
+def split_at(body: bytes, cuts: list[int]) -> list[bytes]:
+    """``body`` cut at the given offsets (any order, repeats allowed)."""
+    chunks, prev = [], 0
+    for c in sorted(cuts) + [len(body)]:
+        chunks.append(body[prev:c])
+        prev = c
+    return chunks
+
+
 def anthropic_stream(eol: str = "\n") -> str:
     """A stream with every event and delta type the Messages API sends."""
     parts = [
@@ -95,11 +104,7 @@ def test_offsets_point_at_event_ends():
 @settings(max_examples=200, deadline=None)
 def test_any_split_gives_same_result(data, eol):
     body = anthropic_stream(eol).encode()
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=40)))
-    chunks, prev = [], 0
-    for c in cuts + [len(body)]:
-        chunks.append(body[prev:c])
-        prev = c
+    chunks = split_at(body, data.draw(st.lists(st.integers(0, len(body)), max_size=40)))
     r = reconstruct(chunks)
     assert r.message == EXPECTED
     assert r.errors == []
