@@ -76,6 +76,8 @@ class RunWatch:
         self.helpers_seen: set[int] = set()
         self.command: int | None = None
         self.command_exit: float | None = None
+        self.end_peak_kb = 0          # tracer + helpers after the command exited: drain and viewer build
+        self.end_rss0_kb = 0          # tracer's RSS when the command exited
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, args=(interval,), daemon=True)
         self._t.start()
@@ -102,6 +104,10 @@ class RunWatch:
                 total += _status(p).get("VmRSS", 0)
                 stack.extend(kids.get(p, []))
             self.peak_sum_kb = max(self.peak_sum_kb, total)
+            if self.command_exit is not None:
+                if not self.end_rss0_kb:
+                    self.end_rss0_kb = st.get("VmRSS", 0)
+                self.end_peak_kb = max(self.end_peak_kb, total)
             time.sleep(interval)
 
     def stop(self):
@@ -164,7 +170,9 @@ def run_case(srv, size: int, delta: int, tmp: Path) -> None:
           + (f" ({r.events:,} events, complete {r.complete})" if r else " (no record)"))
     print(f"   seconds from the command's exit to tracer's exit: {after:.1f} (target <= 10)")
     print(f"   memory: tracer VmHWM {w.hwm_kb / 1024:.0f} MB; peak RSS tracer + helpers "
-          f"{w.peak_sum_kb / 1024:.0f} MB ({len(w.helpers_seen)} helper process(es)) (target <= 100 MB)")
+          f"{w.peak_sum_kb / 1024:.0f} MB ({len(w.helpers_seen)} helper process(es)) (target <= 100 MB); "
+          f"after the command's exit (drain + viewer build): RSS {w.end_rss0_kb / 1024:.0f} MB -> peak "
+          f"{w.end_peak_kb / 1024:.0f} MB")
     if page and page.exists():
         html = page.read_bytes()
         m = re.search(rb"\[\xe2\x80\xa6 ([^\]]{0,60}) more, not in this page", html)
