@@ -168,7 +168,9 @@ def run_case(srv, size: int, delta: int, tmp: Path) -> None:
           f"{'== mock' if exact_body else '!= mock'}; rebuilt answer from the log "
           f"{'== mock text' if exact_text else '!= mock text'}"
           + (f" ({r.events:,} events, complete {r.complete})" if r else " (no record)"))
-    print(f"   seconds from the command's exit to tracer's exit: {after:.1f} (target <= 10)")
+    build = (page.stat().st_mtime - lf[0].stat().st_mtime) if page and page.exists() else float("nan")
+    print(f"   seconds from the command's exit to tracer's exit: {after:.1f} (target <= 10); of which the "
+          f"viewer build ~{build:.1f} (page written - log last written), the rest draining the capture")
     print(f"   memory: tracer VmHWM {w.hwm_kb / 1024:.0f} MB; peak RSS tracer + helpers "
           f"{w.peak_sum_kb / 1024:.0f} MB ({len(w.helpers_seen)} helper process(es)) (target <= 100 MB); "
           f"after the command's exit (drain + viewer build): RSS {w.end_rss0_kb / 1024:.0f} MB -> peak "
