@@ -63,7 +63,7 @@ CONTINUATION_MARK = "This session is being continued from a previous conversatio
 SUBAGENT_TOOLS = ("Task", "Agent")
 WARMUP_TEXTS = ("Warmup",)
 BILLING_PREFIX = "x-anthropic-billing-header:"
-FIRST_TEXT_CHARS = 16 << 10   # of a thread's first message kept for matching subagents and continuations
+FIRST_TEXT_CHARS = 4 << 10    # of a thread's first message kept for matching subagents and continuations
 SESSION_HEADER = "x-claude-code-session-id"  # Claude Code names its session in every request  # Claude Code pre-warms its subagents' prompt caches with these
 
 

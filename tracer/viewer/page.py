@@ -54,8 +54,8 @@ def asset(name: str) -> str:
 
 HEAD_CHARS = 64 << 10          # characters of a big logged string embedded in the page
 REBUILT_CHARS = 256 << 10      # characters of each rebuilt answer field embedded in the page
-KEEP_REBUILT = 64 << 10        # a rebuilt response up to this size is kept from pass 1 for pass 2
-CACHE_BUDGET = 8 << 20         # bigger ones (and long lines' reduced records) while this lasts
+KEEP_REBUILT = 1 << 20         # a rebuilt response up to this size is kept from pass 1 for pass 2,
+CACHE_BUDGET = 8 << 20         # with long lines' reduced records, while this budget lasts
 
 
 def _mb(n: int) -> str:
@@ -345,7 +345,7 @@ def build_page_from_log(path: str | Path, out: BinaryIO, *, source: str = "",
                 size = len(dumps(c.response))
             except (TypeError, RecursionError):
                 size = -1
-            if 0 <= size <= KEEP_REBUILT or (size > 0 and size <= budget):
+            if 0 <= size <= KEEP_REBUILT and size <= budget:
                 rebuilt[n] = (c.response, c.truncated)
                 budget -= size
         c.response = None
