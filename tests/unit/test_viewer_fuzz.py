@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from tracer.viewer.analyze import analyze
 from tracer.viewer.page import build_page
@@ -44,6 +44,7 @@ record = st.fixed_dictionaries(
 
 
 @given(st.lists(record, max_size=5))
+@example([{"request": {"timestamp": float("inf")}, "response": {"status_code": float("inf"), "timestamp": 1e308}}])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_garbage_records_never_raise(records):
     an = analyze(records)

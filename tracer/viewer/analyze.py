@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import math
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -83,11 +84,19 @@ def _url_model(path: str) -> str:
 
 
 def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    """A finite number from the log, else None (a log may hold Infinity, or integers past a float)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _int(v: Any) -> int:
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+    f = _num(v)
+    return int(v) if f is not None and isinstance(v, int) else int(f) if f is not None else 0
 
 
 def is_sse(response: dict) -> bool:

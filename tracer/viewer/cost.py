@@ -67,7 +67,10 @@ class ModelPrices:
 
     def at(self, when: float | None) -> dict:
         chosen = self.prices[0]["prices"]
-        day = _dt.datetime.fromtimestamp(when, _dt.timezone.utc).date().isoformat() if when else None
+        try:
+            day = _dt.datetime.fromtimestamp(when, _dt.timezone.utc).date().isoformat() if when else None
+        except (OverflowError, OSError, ValueError):
+            day = None
         for p in self.prices:
             if p["start"] is None or (day is not None and day >= p["start"]):
                 chosen = p["prices"]
