@@ -14,6 +14,7 @@ import functools
 import os
 import platform
 
+from tracer.errors import TracerError
 from tracer.probes.program import MapInfo
 
 c_int, c_uint, c_size_t, c_void_p, c_char_p = (ctypes.c_int, ctypes.c_uint32, ctypes.c_size_t,
@@ -58,6 +59,7 @@ _SIGNATURES = {
     "ring_buffer__consume": (c_int, [c_void_p]),
     "ring_buffer__free": (None, [c_void_p]),
     "libbpf_major_version": (c_uint, []),
+    "libbpf_minor_version": (c_uint, []),
     "libbpf_set_strict_mode": (c_int, [c_int]),
 }
 
@@ -66,22 +68,29 @@ LIBBPF_STRICT_DIRECT_ERRS = 0x02
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 
 
+INSTALL_HINT = "install libbpf 0.6 or newer (Debian/Ubuntu: apt-get install libbpf1, BCC's dependency)"
+
+
 @functools.lru_cache(maxsize=1)
 def lib() -> ctypes.CDLL:
-    """libbpf, loaded once; OSError (ENOENT) when it is missing or too old."""
+    """libbpf, loaded once; TracerError when it is missing or too old (tracer cannot trace without)."""
     try:
         so = ctypes.CDLL("libbpf.so.1", use_errno=True)
     except OSError as e:
-        raise OSError(2, f"libbpf.so.1 is not installed ({e}); Debian: apt-get install libbpf1") from None
+        raise TracerError(f"libbpf.so.1 cannot be loaded ({e}); {INSTALL_HINT}") from None
     for name, (restype, argtypes) in _SIGNATURES.items():
         try:
             fn = getattr(so, name)
         except AttributeError:
-            raise OSError(2, f"libbpf.so.1 has no {name} (libbpf older than 0.6)") from None
+            raise TracerError(f"libbpf.so.1 has no {name} (older than 0.6); {INSTALL_HINT}") from None
         fn.restype, fn.argtypes = restype, argtypes
     if so.libbpf_major_version() == 0:      # 0.x returns -1 + errno unless told to return -errno
         so.libbpf_set_strict_mode(LIBBPF_STRICT_DIRECT_ERRS)
     return so
+
+
+def version() -> str:
+    return f"{lib().libbpf_major_version()}.{lib().libbpf_minor_version()}"
 
 
 def _check(rc: int, what: str) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import click
 
-from tracer import paths
+from tracer import libbpf, paths
 from tracer.errors import TracerError
 from tracer.probes import kheaders
 from tracer.probes.attach import TRACEFS
@@ -96,6 +96,13 @@ def check_bcc() -> Check:
                      "--system-site-packages (make bootstrap)")
 
 
+def check_libbpf() -> Check:
+    try:
+        return Check("libbpf", True, f"libbpf {libbpf.version()} (libbpf.so.1)")
+    except TracerError as e:
+        return Check("libbpf", False, str(e).split(";")[0], libbpf.INSTALL_HINT)
+
+
 def check_headers(build: bool) -> Check:
     try:
         c = kheaders.choose(build=build)
@@ -128,7 +135,7 @@ def check_compile() -> Check:
 
 def run_checks(compile_prog: bool = True) -> list[Check]:
     checks = [check_privileges(), check_kernel(), check_uprobes(), check_tracefs(), check_btf(),
-              check_bcc()]
+              check_bcc(), check_libbpf()]
     root = checks[0].ok
     checks.append(check_headers(build=root and os.geteuid() == 0))
     if compile_prog and root and all(c.ok or c.warn for c in checks):
