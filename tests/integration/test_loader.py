@@ -9,6 +9,7 @@ import ctypes
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -520,3 +521,57 @@ def test_stalled_consumer_counts_drops(env_cache, tmp_path):
     assert 0 < delivered <= 1 << 20                 # what fitted in the ring
     assert delivered + d["bytes"] == 2 * total
     assert not col.bad
+
+
+# -- pieces for tracepoint programs and maps that user space writes -------------------------------
+
+def _insn(code, dst=0, src=0, off=0, imm=0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def test_tracepoint_program_counts_execs_and_maps_are_writable(tmp_path):
+    """A TRACEPOINT program (counting sched_process_exec in an array map) loaded through libbpf and
+    attached with attach.open_tracepoint runs for every exec until its perf fd is closed; map
+    update / lookup / delete work on a hash map."""
+    from tracer import libbpf
+    from tracer.probes.attach import open_tracepoint
+    from tracer.probes.program import ProgType
+    counter = libbpf.map_create(2, 4, 8, 1, name="execs")                   # BPF_MAP_TYPE_ARRAY
+    code = b"".join([
+        _insn(0x62, dst=10, off=-4, imm=0),                                  # *(u32 *)(r10 - 4) = 0
+        _insn(0x18, dst=1, src=BPF_PSEUDO_MAP_FD, imm=counter), _insn(0),    # r1 = &execs
+        _insn(0xBF, dst=2, src=10), _insn(0x07, dst=2, imm=-4),              # r2 = r10 - 4
+        _insn(0x85, imm=1),                                                  # call map_lookup_elem
+        _insn(0x15, dst=0, off=2, imm=0),                                    # if r0 == 0 goto out
+        _insn(0xB7, dst=1, imm=1), _insn(0xDB, dst=0, src=1, imm=0),         # lock *(u64 *)r0 += 1
+        _insn(0xB7, dst=0, imm=0), _insn(0x95)])                             # out: return 0
+    prog = libbpf.prog_load(int(ProgType.TRACEPOINT), code, "count_execs")
+    zero = struct.pack("<I", 0)
+
+    def execs() -> int:
+        return struct.unpack("<Q", libbpf.map_lookup(counter, zero, 8))[0]
+    try:
+        fd = open_tracepoint(prog, "sched/sched_process_exec")
+        for _ in range(3):
+            subprocess.run(["/bin/true"], check=True)
+        os.close(fd)
+        seen = execs()
+        assert seen >= 3
+        subprocess.run(["/bin/true"], check=True)
+        assert execs() == seen                                               # detached
+    finally:
+        os.close(prog)
+        os.close(counter)
+    pids = libbpf.map_create(1, 4, 4, 16, name="pids")                      # BPF_MAP_TYPE_HASH
+    try:
+        key, value = struct.pack("<I", 4242), struct.pack("<I", 1)
+        assert libbpf.map_lookup(pids, key, 4) is None
+        libbpf.map_update(pids, key, value)
+        assert libbpf.map_lookup(pids, key, 4) == value
+        with pytest.raises(OSError):
+            libbpf.map_update(pids, key, value, libbpf.BPF_NOEXIST)
+        assert libbpf.map_delete(pids, key) is True
+        assert libbpf.map_delete(pids, key) is False
+        assert libbpf.map_lookup(pids, key, 4) is None
+    finally:
+        os.close(pids)

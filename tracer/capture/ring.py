@@ -3,9 +3,9 @@
 `Ring` is libbpf's ring-buffer reader (ring_buffer__poll / ring_buffer__consume through ctypes): it
 calls `callback(record: bytes)` once per committed record, in order, with the memory ordering the
 ring protocol needs on every architecture (acquire loads of producer_pos and of each record header,
-a release store of consumer_pos). Measured against a reader written here that walks its own mapping
-of the ring in Python, libbpf's is as fast or faster per record and costs the ring's size in RSS
-once more (it maps the data area twice); BENCHMARKS.md, "Ring reader", has the numbers.
+a release store of consumer_pos). Against a Python reader of its own mapping of the ring
+(bench/_mapped_ring.py) libbpf's is as fast or faster per record, and costs the ring's size in RSS
+once more (it maps the data area twice); BENCHMARKS.md, "Own code vs libbpf", has the numbers.
 """
 
 from __future__ import annotations
