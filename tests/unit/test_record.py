@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tracer.protocols.base import Body, ConnInfo, Exchange, Message
 from tracer.sinks.record import Clock, Filter, build_record, redact_value
 
@@ -91,3 +94,15 @@ def test_filter_keeps_h2_pairs_with_unknown_url():
     assert Filter().wants(e)
     r = build_record(e, Clock())
     assert r["tracer"]["request_unknown_headers"] == 2 and "HPACK" in r["note"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.floats(0, 4e9), st.integers(0, 4_000_000_000).map(lambda s: s + 0.9999995),
+                 st.integers(0, 4_000_000_000).map(lambda s: s + 0.0005)))
+def test_logged_at_is_datetimes_iso_form(t):
+    """logged_at (formatted once a second, for speed) says exactly what datetime says."""
+    from datetime import datetime, timezone
+
+    from tracer.sinks.record import logged_at
+    assert logged_at(t) == datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")

@@ -123,12 +123,18 @@ class Message:
     first_body_ts_ns: int = 0 # capture time of the first body byte (time to first token etc.)
     unknown_headers: int = 0  # h2: header fields that could not be decoded (unknown HPACK state)
 
+    _index: dict | None = field(default=None, repr=False, compare=False)   # header(): lower-case name -> first value
+    _indexed: int = field(default=0, repr=False, compare=False)          # len(headers) when _index was built
+
     def header(self, name: str, default: str = "") -> str:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return default
+        """The first value of header `name` (any case): a dict lookup, the index built once."""
+        idx = self._index
+        if idx is None or self._indexed != len(self.headers):
+            idx = {}
+            for k, v in self.headers:
+                idx.setdefault(k.lower(), v)
+            self._index, self._indexed = idx, len(self.headers)
+        return idx.get(name.lower(), default)
 
 
 @dataclass

@@ -163,6 +163,24 @@ def _thin(points: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
     return out
 
 
+_second: tuple[int, str] = (-1, "")      # the last whole second formatted, and its text
+
+
+def logged_at(now: float | None = None) -> str:
+    """The current UTC time as claude-trace writes it, e.g. 2026-11-30T20:03:01.123Z (the date part
+    is formatted once a second: this runs for every record)."""
+    global _second
+    now = time.time() if now is None else now
+    sec = int(now)
+    us = round((now - sec) * 1e6)         # as datetime.fromtimestamp rounds, to the microsecond
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{us // 1000:03d}Z"
+
+
 def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
     req, resp = ex.request, ex.response
     t0 = req.ts_ns
@@ -176,7 +194,7 @@ def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
             **rq_fields,
         },
         "response": None,
-        "logged_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "logged_at": logged_at(),
     }
     extras: dict = {
         "pid": ex.conn.pid, "tid": ex.conn.tid, "comm": ex.conn.comm, "conn_id": ex.conn.conn_id,
