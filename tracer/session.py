@@ -1,6 +1,7 @@
 """A tracing session, the whole path in one place: load the BPF program (tracer/probes/load.py),
-open the log (tracer/sinks/jsonl.py) and the capture pipeline (tracer/capture/pipeline.py), read the
-ring buffer into it (tracer/capture/ring.py), attach uprobes to each target's TLS libraries
+open the log (tracer/sinks/jsonl.py), start the stage that parses (tracer/stage.py: the spool and
+the parsing process, or the pipeline in this process), drain the ring buffer into it on the ring
+thread (tracer/capture/ring.py), attach uprobes to each target's TLS libraries
 (tracer/probes/attach.py, found by tracer/probes/targets.py), and at the end the summary."""
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from tracer.capture.pipeline import Capture
-from tracer.capture.ring import DropCounters, Ring
+from tracer.capture.ring import DropCounters, Ring, drain_reader
 from tracer.probes.attach import TRACEFS, Probes
 from tracer.probes.load import load_program
 from tracer.probes.targets import Locator, mapped_objects
-from tracer.protocols.base import Exchange
-from tracer.sinks.jsonl import JsonlWriter, make_log_dir
-from tracer.sinks.record import Clock, Filter, build_record
+from tracer.sinks.jsonl import make_log_dir, open_log
+from tracer.sinks.record import Clock
+from tracer.stage import InlineStage, SpoolStage
+from tracer.worker import name_thread
 
 
 @dataclass
@@ -36,7 +37,8 @@ class Options:
     durable: bool = False
     ring_buffer_mb: int = 8
     copy_limit: int = 1 << 20
-    deferred: bool = True
+    deferred: bool = True          # parse in the worker process behind the spool (tracer/stage.py)
+    spool_max_mb: int = 1024       # most bytes captured but not parsed yet (deferred parsing)
     html: bool = True
     status: bool = True
     summary_json: Path | None = None
@@ -122,6 +124,45 @@ def read_environ(pid: int) -> dict[str, str]:
     return env
 
 
+def boost_threads(nice: int) -> int:
+    """Give this process' threads (and those it starts from now on) nice value `nice`; returns the
+    nice value it had before (which processes it starts for others must get back).
+
+    The ring thread must run when it is due - the ring buffer holds a fraction of a second at
+    loopback speed, and on a busy machine a normal thread can wait longer than that for a CPU (it
+    is real-time for that: realtime_this_thread) - and it needs the GIL, which any of this process'
+    threads may hold when it is preempted: so the others are raised too. They do little (a look at
+    the targets' mappings four times a second, the parsing process' reports); the parsing, the
+    heavy part, runs in its own process at SCHED_IDLE. Best effort: without the privilege nothing
+    changes."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [threading.get_native_id()]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:
+            pass
+    return before
+
+
+def realtime_this_thread() -> str:
+    """The ring thread under deferred parsing: SCHED_FIFO at the lowest real-time priority, so that
+    it drains the ring when due whatever else the machine runs (CPU shares between sessions -
+    autogroups - ignore nice values across sessions). It only moves bytes, a few microseconds per
+    record, and never spins (see Session._poll). TRACER_RING_SCHED=other keeps it at the nice value
+    of the other threads. Returns the policy it got."""
+    if os.environ.get("TRACER_RING_SCHED", "fifo") == "fifo":
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            return "fifo"
+        except OSError:
+            pass
+    return f"nice {os.getpriority(os.PRIO_PROCESS, threading.get_native_id())}"
+
+
 def new_log_path(opts: Options) -> Path:
     """A fresh log file name in the (created or checked) output directory."""
     out_dir = make_log_dir(opts.output_dir)
@@ -138,19 +179,14 @@ class Session:
     def __init__(self, opts: Options, *, stderr=None):
         self.opts = opts
         self.stderr = stderr or sys.stderr
-        self.filter = Filter(include_all=opts.include_all)
         self.clock = Clock()
         self.locator = Locator()
         self.targets: dict[int, Target] = {}
-        self.pairs_seen = 0
-        self.pairs_logged = 0
-        self.pairs_filtered = 0
-        self.pairs_incomplete = 0
+        self.failures: list[str] = []            # tracer's own threads/processes that failed
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
-        self._cycles = 0
-        self._cycle_cv = threading.Condition()
+        self._max_gap = 0.0                      # longest time between two drains of the ring
         self.tracefs = ensure_tracefs()
         t = time.monotonic()
         self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit,
@@ -160,55 +196,79 @@ class Session:
             self.probes = Probes(self.prog, stderr=self.stderr)
             self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
             self.log_path = new_log_path(opts)
-            self.writer = JsonlWriter(self.log_path, batch_size=opts.batch_size, flush_ms=opts.flush_ms,
-                                      durable=opts.durable, stderr=self.stderr)
-            self.capture = Capture(self._on_exchange, deferred=opts.deferred)
-            self.ring = Ring(self.prog.map_fd("events"), self.capture.feed)
+            log_fd = open_log(self.log_path)
+            try:
+                self.stage = self._start_stage(opts, log_fd)
+            finally:
+                if opts.deferred:
+                    os.close(log_fd)             # the parsing process has its own copy
+            events = self.prog.map_info("events")
+            if self.stage.callback is None:      # deferred: batches to the spool
+                self.ring = drain_reader(self.prog.map_fd("events"), events.max_entries)
+            else:                                # parsed here, record by record
+                self.ring = Ring(self.prog.map_fd("events"), self.stage.callback, events.max_entries)
         except BaseException:
             self.prog.close()
             raise
-        self.capture.start()
+        self.original_nice = os.getpriority(os.PRIO_PROCESS, 0)
+        self.ring_policy = "normal"
+        if opts.deferred:      # parsing elsewhere: this process' threads do little, and must be on time
+            boost_threads(int(os.environ.get("TRACER_NICE", self.NICE)))
         self._poller = threading.Thread(target=self._poll, name="tracer-ring", daemon=True)
         self._poller.start()
 
+    def _start_stage(self, opts: Options, log_fd: int):
+        cfg = {"log_path": str(self.log_path), "batch_size": opts.batch_size, "flush_ms": opts.flush_ms,
+               "durable": opts.durable, "include_all": opts.include_all, "redact": opts.redact,
+               "api_hosts": [], "clock_offset_ns": self.clock.offset_ns,
+               "priority": os.environ.get("TRACER_PARSER_PRIORITY", "idle")}
+        if not opts.deferred:
+            return InlineStage(cfg, log_fd, stderr=self.stderr)
+        return SpoolStage(cfg, log_fd, max_backlog=opts.spool_max_mb << 20, stderr=self.stderr)
+
     # -- pipeline ends -------------------------------------------------------------------------
     POLL_MS = 50   # records are submitted without wake-ups (see bpf/tracer.bpf.c): drain on this timer
+    NICE = -10     # this process' threads (see boost_threads); the parsing process stays at SCHED_IDLE
 
     def _poll(self):
+        """The ring thread: wake on the timer (or the kernel's forced wake-up), hand what the ring
+        holds to the stage. With the spool stage that is a few microseconds per record."""
+        name_thread("tracer-ring")
+        if self.stage.kind == "spool":
+            self.ring_policy = realtime_this_thread()
+        errors = 0
+        last = time.monotonic()
         while not self._stop.is_set():
-            self.ring.poll(self.POLL_MS)
-            self.ring.consume()
-            with self._cycle_cv:
-                self._cycles += 1
-                self._cycle_cv.notify_all()
-        self.ring.consume()
+            self.ring.wait(self.POLL_MS)
+            now = time.monotonic()
+            if now - last > self._max_gap:
+                self._max_gap = now - last
+            last = now
+            try:
+                why = self.stage.drain(self.ring)
+            except Exception as e:     # a bug: loud, counted, and the ring keeps being drained
+                errors += 1
+                if errors == 1:
+                    self._failed(f"the ring thread failed to drain the ring ({type(e).__name__}: {e})")
+                why = "failed"
+            # records left in the ring keep it readable: wait for the spool (or the CPU writing the
+            # next record) instead of spinning
+            if why in ("refused", "failed"):
+                time.sleep(self.POLL_MS / 1000)
+            elif why == "busy":
+                time.sleep(0.001)
+        self.stage.drain(self.ring)
 
-    def wait_ring_drained(self, timeout: float = 5.0) -> None:
-        """Return once the poll thread has drained the ring at least once after this call: everything
-        the kernel had queued by now has reached the capture pipeline."""
-        with self._cycle_cv:
-            target = self._cycles + 2
-            self._cycle_cv.wait_for(lambda: self._cycles >= target or self._stop.is_set(), timeout)
-
-    def _on_exchange(self, ex: Exchange):
-        self.pairs_seen += 1
-        if not self.filter.wants(ex):
-            self.pairs_filtered += 1
-            ex.request.body.close()
-            if ex.response is not None:
-                ex.response.body.close()
-            return
-        if ex.incomplete:
-            self.pairs_incomplete += 1
-        self.writer.submit(build_record(ex, self.clock, redact=self.opts.redact))
-        self.pairs_logged += 1
+    def _failed(self, why: str) -> None:
+        self.failures.append(why)
+        print(f"tracer: INTERNAL ERROR: {why}", file=self.stderr, flush=True)
 
     # -- targets -------------------------------------------------------------------------------
     def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None) -> Target:
         tgt = self.targets.setdefault(pid, Target(pid))
         env = env if env is not None else read_environ(pid)
         if env.get("ANTHROPIC_BASE_URL"):
-            self.filter.add_base_url(env["ANTHROPIC_BASE_URL"])
+            self.stage.api_url(env["ANTHROPIC_BASE_URL"])     # before any of its records
         for path in extra_files:
             self._attach_file(tgt, path)
         self.refresh_target(tgt)
@@ -249,8 +309,8 @@ class Session:
         if tgt is None or not tgt.alive:
             return
         tgt.alive = False
-        self.wait_ring_drained()   # its last records are in the ring already: let them through first
-        self.capture.close_pid(pid, reason)
+        # its last records are in the ring already: they go first, then its connections are closed
+        self.stage.close_pid(self.ring, pid, reason)
         self.probes.detach_pid(pid)
 
     def live_targets(self) -> list[int]:
@@ -259,9 +319,9 @@ class Session:
     # -- status and the end --------------------------------------------------------------------
     def status_line(self) -> str:
         drops = self.drops.read()
-        s = self.capture.stats
-        return (f"tracer: {self.pairs_logged} logged / {self.pairs_seen} pairs, "
-                f"{s.bytes_captured / 1e6:.1f} MB, {s.connections} conns, "
+        p = self.stage.progress()
+        return (f"tracer: {p.get('pairs_logged', 0)} logged / {p.get('pairs_seen', 0)} pairs, "
+                f"{p.get('bytes_captured', 0) / 1e6:.1f} MB, {p.get('connections', 0)} conns, "
                 f"drops {drops.get('events', 0)}")
 
     def finish(self) -> dict:
@@ -270,10 +330,7 @@ class Session:
             self._poller.join(timeout=5)
         for pid in self.live_targets():
             self.targets[pid].alive = False
-        self.capture.close_all("tracer stopped")
-        self.capture.stop()
-        self.writer.flush()
-        self.writer.close()
+        self._stage_stats = self.stage.finish()       # everything parsed and written
         summary = self.summary()
         self.probes.close()
         self.ring.close()
@@ -283,36 +340,28 @@ class Session:
 
     def summary(self) -> dict:
         drops = self.drops.read()
-        c = self.capture.stats
-        p = self.capture.live_parser_stats()
-        w = self.writer.stats
-        return {
+        st = getattr(self, "_stage_stats", None) or {}
+        failures = self.failures + self.stage.failures
+        out = {
             "log": str(self.log_path),
             "duration_s": round(time.monotonic() - self.started, 3),
             "targets": {str(pid): [f[0] for f in t.files] for pid, t in self.targets.items()},
-            "pairs_seen": self.pairs_seen,
-            "pairs_logged": self.pairs_logged,
-            "pairs_filtered_out": self.pairs_filtered,
-            "pairs_incomplete": self.pairs_incomplete,
-            "connections": c.connections,
-            "bytes_captured": c.bytes_captured,
-            "ring_records": c.ring_records,
+            "pairs_seen": 0, "pairs_logged": 0, "pairs_filtered_out": 0, "pairs_incomplete": 0,
+            "connections": 0, "bytes_captured": 0, "ring_records": 0,
+        }
+        out.update(st)
+        out.update({
             "ring_drops_events": drops.get("events", 0),
             "ring_drops_bytes": drops.get("bytes", 0),
             "truncated_bytes": drops.get("truncated", 0),
             "copy_fail_bytes": drops.get("copy_fail", 0),
-            "gap_bytes": c.gap_bytes,
-            "skipped_bytes": p.skipped_bytes,
-            "parse_errors": p.parse_errors,
-            "decode_errors": p.decode_errors,
-            "non_http_connections": p.not_http,
-            "h2_connections": c.h2_connections,
-            "unknown_header_blocks": p.unknown_header_blocks,
-            "worker_errors": c.worker_errors,
-            "last_worker_error": self.capture.last_error,
-            "records_written": w.records,
-            "records_lost": w.lost_records,
-            "write_errors": w.write_errors,
-            "queue_peak": c.queue_peak,
-        }
+            "spool_lost_records": self.ring.lost_records,
+            "ring_peak_fill": round(self.ring.peak_fill / max(self.ring.size, 1), 3),
+            "ring_max_drain_interval_ms": round(self._max_gap * 1000, 1),
+            "ring_thread_policy": self.ring_policy,
+            "records_lost": st.get("records_lost", 0),
+            "internal_failures": failures,
+        })
+        out.update(self.stage.info())
+        return out
 

@@ -95,3 +95,32 @@ def test_streamed_huge_body_is_one_valid_line(tmp_path):
     rec = orjson.loads(lines[0])
     assert rec["response"]["body_raw"].encode() == text and rec["after"] == [1, 2]
     assert orjson.loads(lines[1]) == {"next": True}
+
+
+def test_bounded_queue_makes_the_producer_wait(tmp_path, monkeypatch):
+    """max_queue: submit() waits while that many records are queued (the parsing process parks
+    there instead of growing a queue while it catches up); nothing is lost or reordered."""
+    import threading
+    import time
+    gate = threading.Event()
+    real = JsonlWriter._write_batch
+
+    def slow(self, batch):
+        gate.wait(5)
+        return real(self, batch)
+    monkeypatch.setattr(JsonlWriter, "_write_batch", slow)
+    w = JsonlWriter(tmp_path / "q.jsonl", batch_size=5, flush_ms=10, max_queue=10)
+    done = threading.Event()
+
+    def produce():
+        for i in range(40):
+            w.submit({"i": i})
+        done.set()
+    threading.Thread(target=produce, daemon=True).start()
+    time.sleep(0.3)
+    assert not done.is_set() and len(w._q) <= 10      # parked: the writer is stuck
+    gate.set()
+    assert done.wait(10)
+    w.close()
+    lines = (tmp_path / "q.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(l)["i"] for l in lines] == list(range(40))

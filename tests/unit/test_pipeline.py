@@ -20,11 +20,11 @@ H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"          # an empty SETTIN
 
 
 class Run:
-    """A Capture in its synchronous mode (feed processes at once) with what it produced."""
+    """A Capture (feed processes at once) with what it produced."""
 
     def __init__(self):
         self.exchanges = []
-        self.cap = Capture(self.exchanges.append, deferred=False)
+        self.cap = Capture(self.exchanges.append)
 
     def data(self, direction: int, payload: bytes, off: int, **kw):
         self.cap.feed(record(payload, dir=direction, stream_off=off, **kw))
@@ -173,12 +173,12 @@ def test_close_pid_finishes_only_that_process():
     assert len(r.exchanges) == 1 and r.exchanges[0].conn.pid == 1
 
 
-def test_deferred_feed_only_queues_then_the_worker_parses():
-    got = []
-    cap = Capture(got.append, deferred=True)
-    cap.feed(record(REQ))
-    cap.feed(record(RESP, dir=ev.DIR_READ))
-    assert got == [] and cap.stats.ring_records == 0 and len(cap._inbox) == 2
-    cap.start()
-    cap.stop()
-    assert len(got) == 1 and cap.stats.ring_records == 2
+def test_close_with_the_time_it_was_asked_for():
+    """Deferred parsing applies a close later than it was asked for: the connection ends at the
+    time given (the exchange's response end), not at the time the parser got to it."""
+    r = Run()
+    r.write(REQ, ts_ns=1_000)
+    r.read(RESP[:40], ts_ns=2_000)
+    r.cap.close_all("tracer stopped", ts_ns=5_000)
+    assert len(r.exchanges) == 1
+    assert r.exchanges[0].response.end_ts_ns == 5_000 and r.exchanges[0].incomplete

@@ -50,6 +50,19 @@ EVENT_STRUCT = struct.Struct("<" + "".join(f for _, f in EVENT_FIELDS))
 DROP_STRUCT = struct.Struct("<" + "".join(f for _, f in DROP_FIELDS))
 HEADER_SIZE = EVENT_STRUCT.size
 
+
+def _offset(name: str) -> int:
+    fmt = "<"
+    for n, f in EVENT_FIELDS:
+        if n == name:
+            return struct.calcsize(fmt)
+        fmt += f
+    raise KeyError(name)
+
+
+LEN_OFFSET = _offset("len")        # where a record's payload length and flags are, for readers
+FLAGS_OFFSET = _offset("flags")    # that size records without decoding them (capture/ring.py)
+
 EV_DATA = CONST["TRACER_EV_DATA"]
 EV_CLOSE = CONST["TRACER_EV_CLOSE"]
 DIR_READ = CONST["TRACER_DIR_READ"]
@@ -81,13 +94,31 @@ assert _NAMES == ["ts_ns", "conn", "stream_off", "pid", "tid", "total_len", "off
                   "type", "dir", "flags", "comm"], _NAMES
 
 
+_comms: dict[bytes, str] = {}
+
+
+def _comm(raw: bytes) -> str:
+    name = _comms.get(raw)
+    if name is None:
+        name = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        if len(_comms) < 4096:              # thread names are few; never let them grow without bound
+            _comms[raw] = name
+    return name
+
+
 def decode(raw: bytes | memoryview) -> Event:
     """Decode one ring-buffer record (header + payload)."""
     vals = EVENT_STRUCT.unpack_from(raw, 0)
     n = 0 if vals[10] & F_COPY_FAIL else vals[7]
-    comm = vals[11].split(b"\0", 1)[0].decode("utf-8", "replace")
-    data = bytes(raw[HEADER_SIZE:HEADER_SIZE + n])
-    return Event(*vals[:11], comm, data)
+    return Event(*vals[:11], _comm(vals[11]), bytes(raw[HEADER_SIZE:HEADER_SIZE + n]))
+
+
+def record_size(raw: bytes | memoryview) -> int:
+    """Bytes of a ring record that carry information: the header and the payload actually copied
+    (a ring record is reserved in size classes, so it is usually longer)."""
+    n = HEADER_SIZE if raw[FLAGS_OFFSET] & F_COPY_FAIL else HEADER_SIZE + int.from_bytes(
+        raw[LEN_OFFSET:LEN_OFFSET + 4], "little")
+    return min(n, len(raw))
 
 
 def decode_drops(raw: bytes) -> dict[str, int]:

@@ -1,14 +1,11 @@
 """Ring-buffer records -> per-connection byte streams -> protocol parsers -> exchanges.
 
-`feed(record)` takes one record (struct tracer_event + payload, tracer/capture/event.py) as the
-ring reader (tracer/capture/ring.py) hands it out. Two threads, as the seed's zero-latency design asks:
-  * the ring's poll thread calls `feed`, which only appends the record to an in-memory queue (no
-    parsing), so the kernel ring drains as fast as possible;
-  * the worker thread decodes records, keeps one stream per connection (pid, SSL*), detects capture
-    gaps from the kernel's per-stream offsets, feeds the connection's parser and hands finished
-    exchanges to `on_exchange`.
-With deferred parsing off (--no-deferred-parsing) `feed` does the worker's job at once - which is
-also how tests drive the pipeline without a kernel.
+`feed(record)` takes one record (struct tracer_event + payload, tracer/capture/event.py), decodes
+it, keeps one stream per connection (pid, SSL*), detects capture gaps from the kernel's per-stream
+offsets, feeds the connection's parser and hands finished exchanges to `on_exchange` - all at once,
+on the caller's thread. Normally that caller is the parsing process (tracer/worker.py) reading the
+spool the ring thread fills (tracer/stage.py); with --no-deferred-parsing it is the ring thread
+itself; tests drive it directly without a kernel.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,6 +22,9 @@ from tracer.protocols.base import ConnInfo, Direction, Exchange, ParserStats
 from tracer.protocols.http1 import Http1Connection, looks_like_http1_request, looks_like_http1_response
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+_DIRECTIONS = {int(d): d for d in Direction}
 
 
 @dataclass
@@ -51,82 +50,36 @@ class CaptureStats:
     key_reuse: int = 0
     h2_connections: int = 0
     worker_errors: int = 0
-    queue_peak: int = 0
 
 
 class Capture:
-    def __init__(self, on_exchange: Callable[[Exchange], None], *, deferred: bool = True,
-                 max_decoded_body: int = 512 << 20):
+    def __init__(self, on_exchange: Callable[[Exchange], None], *, max_decoded_body: int = 512 << 20):
         self.on_exchange = on_exchange
-        self.deferred = deferred
         self.max_decoded_body = max_decoded_body
         self.stats = CaptureStats()
         self.parser_stats = ParserStats()
         self.conns: dict[tuple[int, int], ConnState] = {}
         self._seq = 0
-        self._inbox: deque[bytes] = deque()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()      # guards connection state (worker vs. control calls)
-        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()      # guards connection state (records vs. control calls)
         self.last_error = ""
         dump = os.environ.get("TRACER_DUMP_EVENTS")   # debugging: raw ring records, length-prefixed
         self.dump = open(dump, "ab") if dump else None
 
     # -- records in ---------------------------------------------------------------------------
-    def feed(self, record: bytes) -> None:
-        """One ring-buffer record: queued for the worker (deferred parsing) or processed now."""
+    def feed(self, record: bytes | memoryview) -> None:
+        """One ring-buffer record, processed now."""
         if self.dump is not None:
             self.dump.write(len(record).to_bytes(4, "little") + record)
-        if self.deferred:
-            self._inbox.append(record)
-            if len(self._inbox) == 1:
-                self._wake.set()
-        else:
-            with self._lock:
-                self._handle(record)
-
-    # -- worker -------------------------------------------------------------------------------
-    def start(self):
-        if self.deferred:
-            self._worker = threading.Thread(target=self._run, name="tracer-worker", daemon=True)
-            self._worker.start()
-
-    def _run(self):
-        inbox = self._inbox
-        while True:
-            if not inbox:
-                if self._stop.is_set():
-                    return
-                self._wake.wait(0.05)
-                self._wake.clear()
-                continue
-            n = len(inbox)
-            if n > self.stats.queue_peak:
-                self.stats.queue_peak = n
-            with self._lock:
-                for _ in range(min(n, 4096)):
-                    self._handle(inbox.popleft())
-
-    def drain(self, timeout: float = 10.0) -> bool:
-        """Wait until everything queued so far has been processed."""
-        deadline = time.monotonic() + timeout
-        while self._inbox and time.monotonic() < deadline:
-            self._wake.set()
-            time.sleep(0.005)
-        with self._lock:  # the batch in hand is finished once we get the lock
-            pass
-        return not self._inbox
+        with self._lock:
+            self._handle(record)
 
     def stop(self):
-        self.drain()
-        self._stop.set()
-        self._wake.set()
-        if self._worker:
-            self._worker.join(timeout=10)
+        if self.dump is not None:
+            self.dump.close()
+            self.dump = None
 
     # -- per record ---------------------------------------------------------------------------
-    def _handle(self, raw: bytes):
+    def _handle(self, raw: bytes | memoryview):
         self.stats.ring_records += 1
         try:
             e = ev.decode(raw)
@@ -167,7 +120,7 @@ class Capture:
         self.stats.data_events += 1
         key = (e.pid, e.conn)
         st = self.conns.get(key)
-        d = Direction(e.dir)
+        d = _DIRECTIONS[e.dir]
         if st is not None and e.stream_off < st.expect[d] and st.seen[d]:
             # offsets restart only for a new connection on a reused SSL* whose SSL_free we missed
             self.stats.key_reuse += 1
@@ -217,19 +170,17 @@ class Capture:
             self._emit(st.parser.close(reason, ts))
             self.parser_stats.add(st.parser.stats)
 
-    # -- control (called from the session thread) ----------------------------------------------
-    def close_pid(self, pid: int, reason: str):
-        """The process is gone: finish all its connections (after draining what it sent)."""
-        self.drain()
+    # -- control (between records; from another thread too) ------------------------------------
+    def close_pid(self, pid: int, reason: str, ts_ns: int | None = None):
+        """The process is gone: finish all its connections (its records have all been fed)."""
         with self._lock:
-            now = time.monotonic_ns()
+            now = ts_ns or time.monotonic_ns()
             for key in [k for k in self.conns if k[0] == pid]:
                 self._close_conn(key, reason, now)
 
-    def close_all(self, reason: str):
-        self.drain()
+    def close_all(self, reason: str, ts_ns: int | None = None):
         with self._lock:
-            now = time.monotonic_ns()
+            now = ts_ns or time.monotonic_ns()
             for key in list(self.conns):
                 self._close_conn(key, reason, now)
 

@@ -1,35 +1,80 @@
 """Records out of the kernel: the BPF ring buffer (`events` map) and the drop counters (`drops`).
 
-`Ring` is libbpf's ring-buffer reader (ring_buffer__poll / ring_buffer__consume through ctypes): it
-calls `callback(record: bytes)` once per committed record, in order, with the memory ordering the
-ring protocol needs on every architecture (acquire loads of producer_pos and of each record header,
-a release store of consumer_pos). Against a Python reader of its own mapping of the ring
-(bench/_mapped_ring.py) libbpf's is as fast or faster per record, and costs the ring's size in RSS
-once more (it maps the data area twice); BENCHMARKS.md, "Own code vs libbpf", has the numbers.
+Two ways to take records out, for the two ways the session parses (tracer/stage.py):
+
+  * `Ring` is libbpf's ring-buffer reader (ring_buffer__poll / ring_buffer__consume through ctypes):
+    it calls `callback(record: bytes)` once per committed record, in order, with the memory ordering
+    the ring protocol needs on every architecture (acquire loads of producer_pos and of each record
+    header, a release store of consumer_pos). Parsing in the tracer process (--no-deferred-parsing)
+    uses it; against a Python per-record reader of its own mapping of the ring libbpf's is as fast
+    or faster (BENCHMARKS.md, "Own code vs libbpf").
+  * `drain(store)` hands every committed record, in order, to `store(lengths, buffers)` in batches
+    of up to DRAIN_BATCH_RECORDS records, cut to the bytes each carries (header + payload: records
+    are reserved in size classes), releasing them to the kernel once `store` has taken them - how
+    deferred parsing moves records to its spool (capture/spool.py). `MappedRing` (x86-64) does it
+    through its own single mapping of the ring: no Python call and no copy per record - the buffers
+    are views of the ring itself, written to the spool by one pwritev per batch - and 8 MB less RSS
+    than libbpf's double mapping of the default ring. x86-64 is TSO: plain aligned loads of
+    producer_pos and of record headers are acquire loads, a plain store of consumer_pos a release
+    store, which is what the protocol needs; other architectures need barriers Python cannot issue,
+    so there `Ring.drain` (libbpf's reader, records collected per pass) does it.
+    (BENCHMARKS.md, "Deferred parsing", has the measurements.)
+`drain_reader` picks one; TRACER_RING_READER=mapped|libbpf forces it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
+import select
 import struct
 import threading
 import time
-from typing import Callable
+from array import array
+from typing import Callable, Protocol
 
 from tracer import libbpf
+from tracer.capture import event as ev
 from tracer.capture.event import decode_drops
 from tracer.probes.program import PERCPU_MAP_TYPES, MapInfo
 
 Callback = Callable[[bytes], object]
+Store = Callable[[array, list], bool]
+"""`store(lengths, buffers)`: one batch of records - their lengths (array of u32) and the buffers that
+hold them back to back (a record wrapping round the ring's end comes as two buffers). True: taken (the
+buffers are not used after the call); False: refused."""
+
+DRAIN_BATCH_RECORDS = 1000   # + the segment header, the lengths and one wrapped piece <= IOV_MAX (1024)
+DRAIN_BATCH_BYTES = 512 << 10
+
+
+class Drainer(Protocol):
+    """What the session's ring thread needs under deferred parsing."""
+    size: int
+    lost_records: int
+    lost_bytes: int
+    peak_fill: int
+
+    def drain(self, store: Store) -> tuple[int, int, str]: ...
+    def wait(self, timeout_ms: int) -> None: ...
+    def close(self) -> None: ...
 
 
 class Ring:
     """Reader of a BPF_MAP_TYPE_RINGBUF map. A failing callback (a consumer bug) is counted, never
     allowed to stop the ring."""
 
-    def __init__(self, map_fd: int, callback: Callback):
+    lost_records = 0      # records a drain's store refused: libbpf had released them already
+    lost_bytes = 0
+    peak_fill = 0         # (not known through libbpf)
+
+    def __init__(self, map_fd: int, callback: Callback | None = None, size: int = 0):
         self.callback = callback
+        self.size = size
         self.callback_errors = 0
         self.last_callback_error = ""
+        self._collect: list | None = None                  # records of a drain() in progress
         self._lock = threading.Lock()
         self._cb = libbpf.RING_SAMPLE_FN(self._sample)     # kept alive as long as the ring
         self._lib = libbpf.lib()
@@ -37,11 +82,16 @@ class Ring:
         if not rb:
             raise OSError(22, "libbpf ring_buffer__new failed (see libbpf's message above)")
         self._rb = rb
+        self._ep = select.epoll()
+        self._ep.register(map_fd, select.EPOLLIN)
         self.closed = False
 
     def _sample(self, _ctx, data, size) -> int:
         try:
-            self.callback(data[:size])
+            if self._collect is not None:
+                self._collect.append(data[:size])
+            else:
+                self.callback(data[:size])
         except Exception as e:
             self.callback_errors += 1
             self.last_callback_error = f"{type(e).__name__}: {e}"
@@ -65,6 +115,42 @@ class Ring:
         """Hand out every committed record without waiting; how many."""
         return self._call(self._lib.ring_buffer__consume)
 
+    def drain(self, store: Store) -> tuple[int, int, str]:
+        """As MappedRing.drain, for architectures without it: libbpf hands the records over one by
+        one (collected per pass) and releases each as it does, so a batch `store` refuses is lost
+        - counted in lost_records / lost_bytes."""
+        got: list[bytes] = []
+        with self._lock:
+            if self.closed:
+                return 0, 0, ""
+            self._collect = got
+            try:
+                self._lib.ring_buffer__consume(self._rb)
+            finally:
+                self._collect = None
+        records = nbytes = 0
+        for i in range(0, len(got), DRAIN_BATCH_RECORDS):
+            bufs = [r[:ev.record_size(r)] for r in got[i:i + DRAIN_BATCH_RECORDS]]
+            lens = array("I", map(len, bufs))
+            n = sum(lens)
+            if not store(lens, bufs):
+                self.lost_records += len(got) - i
+                self.lost_bytes += n + sum(ev.record_size(r) for r in got[i + DRAIN_BATCH_RECORDS:])
+                return records, nbytes, "refused"
+            records += len(bufs)
+            nbytes += n
+        return records, nbytes, ""
+
+    def wait(self, timeout_ms: int) -> None:
+        """Sleep until the kernel wakes the reader (a forced wake-up) or `timeout_ms` passes."""
+        if self.closed:
+            time.sleep(max(0, timeout_ms) / 1000)
+            return
+        try:
+            self._ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
+        except (OSError, ValueError):
+            pass
+
     def close(self) -> None:
         with self._lock:
             if self.closed:
@@ -72,6 +158,158 @@ class Ring:
             self.closed = True
             self._lib.ring_buffer__free(self._rb)
             self._rb = None
+            self._ep.close()
+
+
+# -- the batch drain through our own mapping (x86-64) ---------------------------------------------
+
+RINGBUF_BUSY_BIT = 1 << 31
+RINGBUF_DISCARD_BIT = 1 << 30
+RINGBUF_HDR_SZ = 8
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_long]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+PROT_READ, PROT_WRITE, MAP_SHARED = 1, 2, 1
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class MappedRing:
+    """The ring drained through our own single mapping of it (x86-64 only, see the module docstring)."""
+
+    lost_records = 0
+    lost_bytes = 0
+    peak_fill = 0         # most bytes found waiting in the ring at a drain
+
+    def __init__(self, map_fd: int, size: int):
+        if platform.machine() != "x86_64":
+            raise OSError(95, f"the mapped ring reader relies on x86-64 memory ordering, "
+                              f"not {platform.machine()}'s")
+        if size <= 0 or size & (size - 1):
+            raise ValueError(f"ring buffer size {size} is not a power of two")
+        self.size = size
+        self.mask = size - 1
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.wrapped_records = 0
+        self._lock = threading.Lock()
+        cons = _libc.mmap(None, self.page, PROT_READ | PROT_WRITE, MAP_SHARED, map_fd, 0)
+        if cons in (None, MAP_FAILED):
+            e = ctypes.get_errno()
+            raise OSError(e, f"mmap of the ring buffer consumer page: {os.strerror(e)}")
+        self._prod_len = self.page + size
+        prod = _libc.mmap(None, self._prod_len, PROT_READ, MAP_SHARED, map_fd, self.page)
+        if prod in (None, MAP_FAILED):
+            e = ctypes.get_errno()
+            _libc.munmap(cons, self.page)
+            raise OSError(e, f"mmap of the ring buffer data: {os.strerror(e)}")
+        self._cons_addr, self._prod_addr = cons, prod
+        self._consumer = ctypes.c_uint64.from_address(cons)
+        self._producer = ctypes.c_uint64.from_address(prod)
+        self._view = memoryview((ctypes.c_char * size).from_address(prod + self.page)).cast("B")
+        self._v32 = self._view.cast("I")
+        self._ep = select.epoll()
+        self._ep.register(map_fd, select.EPOLLIN)
+        self.closed = False
+
+    @property
+    def consumer_pos(self) -> int:
+        return self._consumer.value
+
+    def drain(self, store: Store) -> tuple[int, int, str]:
+        """Every committed record to `store`, in batches (see the module docstring). Returns (records,
+        bytes, why it stopped early: "busy" - at a record still being written -, "refused" - store
+        said no -, or "")."""
+        with self._lock:
+            if self.closed:
+                return 0, 0, ""
+            return self._drain(store)
+
+    def _drain(self, store: Store) -> tuple[int, int, str]:
+        v8, v32, mask, size = self._view, self._v32, self.mask, self.size
+        consumer, producer = self._consumer, self._producer
+        len_at, flags_at, head, copy_fail = ev.LEN_OFFSET, ev.FLAGS_OFFSET, ev.HEADER_SIZE, ev.F_COPY_FAIL
+        max_n, max_b = DRAIN_BATCH_RECORDS, DRAIN_BATCH_BYTES
+        busy, discard, len_mask = RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT)
+        records = nbytes = 0
+        cons = consumer.value
+        if producer.value - cons > self.peak_fill:
+            self.peak_fill = producer.value - cons
+        while True:
+            prod = producer.value
+            if cons >= prod:
+                return records, nbytes, ""
+            lens, bufs, batch, pos, stop = array("I"), [], 0, cons, ""
+            n_in = 0
+            while pos < prod:
+                off = pos & mask
+                hdr = v32[off >> 2]
+                if hdr & busy:
+                    stop = "busy"
+                    break
+                length = hdr & len_mask
+                if not hdr & discard:
+                    if n_in >= max_n or batch >= max_b:
+                        break
+                    s = (off + RINGBUF_HDR_SZ) & mask          # headers never straddle the end
+                    n = head if v8[(s + flags_at) & mask] & copy_fail else head + v32[((s + len_at) & mask) >> 2]
+                    if n > length:
+                        n = length
+                    e = s + n
+                    if e <= size:
+                        bufs.append(v8[s:e])
+                    else:                                      # wraps: two pieces, one record
+                        self.wrapped_records += 1
+                        bufs.append(v8[s:])
+                        bufs.append(v8[:e - size])
+                    lens.append(n)
+                    n_in += 1
+                    batch += n
+                pos += (length + RINGBUF_HDR_SZ + 7) & ~7
+            if n_in and not store(lens, bufs):
+                return records, nbytes, "refused"             # consumer_pos stays: the kernel keeps them
+            cons = pos
+            consumer.value = cons
+            records += n_in
+            nbytes += batch
+            if stop:
+                return records, nbytes, stop
+
+    def wait(self, timeout_ms: int) -> None:
+        """Sleep until the kernel wakes the reader (a forced wake-up) or `timeout_ms` passes."""
+        if self.closed:
+            time.sleep(max(0, timeout_ms) / 1000)
+            return
+        try:
+            self._ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
+        except (OSError, ValueError):        # closed under us
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            self._v32.release()
+            self._view.release()
+            _libc.munmap(self._prod_addr, self._prod_len)
+            _libc.munmap(self._cons_addr, self.page)
+            self._ep.close()
+
+
+
+def drain_reader(map_fd: int, size: int, reader: str | None = None) -> Drainer:
+    """The ring of map `map_fd` (`size` bytes of data) opened for drain(): our own mapping on
+    x86-64, libbpf's reader elsewhere (TRACER_RING_READER=mapped|libbpf forces one)."""
+    reader = reader or os.environ.get("TRACER_RING_READER") or (
+        "mapped" if platform.machine() == "x86_64" else "libbpf")
+    if reader == "mapped":
+        return MappedRing(map_fd, size)
+    if reader == "libbpf":
+        return Ring(map_fd, None, size)
+    raise ValueError(f"unknown ring reader {reader!r} (mapped or libbpf)")
 
 
 # -- loss counters ------------------------------------------------------------------------------

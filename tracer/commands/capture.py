@@ -41,7 +41,14 @@ def capture_options(f):
         click.option("--copy-limit-kb", type=click.IntRange(16, 8192), default=1024, show_default=True,
                      help="Bytes copied per SSL call; the rest of a bigger call is logged as a gap."),
         click.option("--no-deferred-parsing", is_flag=True,
-                     help="Parse in the ring-buffer callback instead of on the worker thread."),
+                     help="Parse in tracer's own process, record by record as the ring is read, instead "
+                          "of in a low-priority parsing process behind a spool (slower at saturation; "
+                          "for debugging and comparisons)."),
+        click.option("--spool-max-mb", type=click.IntRange(16, 1 << 20), default=1024, show_default=True,
+                     help="Most captured bytes waiting to be parsed (kept in an unnamed file under "
+                          "tracer's cache directory, not in memory). The parsing process gets normal "
+                          "priority past a quarter of it; at the limit records wait in the ring buffer, "
+                          "and are dropped (and counted) when it is full."),
         click.option("--no-html", is_flag=True, help="Do not build the HTML viewer at the end."),
         click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="Also write the end-of-run summary (pairs, bytes, every loss counter) to this "
@@ -59,8 +66,8 @@ def _options(kw) -> Options:
         output_dir=kw["output_dir"], include_all=kw["include_all_requests"], redact=not kw["no_redact"],
         batch_size=kw["write_buffer_size"], flush_ms=kw["flush_ms"], durable=kw["durable"],
         ring_buffer_mb=kw["ring_buffer_mb"], copy_limit=kw["copy_limit_kb"] * 1024,
-        deferred=not kw["no_deferred_parsing"], html=not kw["no_html"], status=not kw["quiet"],
-        summary_json=kw["summary_json"])
+        deferred=not kw["no_deferred_parsing"], spool_max_mb=kw["spool_max_mb"], html=not kw["no_html"],
+        status=not kw["quiet"], summary_json=kw["summary_json"])
 
 
 def _fail(msg: str, code: int = 2):
@@ -171,6 +178,13 @@ def _finish(session: Session, opts: Options) -> dict:
     return summary
 
 
+FAILED_STATUS = 70    # tracer itself failed (a thread or its parsing process died): the log is short
+
+
+def _exit_status(summary: dict, default: int) -> int:
+    return FAILED_STATUS if summary.get("internal_failures") else default
+
+
 def _start_session(opts: Options) -> Session:
     if opts.summary_json is not None and os.path.lexists(opts.summary_json):
         _fail(f"--summary-json {opts.summary_json} exists; give a new file name")
@@ -239,7 +253,7 @@ def attach_cmd(pids, allow_other_users, **kw):
         tick()
         stopper.event.wait(opts.watch_interval)
     tick(final=True)
-    _finish(session, opts)
+    sys.exit(_exit_status(_finish(session, opts), 0))
 
 
 def _child_credentials():
@@ -269,7 +283,8 @@ def run_cmd(command, **kw):
     \b
     Example:  sudo tracer run -- claude -p "hello"
     The command runs as the user who invoked sudo (not root), with its stdin/stdout/stderr untouched;
-    tracer's own messages go to stderr. tracer exits with the command's exit code.
+    tracer's own messages go to stderr. tracer exits with the command's exit code (70 when tracer
+    itself failed: the summary says what).
     """
     opts = _options(kw)
     env = dict(os.environ)
@@ -287,14 +302,18 @@ def run_cmd(command, **kw):
     stopper.install()
     session = _start_session(opts)
     r, w = os.pipe()
+    # the command waits for its probes, then runs with the nice value tracer was started with (the
+    # session raised its own threads' priority: session.boost_threads)
     launcher = ("import os,sys\n"
                 "fd=int(sys.argv[1]); os.read(fd,1); os.close(fd)\n"
-                "os.execvp(sys.argv[2], sys.argv[2:])\n")
+                "os.setpriority(os.PRIO_PROCESS,0,int(sys.argv[2]))\n"
+                "os.execvp(sys.argv[3], sys.argv[3:])\n")
     popen_kw = {}
     if creds:
         popen_kw.update(user=creds[0], group=creds[1], extra_groups=creds[2])
     try:
-        child = subprocess.Popen([sys.executable, "-c", launcher, str(r), *command], pass_fds=(r,),
+        child = subprocess.Popen([sys.executable, "-c", launcher, str(r), str(session.original_nice), *command],
+                                 pass_fds=(r,),
                                  env=env, **popen_kw)
     except OSError as e:
         session.finish()
@@ -341,9 +360,9 @@ def run_cmd(command, **kw):
             pass
     session.target_exited(child.pid)
     tick(final=True)
-    _finish(session, opts)
+    summary = _finish(session, opts)
     rc = child.returncode
-    sys.exit(128 - rc if rc < 0 else rc)
+    sys.exit(_exit_status(summary, 128 - rc if rc < 0 else rc))
 
 
 COMMANDS = [attach_cmd, run_cmd]

@@ -73,14 +73,17 @@ def open_log(path: Path) -> int:
 
 class JsonlWriter:
     def __init__(self, path: Path, *, batch_size: int = 100, flush_ms: int = 100, durable: bool = False,
-                 stderr=None):
+                 stderr=None, fd: int | None = None, max_queue: int = 0):
         self.path = Path(path)
         self.batch_size = max(1, batch_size)
         self.flush_s = max(0.001, flush_ms / 1000)
         self.durable = durable
+        self.max_queue = max_queue    # submit() waits while this many records are queued (0: never)
         self.stats = WriterStats()
         self._stderr = stderr or sys.stderr
-        self._fd = open_log(self.path)
+        # `fd`: the log opened by someone else (the session, for the parsing process); this writer
+        # then only ever writes to the descriptor
+        self._fd = open_log(self.path) if fd is None else fd
         self._q: deque = deque()
         self._cv = threading.Condition()
         self._closing = False
@@ -91,6 +94,11 @@ class JsonlWriter:
     # -- producer side -------------------------------------------------------------------------
     def submit(self, record: dict) -> None:
         with self._cv:
+            # a producer that may wait (the parsing process) waits rather than queue without bound
+            while (self.max_queue and len(self._q) >= self.max_queue and not self._closing
+                   and self._thread.is_alive()):
+                self._cv.notify()
+                self._cv.wait(0.1)
             self._q.append(record)
             if self.durable or len(self._q) >= self.batch_size:
                 self._cv.notify()

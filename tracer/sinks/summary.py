@@ -18,6 +18,8 @@ LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
           ("parse_errors", "parse errors"), ("decode_errors", "decode errors"),
           ("non_http_connections", "non-HTTP connections"),
           ("unknown_header_blocks", "HTTP/2 header blocks undecodable (attached mid-connection)"),
+          ("spool_lost_records", "ring records the spool could not take"),
+          ("unparsed_bytes", "captured bytes never parsed (the parsing process failed)"),
           ("records_lost", "records lost (log write failures)"),
           ("worker_errors", "internal errors"))
 
@@ -35,6 +37,14 @@ def format_summary(s: dict) -> str:
         f"captured: {s['bytes_captured']} bytes in {s['ring_records']} ring records over {s['duration_s']} s",
         f"losses: {losses(s)}",
     ]
+    for f in s.get("internal_failures") or ():
+        lines.append(f"FAILED: {f}")
+    if s.get("stage") == "spool":
+        lines.append(f"deferred parsing: {s['spool_bytes'] / 1e6:.1f} MB spooled, peak backlog "
+                     f"{s['spool_peak_backlog_bytes'] / 1e6:.1f} MB, parsed "
+                     f"{s['parse_after_capture_s']:.1f} s after the capture ended; ring at most "
+                     f"{100 * s['ring_peak_fill']:.0f} % full, drained at least every "
+                     f"{s['ring_max_drain_interval_ms']:.0f} ms")
     if s.get("last_worker_error"):
         lines.append(f"last internal error: {s['last_worker_error']}")
     lines.append(f"log: {s['log']}")

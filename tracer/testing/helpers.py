@@ -94,6 +94,35 @@ def read_summary(path: str | Path) -> dict:
     return orjson.loads(Path(path).read_bytes())
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (all its threads'), [] when it is gone."""
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def comm(pid: int, tid: int | None = None) -> str:
+    """A process' (or one of its threads') name, "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm" if tid else f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+PARSER_COMM = "tracer-parse"     # the name of a tracer's parsing process (tracer/worker.py)
+
+
+def parsing_processes(tracer_pid: int) -> list[int]:
+    """The parsing process(es) a tracer started (deferred parsing)."""
+    return [c for c in children(tracer_pid) if comm(c) == PARSER_COMM]
+
+
 def wait_for(pred, timeout: float = 10.0, interval: float = 0.02):
     """Poll `pred` until it returns something true (returned) or `timeout` passes (its last value)."""
     deadline = time.monotonic() + timeout

@@ -1,0 +1,264 @@
+"""Where the session's records are parsed: the stage behind the ring buffer.
+
+The session's ring thread calls `stage.drain(ring)` after every wake-up; the stage decides what
+happens to the records. Two stages, one interface:
+
+  * `SpoolStage` (default): the ring thread only *moves bytes* - committed records are cut to
+    their content and appended to the spool (capture/spool.py) in one write per batch, then released
+    to the kernel: a few microseconds per record, no parsing, no Python call per record, so the ring
+    keeps up with a single stream at loopback speed and costs the target little CPU at saturation.
+    Parsing, record building and log writing run in a separate process (tracer/worker.py) at
+    SCHED_IDLE: it has its own interpreter (no GIL shared with the ring thread) and runs on CPU
+    time the traced program does not want. Its backlog is bounded (`--spool-max-mb`): past a
+    quarter of it the worker is raised to normal priority until the backlog halves; at the limit the
+    spool refuses records, they wait in the ring, and what no longer fits there is dropped by the
+    kernel and counted. At the end the worker is raised to normal priority and the summary waits
+    until it has parsed everything.
+  * `InlineStage` (--no-deferred-parsing): the pipeline runs in this process, on the ring thread,
+    one callback per record - the simplest path, for debugging and comparisons.
+
+Control that must take effect at a point of the record stream (a process exited: close its
+connections; a new API host for the filter) goes through `close_pid` / `api_url`, after the records
+already in the ring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tracer.capture.spool import SpoolWriter, open_spool_file
+
+BUSY_RETRY_S = 0.02          # how long close_pid waits for a record a CPU is still writing
+STALL_S = 120.0              # at the end: a worker making no progress for this long is stopped
+MEMFD_MAX_BACKLOG = 256 << 20   # the spool's bound when it has to live in memory (no private directory)
+
+
+class StageFailed(Exception):
+    pass
+
+
+class InlineStage:
+    """Parse in this process, on the ring thread (--no-deferred-parsing)."""
+
+    kind = "inline"
+
+    def __init__(self, cfg: dict, log_fd: int, stderr=None):
+        from tracer.capture.pipeline import Capture
+        from tracer.recorder import Recorder
+        from tracer.sinks.jsonl import JsonlWriter
+        from tracer.sinks.record import Clock, Filter
+        self.writer = JsonlWriter(cfg["log_path"], batch_size=cfg["batch_size"], flush_ms=cfg["flush_ms"],
+                                  durable=cfg["durable"], stderr=stderr, fd=log_fd)
+        self.filter = Filter(include_all=cfg["include_all"])
+        self.recorder = Recorder(self.writer, self.filter, Clock(offset_ns=cfg["clock_offset_ns"]),
+                                 redact=cfg["redact"])
+        self.capture = Capture(self.recorder.on_exchange)
+        self.failures: list[str] = []
+        self.callback = self.capture.feed          # the ring's per-record callback
+
+    def drain(self, ring) -> str:
+        ring.consume()
+        return ""
+
+    def close_pid(self, ring, pid: int, reason: str) -> None:
+        ring.consume()
+        self.capture.close_pid(pid, reason)
+
+    def api_url(self, url: str) -> None:
+        self.filter.add_base_url(url)
+
+    def progress(self) -> dict:
+        from tracer.recorder import progress
+        return progress(self.capture, self.recorder)
+
+    def finish(self) -> dict:
+        from tracer.recorder import stage_summary
+        self.capture.close_all("tracer stopped")
+        self.capture.stop()
+        self.writer.flush()
+        self.writer.close()
+        return stage_summary(self.capture, self.recorder)
+
+    def info(self) -> dict:
+        return {"stage": self.kind}
+
+
+class SpoolStage:
+    """Move records to the spool on the ring thread; parse them in the worker process."""
+
+    kind = "spool"
+    callback = None
+
+    def __init__(self, cfg: dict, log_fd: int, *, max_backlog: int, stderr=None,
+                 spool_dir: Path | None = None):
+        self.stderr = stderr or sys.stderr
+        self.high_water = max_backlog // 4
+        self.low_water = max_backlog // 8
+        self.failures: list[str] = []
+        self._final: dict | None = None
+        self._progress: dict = {}
+        self._done = threading.Event()
+        self._raised = False           # worker at normal priority (backlog or end of run)
+        self.dead = False              # the worker ended without finishing: records are counted, not kept
+        self.unparsed_bytes = 0
+        self._ending = False
+        self.raised_count = 0
+        self.finish_seconds = 0.0
+        fd, self.where = open_spool_file(spool_dir)
+        if "memfd" in self.where:      # memory, not page cache that can be written back: bounded tighter
+            max_backlog = min(max_backlog, MEMFD_MAX_BACKLOG)
+            self.high_water, self.low_water = max_backlog // 4, max_backlog // 8
+        notify_r, notify_w = os.pipe2(os.O_CLOEXEC)
+        reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
+        self.spool = SpoolWriter(fd, notify_w, max_backlog=max_backlog, where=self.where, stderr=self.stderr)
+        from tracer.worker import command
+        cmd = [*command(), "--spool-fd", str(fd), "--notify-fd", str(notify_r), "--reply-fd", str(reply_w),
+               "--log-fd", str(log_fd), "--config", json.dumps(cfg)]
+        try:
+            # its own process group - a Ctrl-C at the terminal is the tracer's to handle - in the
+            # tracer's session: CPU time is shared between sessions (autogroups) before priorities
+            # apply inside them, and SCHED_IDLE means idle next to the traced program only there
+            self.proc = subprocess.Popen(cmd, pass_fds=(fd, notify_r, reply_w, log_fd), cwd="/",
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         process_group=0)
+        except OSError:
+            for x in (fd, notify_r, notify_w, reply_r, reply_w):
+                os.close(x)
+            raise
+        for x in (notify_r, reply_w):      # the worker's ends
+            os.close(x)
+        self._reply = os.fdopen(reply_r, "rb", buffering=0)
+        self._reader = threading.Thread(target=self._read_reports, name="tracer-reports", daemon=True)
+        self._reader.start()
+
+    # -- the ring thread's side ------------------------------------------------------------------
+    def drain(self, ring) -> str:
+        """Returns why the drain stopped early ("busy", "refused") or ""."""
+        if self.dead:                  # nobody will parse them: taken out of the ring and counted
+            return ring.drain(self._discard)[2]
+        why = ring.drain(self.spool.store)[2]
+        self.spool.notify()
+        self.spool.punch()
+        self._adjust_priority()
+        return why
+
+    def _discard(self, lens, _bufs) -> bool:
+        self.unparsed_bytes += sum(lens)
+        return True
+
+    def close_pid(self, ring, pid: int, reason: str) -> None:
+        """After every record `pid` left in the ring (a CPU may still be writing one of another
+        process': wait a moment for it), tell the worker to close the process' connections."""
+        ts = time.monotonic_ns()
+        deadline = time.monotonic() + BUSY_RETRY_S
+        while ring.drain(self.spool.store)[2] == "busy" and time.monotonic() < deadline:
+            time.sleep(0.001)
+        self.spool.control({"op": "close_pid", "pid": pid, "reason": reason, "ts": ts})
+        self.spool.notify()
+
+    def api_url(self, url: str) -> None:
+        self.spool.control({"op": "api_url", "url": url})
+        self.spool.notify()
+
+    def _adjust_priority(self) -> None:
+        backlog = self.spool.backlog
+        if not self._raised and backlog > self.high_water:
+            self._set_priority("normal")
+            self.raised_count += 1
+        elif self._raised and not self._ending and backlog < self.low_water:
+            self._set_priority("idle")
+
+    def _set_priority(self, policy: str) -> None:
+        from tracer.worker import set_priority
+        self._raised = policy != "idle"
+        try:
+            tids = os.listdir(f"/proc/{self.proc.pid}/task")
+        except OSError:
+            return
+        for tid in tids:
+            set_priority(policy, int(tid))
+
+    # -- reports from the worker ----------------------------------------------------------------
+    def _read_reports(self) -> None:
+        from tracer.worker import name_thread
+        name_thread("tracer-reports")
+        try:
+            for line in self._reply:
+                msg = json.loads(line)
+                t = msg.get("t")
+                if "consumed" in msg:
+                    self.spool.consumed = msg["consumed"]
+                if t == "progress":
+                    self._progress = msg
+                elif t == "final":
+                    self._final = msg["stats"]
+                elif t == "error":
+                    self._fail(f"the parsing process failed ({msg.get('error')}; at {msg.get('where')})")
+        except (OSError, ValueError) as e:
+            self._fail(f"reading the parsing process' reports failed: {e}")
+        finally:
+            if self._final is None:
+                self.dead = True
+                self.unparsed_bytes += self.spool.written - self.spool.consumed
+                if not any("parsing process" in f for f in self.failures):
+                    code = self.proc.wait()
+                    self._fail(f"the parsing process exited ({_status(code)}) before finishing")
+            self._done.set()
+
+    def _fail(self, why: str) -> None:
+        if why in self.failures:
+            return
+        self.failures.append(why)
+        print(f"tracer: INTERNAL ERROR: {why}; records it had not parsed are not in the log",
+              file=self.stderr, flush=True)
+
+    def progress(self) -> dict:
+        return self._progress
+
+    # -- the end ----------------------------------------------------------------------------------
+    def finish(self) -> dict:
+        """Everything in the spool parsed and written (the worker raised to normal priority for it);
+        returns the worker's part of the summary."""
+        t0 = time.monotonic()
+        self._ending = True
+        self.spool.control({"op": "close_all", "reason": "tracer stopped", "ts": time.monotonic_ns()})
+        self.spool.close()
+        self._set_priority("normal")
+        last, last_t = -1, time.monotonic()
+        while not self._done.wait(0.5):
+            pos = self.spool.consumed
+            if pos != last:
+                last, last_t = pos, time.monotonic()
+            elif time.monotonic() - last_t > STALL_S:
+                self._fail(f"the parsing process made no progress for {STALL_S:.0f} s; stopped")
+                self.proc.kill()
+                break
+        try:
+            code = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        if code != 0 and self._final is not None:
+            self._fail(f"the parsing process exited with {_status(code)}")
+        self._reply.close()
+        os.close(self.spool.fd)
+        self.finish_seconds = time.monotonic() - t0
+        return self._final or {}
+
+    def info(self) -> dict:
+        return {"stage": self.kind, "spool": self.where, "spool_bytes": self.spool.written,
+                "spool_peak_backlog_bytes": self.spool.peak_backlog,
+                "spool_refused_batches": self.spool.refused, "spool_write_errors": self.spool.write_errors,
+                "parser_raised": self.raised_count, "parse_after_capture_s": round(self.finish_seconds, 3),
+                "parser_pid": self.proc.pid, "unparsed_bytes": self.unparsed_bytes}
+
+
+def _status(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"status {code}"
+
