@@ -16,7 +16,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tracer.sinks.summary import losses  # noqa: E402
-from tracer.testing.helpers import read_summary, start_attach, stop_tracer, tracer_cmd  # noqa: E402,F401
+from tracer.testing.helpers import (PARSER_COMM, children, comm, read_summary, start_attach,  # noqa: E402,F401
+                                    stop_tracer, tracer_cmd)
 
 ASYNC_CLIENT = ROOT / "tests" / "integration" / "clients" / "async_client.py"
 PY_CLIENT = ROOT / "tests" / "integration" / "clients" / "py_client.py"
@@ -62,13 +63,16 @@ def status_kb(pid: int, key: str) -> int:
 
 
 class MemWatch:
-    """Polls VmHWM/VmRSS of a process until it exits (keeps the last values read)."""
+    """Polls a tracer until it exits: VmHWM (each process' peak, summed over the tracer and its
+    parsing process - the whole run's memory), VmRSS (summed) and CPU time (summed); keeps the last
+    values read."""
 
     def __init__(self, pid: int, interval: float = 0.05):
         self.pid = pid
         self.hwm_kb = 0
         self.rss_max_kb = 0
         self.cpu_s = 0.0
+        self._hwm: dict[int, int] = {}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, args=(interval,), daemon=True)
         self._t.start()
@@ -76,9 +80,11 @@ class MemWatch:
     def _run(self, interval):
         while not self._stop.is_set():
             try:
-                self.hwm_kb = max(self.hwm_kb, status_kb(self.pid, "VmHWM"))
-                self.rss_max_kb = max(self.rss_max_kb, status_kb(self.pid, "VmRSS"))
-                self.cpu_s = cpu_seconds(self.pid)
+                for p in family(self.pid):
+                    self._hwm[p] = max(self._hwm.get(p, 0), status_kb(p, "VmHWM"))
+                self.hwm_kb = sum(self._hwm.values())
+                self.rss_max_kb = max(self.rss_max_kb, family_kb(self.pid, "VmRSS"))
+                self.cpu_s = family_cpu(self.pid)
             except (OSError, ValueError, IndexError):
                 return
             time.sleep(interval)
@@ -86,6 +92,101 @@ class MemWatch:
     def stop(self):
         self._stop.set()
         self._t.join(2)
+
+
+HELPERS = (PARSER_COMM,)        # the tracer's helper processes (their comm), counted with it
+
+
+def family(pid: int) -> list[int]:
+    """The tracer process and its helper processes (the parsing process)."""
+    return [pid] + [c for c in children(pid) if comm(c) in HELPERS]
+
+
+def family_cpu(pid: int) -> float:
+    """CPU seconds of the tracer and its helpers (the tracer's must be readable)."""
+    total = cpu_seconds(pid)
+    for p in family(pid)[1:]:
+        try:
+            total += cpu_seconds(p)
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def family_kb(pid: int, key: str) -> int:
+    total = status_kb(pid, key)
+    for p in family(pid)[1:]:
+        try:
+            total += status_kb(p, key)
+        except OSError:
+            pass
+    return total
+
+
+class FamilyWatch:
+    """Polls a tracer process and its helper processes (the parsing process, named tracer-parse)
+    until the tracer exits: each one's peak VmHWM and CPU time, their sum (the whole-run memory a
+    user sees), and the tracer's CPU time at the moments a target child (e.g. wrk under `tracer run`)
+    was first and last seen - the tracer's CPU while the target ran."""
+
+    def __init__(self, pid: int, interval: float = 0.05, target_comm: str | None = None):
+        self.pid = pid
+        self.target_comm = target_comm
+        self.hwm_kb: dict[int, int] = {}
+        self.cpu: dict[int, float] = {}
+        self.names: dict[int, str] = {pid: "tracer"}
+        self.target_span: list[float] = []     # tracer CPU when the target was first / last seen
+        self.helper_span: list[float] = []     # helpers' CPU at the same moments
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._t.start()
+
+    def _run(self, interval):
+        while not self._stop.is_set():
+            pids = [self.pid]
+            target_alive = False
+            for c in children(self.pid):
+                n = comm(c)
+                if n in HELPERS:
+                    pids.append(c)
+                    self.names[c] = n
+                elif self.target_comm and n == self.target_comm:
+                    target_alive = True
+            for p in pids:
+                try:
+                    self.hwm_kb[p] = max(self.hwm_kb.get(p, 0), status_kb(p, "VmHWM"))
+                    self.cpu[p] = cpu_seconds(p)
+                except (OSError, ValueError, IndexError):
+                    if p == self.pid:
+                        return
+            if target_alive:
+                t, h = self.cpu.get(self.pid, 0.0), self.helper_cpu
+                if not self.target_span:
+                    self.target_span, self.helper_span = [t, t], [h, h]
+                self.target_span[1], self.helper_span[1] = t, h
+            time.sleep(interval)
+
+    @property
+    def helper_cpu(self) -> float:
+        return sum(c for p, c in self.cpu.items() if p != self.pid)
+
+    @property
+    def tracer_cpu(self) -> float:
+        return self.cpu.get(self.pid, 0.0)
+
+    @property
+    def total_hwm_kb(self) -> int:
+        return sum(self.hwm_kb.values())
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(2)
+
+
+def load_line() -> str:
+    a, b, c = os.getloadavg()
+    return f"load average {a:.1f} {b:.1f} {c:.1f}"
+
 
 
 def tracer_summary(path) -> dict:

@@ -8,10 +8,15 @@
             libbpf maps the ring's data area twice, the reader here once.
   ring      records/s and MB/s (payload) of draining a full ring with each reader - a Python reader
             of its own mapping of the ring (MappedRing here, x86-64 only) vs libbpf's
-            ring_buffer__consume (capture/ring.py, what tracer uses) - with the real GIL-holding Python callback (Capture.feed: queue the record's bytes); the
+            ring_buffer__consume (capture/ring.py, what tracer uses) - with a GIL-holding Python callback
+            that queues the record's bytes (what Capture.feed did under the in-process worker); the
             ring (64 MB) is filled by a TLS pump while nobody consumes, then drained and timed (wall
             clock, and the draining thread's CPU time, which a busy machine disturbs less), readers
             taking turns on the same ring, for small (64 B writes) and large (16 KiB writes) records.
+  drain     the same fills drained the way deferred parsing does (capture/ring.py drain -> the spool,
+            capture/spool.py): MappedRing.drain (own mapping, no call or copy per record, one pwritev
+            per batch) vs Ring.drain (libbpf's reader, records collected per pass, then the same
+            writes); records per CPU-second of the draining thread.
 
     .venv/bin/python bench/bpf_loader.py [--loads 7] [--rounds 5]
 
@@ -39,7 +44,6 @@ from _mapped_ring import MappedRing  # noqa: E402
 from _util import ROOT, machine  # noqa: E402
 
 from tracer import libbpf  # noqa: E402
-from tracer.capture.pipeline import Capture  # noqa: E402
 from tracer.capture import event as ev  # noqa: E402
 from tracer.capture.ring import Ring  # noqa: E402
 from tracer.probes import bpfcache, load  # noqa: E402
@@ -176,10 +180,10 @@ def bench_rss(reader: str) -> dict:
 def bench_ring(readers: list[str], wsize: int, total: int, rounds: int, work: Path) -> dict:
     """Per reader: the best and the median drain over `rounds` fills, readers taking turns on the
     same ring (one program, one pump), each timed by wall clock and by the draining thread's CPU."""
-    capture = Capture(lambda ex: None, deferred=True)             # the worker is not started: feed only queues
+    inbox: list[bytes] = []                     # the callback queues each record's bytes, nothing more
     prog = load.load_program(64, fallback=False)
-    traced = Traced(prog, capture.feed)             # its ring is libbpf's
-    rings = {r: traced.ring if r == "libbpf" else open_reader(r, prog, capture.feed) for r in readers}
+    traced = Traced(prog, inbox.append)             # its ring is libbpf's
+    rings = {r: traced.ring if r == "libbpf" else open_reader(r, prog, inbox.append) for r in readers}
     pump, go = start_pump(work, total, wsize=wsize, rounds=rounds * len(readers))
     runs: dict[str, list[dict]] = {r: [] for r in readers}
     try:
@@ -187,7 +191,7 @@ def bench_ring(readers: list[str], wsize: int, total: int, rounds: int, work: Pa
             traced.attach(pump.pid, mo.host_path, located)
         for i in range(rounds * len(readers)):
             reader = readers[i % len(readers)]
-            capture._inbox.clear()
+            inbox.clear()
             dropped_before = traced.drops()["events"]
             assert pump_round(pump, go, i) == total
             time.sleep(0.2)
@@ -196,7 +200,7 @@ def bench_ring(readers: list[str], wsize: int, total: int, rounds: int, work: Pa
             while k := rings[reader].consume():
                 n += k
             wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
-            payload = sum(len(b) - ev.HEADER_SIZE for b in capture._inbox)
+            payload = sum(len(b) - ev.HEADER_SIZE for b in inbox)
             runs[reader].append({"records": n, "wall": wall, "cpu": cpu, "bytes": payload,
                                  "dropped": traced.drops()["events"] - dropped_before})
     finally:
@@ -214,6 +218,55 @@ def bench_ring(readers: list[str], wsize: int, total: int, rounds: int, work: Pa
         out[reader] = {"records": rs[0]["records"], "best": max(rate), "median": statistics.median(rate),
                        "cpu_median": statistics.median(cpu_rate), "mb_best": max(mbs),
                        "mb_median": statistics.median(mbs), "dropped": sum(x["dropped"] for x in rs)}
+    return out
+
+
+def bench_drain(readers: list[str], wsize: int, total: int, rounds: int, work: Path) -> dict:
+    """Per reader: drains of a full ring into a spool file, as deferred parsing does them."""
+    import io
+
+    from tracer.capture.ring import drain_reader
+    from tracer.capture.spool import SpoolWriter, open_spool_file
+    prog = load.load_program(64, fallback=False)
+    traced = Traced(prog, lambda raw: None)         # attach + drop counters; its reader stays idle
+    size = prog.map_info("events").max_entries
+    rings = {r: drain_reader(prog.map_fd("events"), size, r) for r in readers}
+    fd, where = open_spool_file(work / "spool")
+    nr, nw = os.pipe()
+    spool = SpoolWriter(fd, nw, max_backlog=1 << 40, where=where, stderr=io.StringIO())
+    pump, go = start_pump(work, total, wsize=wsize, rounds=rounds * len(readers))
+    runs: dict[str, list[dict]] = {r: [] for r in readers}
+    try:
+        for mo, located in tls_objects(pump.pid, work / "lib"):
+            traced.attach(pump.pid, mo.host_path, located)
+        for i in range(rounds * len(readers)):
+            reader = readers[i % len(readers)]
+            assert pump_round(pump, go, i) == total
+            time.sleep(0.2)
+            w0 = spool.written
+            t0, c0 = time.perf_counter(), time.thread_time()
+            n = 0
+            while k := rings[reader].drain(spool.store)[0]:
+                n += k
+            wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+            spool.consumed = spool.written
+            spool.punch()
+            runs[reader].append({"records": n, "wall": wall, "cpu": cpu, "bytes": spool.written - w0})
+    finally:
+        pump.kill()
+        pump.wait()
+        for r in rings.values():
+            r.close()
+        traced.close()
+        os.close(fd)
+        os.close(nr)
+        os.close(nw)
+    out = {}
+    for reader, rs in runs.items():
+        out[reader] = {"records": rs[0]["records"],
+                       "cpu_median": statistics.median(x["records"] / max(x["cpu"], 1e-9) for x in rs),
+                       "us_per_record": statistics.median(1e6 * x["cpu"] / max(x["records"], 1) for x in rs),
+                       "spooled_per_record": statistics.median(x["bytes"] / max(x["records"], 1) for x in rs)}
     return out
 
 
@@ -247,6 +300,15 @@ def main() -> int:
                   f"{r['cpu_median']:,.0f} records per CPU-second; {r['mb_median']:.0f} MB/s median "
                   f"({r['mb_best']:.0f} best); {r['records']:,} records a fill, {a.rounds} fills; "
                   f"dropped while filling: {r['dropped']}", flush=True)
+    drains = ["mapped", "libbpf"] if platform.machine() == "x86_64" else ["libbpf"]
+    for label, wsize, total in (("small records (64 B writes)", 64, 4_000_000),
+                                ("large records (16 KiB writes)", 16384, 24_000_000)):
+        with tempfile.TemporaryDirectory(prefix="bench-drain-") as d:
+            res = bench_drain(drains, wsize, total, a.rounds, Path(d))
+        for reader, r in res.items():
+            print(f"drain into the spool, {label}, {reader}: {r['cpu_median']:,.0f} records per CPU-second "
+                  f"({r['us_per_record']:.2f} us of CPU a record, {r['spooled_per_record']:.0f} bytes spooled "
+                  f"a record); {r['records']:,} records a fill, {a.rounds} fills", flush=True)
     print(machine())
     return 0
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import (ASYNC_CLIENT, MemWatch, logs, machine, start_attach, status_kb,  # noqa: E402
+from _util import (ASYNC_CLIENT, MemWatch, family_kb, logs, machine, start_attach,  # noqa: E402
                    stop_tracer, tracer_summary)
 
 import orjson  # noqa: E402
@@ -72,13 +72,13 @@ def main():
         time.sleep(0.5)
         tr, _, _ = start_attach([c.pid], tmp / "log", "--summary-json", str(tmp / "summary.json"))
         mw = MemWatch(tr.pid)
-        rss_before = status_kb(tr.pid, "VmRSS")
+        rss_before = family_kb(tr.pid, "VmRSS")
         t0 = time.monotonic()
         (tmp / "go-t").touch()
         res_t = [o for o in wait_line(c, "holding", 900) if "i" in o]
         wall_t = time.monotonic() - t0
         time.sleep(2.0)            # let the tracer finish the last pairs
-        rss_open = status_kb(tr.pid, "VmRSS")
+        rss_open = family_kb(tr.pid, "VmRSS")
         (tmp / "release-t").touch()
         c.wait(60)
         time.sleep(1.0)

@@ -1,4 +1,4 @@
-"""Tracer CPU (utime+stime of the tracer process from /proc/PID/stat, all threads):
+"""Tracer CPU (utime+stime from /proc/PID/stat, all threads, of the tracer process and its parsing process):
 
   * idle: attached to an idle client, no traffic;
   * Claude-Code-like: one streaming request a second, 50 KB request body, 200 SSE events per response
@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import ASYNC_CLIENT, cpu_seconds, machine, start_attach, status_kb, stop_tracer, tracer_summary  # noqa: E402
+from _util import (ASYNC_CLIENT, family_cpu, family_kb, machine, start_attach, stop_tracer,  # noqa: E402
+                   tracer_summary)
 
 from tracer.mock import MockServerProcess  # noqa: E402
 
@@ -51,14 +52,14 @@ def main():
         tr, _, _ = start_attach([p.pid], tmp / "log-cc", "--summary-json", str(tmp / "summary-cc.json"),
                                 *args.tracer_arg)
         time.sleep(1.0)
-        c0, t0 = cpu_seconds(tr.pid), time.monotonic()
+        c0, t0 = family_cpu(tr.pid), time.monotonic()
         time.sleep(args.idle_seconds)
-        c1, t1 = cpu_seconds(tr.pid), time.monotonic()
+        c1, t1 = family_cpu(tr.pid), time.monotonic()
         idle = (c1 - c0) / (t1 - t0)
         go.touch()
         out, _ = p.communicate(timeout=n * 3 + 120)
-        c2, t2 = cpu_seconds(tr.pid), time.monotonic()
-        rss = status_kb(tr.pid, "VmRSS")
+        c2, t2 = family_cpu(tr.pid), time.monotonic()
+        rss = family_kb(tr.pid, "VmRSS")
         stop_tracer(tr)
         res = [json.loads(l) for l in out.splitlines() if '"i"' in l]
         busy = (c2 - c1) / (t2 - t1)
@@ -72,12 +73,12 @@ def main():
                        "--header", "x-mock-text-bytes: 100000000")
         tr, _, _ = start_attach([p.pid], tmp / "log-gb", "--summary-json", str(tmp / "summary-gb.json"),
                                 *args.tracer_arg)
-        c0, t0 = cpu_seconds(tr.pid), time.monotonic()
+        c0, t0 = family_cpu(tr.pid), time.monotonic()
         go.touch()
         p.communicate(timeout=3600)
         t1 = time.monotonic()
         time.sleep(1.0)
-        c1 = cpu_seconds(tr.pid)
+        c1 = family_cpu(tr.pid)
         stop_tracer(tr)
         s = tracer_summary(tmp / "summary-gb.json")
         captured = s["bytes_captured"]

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _util import tracer_cmd  # noqa: E402
+
 from tracer.mock import MockServerProcess  # noqa: E402
 
 CLIENT = Path(__file__).resolve().parent / "node_seq_client.mjs"
@@ -38,7 +40,7 @@ def pct(xs, p):
 def run_client(url, env, n, mode, traced, out_dir):
     cmd = [shutil.which("node"), str(CLIENT), url, str(n)] + (["--json"] if mode == "json" else [])
     if traced:
-        cmd = [sys.executable, "-m", "tracer.cli", "run", "--quiet", "--no-html", "-o", str(out_dir), "--", *cmd]
+        cmd = tracer_cmd("run", "--quiet", "--no-html", "-o", str(out_dir), "--", *cmd)
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         raise SystemExit(f"client failed: {p.stderr}")

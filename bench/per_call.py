@@ -1,5 +1,5 @@
 """Cost per SSL call: bench/per_call.c (OpenSSL client+server over a memory BIO pair, 4 SSL calls per
-iteration, no I/O) timed untraced, with an *empty* BCC uprobe+uretprobe on SSL_read/SSL_write (the floor
+iteration, no I/O) timed untraced, with an *empty* uprobe+uretprobe on SSL_read/SSL_write (the floor
 any uprobe tracer pays on this machine), and under `tracer attach`. Rounds interleave the three.
 
     .venv/bin/python bench/per_call.py [--iterations 50000] [--rounds 3]
@@ -33,7 +33,6 @@ SRC = Path(__file__).resolve().parent / "per_call.c"
 BUILD = Path(os.environ.get("TRACER_BENCH_BUILD", "/var/cache/tracer/bench"))
 LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 
-EMPTY_BPF = "int empty(struct pt_regs *ctx) { return 0; }"
 
 
 def build() -> Path:
@@ -112,20 +111,46 @@ def prog_time(before: dict, after: dict, names: tuple[str, ...]) -> tuple[int, i
     return ns, cnt
 
 
+EMPTY_INSNS = bytes([0xb7, 0, 0, 0, 0, 0, 0, 0,       # r0 = 0
+                     0x95, 0, 0, 0, 0, 0, 0, 0])      # exit
+
+
 class EmptyProbes:
-    """uprobe + uretprobe with an empty body on SSL_read and SSL_write of libssl, for one pid."""
+    """uprobe + uretprobe with an empty program ("r0 = 0; exit", named "empty") on SSL_read and
+    SSL_write of libssl, for one pid - attached the way tracer attaches its own (perf_event_open on
+    the uprobe PMU with the pid), so the two differ only in what the programs do. (BCC's
+    attach_uprobe also works, but fails while another process holds a probe on the same function
+    with another reference-counter offset, e.g. a tracer test running meanwhile.)"""
 
     def __init__(self, pid: int):
-        from bcc import BPF
-        from tracer.probes import kheaders
-        kheaders.apply(kheaders.choose())   # the same kernel headers the tracer uses
-        self.b = BPF(text=EMPTY_BPF)
-        for fn in ("SSL_read", "SSL_write"):
-            self.b.attach_uprobe(name=LIBSSL, sym=fn, fn_name="empty", pid=pid)
-            self.b.attach_uretprobe(name=LIBSSL, sym=fn, fn_name="empty", pid=pid)
+        from tracer import libbpf
+        from tracer.probes.attach import file_offset, held_ref_ctr_offset, open_uprobe
+        from tracer.probes.locate import locate
+        from tracer.probes.program import ProgType
+        self.prog = libbpf.prog_load(int(ProgType.KPROBE), EMPTY_INSNS, "empty")
+        self.fds = []
+        located = locate(LIBSSL)
+        try:
+            for fn in ("SSL_read", "SSL_write"):
+                off = file_offset(LIBSSL, located.functions[fn].address)
+                for ret in (False, True):
+                    try:
+                        fd = open_uprobe(self.prog, LIBSSL, off, pid, ret)
+                    except OSError:
+                        fd = open_uprobe(self.prog, LIBSSL, off, pid, ret,
+                                         held_ref_ctr_offset(LIBSSL, off, ret) or 0)
+                    self.fds.append(fd)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self):
-        self.b.cleanup()
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        if self.prog >= 0:
+            os.close(self.prog)
+            self.prog = -1
 
 
 def main():

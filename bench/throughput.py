@@ -1,17 +1,23 @@
 """Throughput: Debian's `wrk` (C, OpenSSL libssl.so.3) against `nginx` with TLS and keep-alive, both on
-127.0.0.1, untraced vs under `tracer run --include-all-requests` in the same run.
+127.0.0.1: untraced, with *empty* uprobes, and under `tracer run --include-all-requests`, in one run.
 
-    .venv/bin/python bench/throughput.py [--duration 10] [--connections 16] [--rounds 2] [--rate-seconds 20]
+    .venv/bin/python bench/throughput.py [--duration 8] [--connections 16] [--rounds 3] [--rate-seconds 20]
+                                         [--tracer-arg=--no-deferred-parsing] [--skip-rate]
 
 Two parts:
-  * saturation: wrk as fast as it goes; req/s traced / untraced, and complete pairs logged vs the
-    requests wrk counted (wrk counts only finished requests);
+  * saturation (issue 14): wrk as fast as it goes, rounds interleaving three modes - untraced, wrk
+    with *empty* pid-filtered BCC uprobe+uretprobe pairs on SSL_read/SSL_write (the floor for any
+    uprobe tracer here), and traced - with the order rotated every round so drift hits all three;
+    medians over the rounds. For each traced round: the pairs logged complete vs the requests wrk
+    counted (wrk counts only finished requests; those in flight when it closes its connections are
+    logged incomplete with a note), ring drops, and CPU per pair - the tracer process' CPU while wrk
+    ran (the part that competes with the target: the ring thread moving bytes to the spool) and the
+    parsing process' CPU (behind it, at SCHED_IDLE), plus how long parsing went on after wrk ended,
+    the spool's peak and the whole run's memory (VmHWM of tracer + its parsing process);
   * fixed rate: one connection, requests due every 10 ms on a wall-clock schedule (open loop, a Lua
     `delay()` with LuaJIT ffi clock_gettime): 100 req/s offered; the reduction of the achieved rate, and
     the added per-request latency (p50/p99 from wrk's latency distribution).
-Rounds alternate untraced/traced/untraced; at saturation each round also runs wrk with *empty* BCC
-uprobes+uretprobes on SSL_read/SSL_write (the floor for any uprobe tracer here). wrk and nginx are
-installed with apt-get if missing.
+wrk and nginx are installed with apt-get if missing. Every line says the load average at the time.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import ROOT, MemWatch, logs, machine, tracer_cmd, tracer_summary  # noqa: E402
+from _util import ROOT, FamilyWatch, load_line, logs, machine, tracer_cmd, tracer_summary  # noqa: E402
 
 from tracer.mock.certs import ensure_certs  # noqa: E402
 
@@ -170,27 +176,33 @@ def run_wrk_empty_probes(args: list[str]) -> dict:
     return parse_wrk(out)
 
 
-def run_wrk(args: list[str], traced: bool, out_dir: Path) -> tuple[dict, dict | None, str]:
+def run_wrk(args: list[str], traced: bool, out_dir: Path, tracer_args=()) -> tuple[dict, dict | None, str]:
     wrk = shutil.which("wrk")
     cmd = [wrk, "--latency", *args]
     if traced:
         summary = out_dir.with_name(out_dir.name + "-summary.json")
         summary.unlink(missing_ok=True)
         cmd = tracer_cmd("run", "--quiet", "--no-html", "--include-all-requests", "-o", str(out_dir),
-                         "--summary-json", str(summary), "--", *cmd)
+                         "--summary-json", str(summary), *tracer_args, "--", *cmd)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
-    mw = MemWatch(proc.pid, interval=0.1) if traced else None   # the tracer itself (wrk is its child)
-    stdout, stderr = proc.communicate(timeout=900)
+    fw = FamilyWatch(proc.pid, target_comm="wrk") if traced else None
+    stdout, stderr = proc.communicate(timeout=1800)
     p = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     if p.returncode != 0:
         raise SystemExit(f"wrk failed ({p.returncode}): {p.stdout}\n{p.stderr}")
     res = parse_wrk(p.stdout)
     log = None
     if traced:
-        mw.stop()
+        fw.stop()
         s = tracer_summary(summary)
-        s["tracer_cpu_s"] = mw.cpu_s
-        complete = 0
+        s["tracer_cpu_s"] = fw.tracer_cpu
+        s["parser_cpu_s"] = fw.helper_cpu
+        span = fw.target_span or [0.0, 0.0]
+        s["tracer_cpu_during_s"] = span[1] - span[0]
+        s["parser_cpu_during_s"] = (fw.helper_span or [0.0, 0.0])[1] - (fw.helper_span or [0.0, 0.0])[0]
+        s["hwm_mb"] = fw.total_hwm_kb / 1024
+        s["hwm_parts"] = {fw.names.get(p_, str(p_)): round(kb / 1024) for p_, kb in fw.hwm_kb.items()}
+        complete = incomplete = noted = 0
         lf = logs(out_dir)
         import orjson
         if lf:
@@ -199,19 +211,81 @@ def run_wrk(args: list[str], traced: bool, out_dir: Path) -> tuple[dict, dict | 
                     rec = orjson.loads(line)
                     if rec["tracer"]["complete"]:
                         complete += 1
+                    else:
+                        incomplete += 1
+                        noted += bool(rec.get("note"))
         s["complete"] = complete
+        s["incomplete_logged"] = incomplete
+        s["incomplete_noted"] = noted
+        s["drops"] = s["ring_drops_events"]
         log = s
     return res, log, p.stderr
 
 
+def median(xs):
+    import statistics
+    return statistics.median(xs)
+
+
+def saturation(args, tmp: Path, url: str) -> None:
+    sat = ["-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s",
+           "-s", str(tmp / "post.lua"), url]
+    modes = ["untraced", "empty", "traced"]
+    rps = {m: [] for m in modes}
+    traced = []
+    for r in range(args.rounds):
+        order = modes[r % 3:] + modes[:r % 3]
+        for m in order:
+            if m == "untraced":
+                res = run_wrk(sat, False, tmp)[0]
+                print(f"  round {r} untraced: {res['rps']:.0f} req/s ({load_line()})", flush=True)
+            elif m == "empty":
+                res = run_wrk_empty_probes(sat)
+                print(f"  round {r} empty uprobes: {res['rps']:.0f} req/s ({load_line()})", flush=True)
+            else:
+                res, log, _err = run_wrk(sat, True, tmp / f"sat{r}", args.tracer_arg)
+                traced.append((res, log))
+                n = max(res["requests"], 1)
+                print(f"  round {r} traced: {res['rps']:.0f} req/s; {log['complete']} complete pairs logged of "
+                      f"{res['requests']} requests ({100 * log['complete'] / n:.2f} %), "
+                      f"{log['incomplete_logged']} incomplete ({log['incomplete_noted']} with a note), "
+                      f"ring drops {log['drops']}; CPU per request: tracer process "
+                      f"{1e6 * log['tracer_cpu_during_s'] / n:.1f} us while wrk ran, parsing process "
+                      f"{1e6 * log['parser_cpu_s'] / n:.1f} us in all ({1e6 * log['parser_cpu_during_s'] / n:.1f} "
+                      f"while wrk ran); parsing done {log.get('parse_after_capture_s', 0):.1f} s after wrk, "
+                      f"spool peak {log.get('spool_peak_backlog_bytes', 0) / 1e6:.0f} MB, ring at most "
+                      f"{100 * log.get('ring_peak_fill', 0):.0f} % full; VmHWM {log['hwm_mb']:.0f} MB "
+                      f"{log['hwm_parts']}; losses: {log['losses']} ({load_line()})", flush=True)
+                for f in log.get("internal_failures") or ():
+                    print(f"    FAILED: {f}")
+            rps[m].append(res["rps"])
+    b, e, t = (median(rps[m]) for m in modes)
+    req = sum(x[0]["requests"] for x in traced)
+    comp = sum(x[1]["complete"] for x in traced)
+    worst = min(x[1]["complete"] / max(x[0]["requests"], 1) for x in traced)
+    crit = median([1e6 * x[1]["tracer_cpu_during_s"] / max(x[0]["requests"], 1) for x in traced])
+    deferred = median([1e6 * x[1]["parser_cpu_s"] / max(x[0]["requests"], 1) for x in traced])
+    print(f"saturation ({args.connections} connections, {args.duration} s, medians of {args.rounds} rounds): "
+          f"untraced {b:.0f} req/s, empty uprobes {e:.0f} req/s ({e / b:.3f} of untraced), traced {t:.0f} req/s "
+          f"= {t / e:.3f} of the empty-probe floor (target >= 0.9), {t / b:.3f} of untraced; pairs logged "
+          f"complete {comp} / {req} requests ({100 * comp / max(req, 1):.2f} %, worst round "
+          f"{100 * worst:.2f} %; target >= 99.9 %); CPU per pair: tracer process {crit:.1f} us while wrk ran "
+          f"(target <= 10), parsing process {deferred:.1f} us; whole-run VmHWM "
+          f"{max(x[1]['hwm_mb'] for x in traced):.0f} MB; ({load_line()})", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rate-rounds", type=int, default=2)
     ap.add_argument("--rate-seconds", type=int, default=20)
     ap.add_argument("--skip-saturation", action="store_true")
+    ap.add_argument("--skip-rate", action="store_true")
+    ap.add_argument("--tracer-arg", action="append", default=[],
+                    help="extra option for tracer run, e.g. --tracer-arg=--no-deferred-parsing")
     args = ap.parse_args()
     ensure_tools()
     print(machine())
@@ -223,35 +297,14 @@ def main():
         url = f"https://127.0.0.1:{port}/v1/messages"
         try:
             if not args.skip_saturation:
-                sat = ["-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s",
-                       "-s", str(tmp / "post.lua"), url]
-                base, traced, empty = [], [], []
-                for r in range(args.rounds):
-                    base.append(run_wrk(sat, False, tmp)[0])
-                    res, log, err = run_wrk(sat, True, tmp / f"sat{r}")
-                    traced.append((res, log))
-                    empty.append(run_wrk_empty_probes(sat))
-                    print(f"  round {r}: untraced {base[-1]['rps']:.0f} req/s | traced {res['rps']:.0f} req/s, "
-                          f"{log['complete']} complete pairs logged of {res['requests']} requests "
-                          f"({log['pairs_incomplete']} incomplete); tracer: {log['losses']}, CPU "
-                          f"{log['tracer_cpu_s']:.1f} s ({1e6 * log['tracer_cpu_s'] / max(res['requests'], 1):.0f} us"
-                          f"/pair) | empty uprobes "
-                          f"{empty[-1]['rps']:.0f} req/s", flush=True)
-                    base.append(run_wrk(sat, False, tmp)[0])
-                b = sum(x["rps"] for x in base) / len(base)
-                t = sum(x[0]["rps"] for x in traced) / len(traced)
-                e = sum(x["rps"] for x in empty) / len(empty)
-                req = sum(x[0]["requests"] for x in traced)
-                comp = sum(x[1]["complete"] for x in traced)
-                print(f"saturation ({args.connections} connections, {args.duration} s): untraced {b:.0f} req/s, "
-                      f"traced {t:.0f} req/s, ratio {t / b:.3f}; with empty uprobes only {e:.0f} req/s "
-                      f"(ratio {e / b:.3f}; traced / empty {t / e:.3f}); pairs logged complete {comp} / {req} "
-                      f"requests ({100 * comp / max(req, 1):.1f} %)")
+                saturation(args, tmp, url)
+            if args.skip_rate:
+                return
             rate = ["-t", "1", "-c", "1", "-d", f"{args.rate_seconds}s", "-s", str(tmp / "rate.lua"), url]
             base, traced = [], []
-            for r in range(args.rounds):
+            for r in range(args.rate_rounds):
                 base.append(run_wrk(rate, False, tmp)[0])
-                res, log, err = run_wrk(rate, True, tmp / f"rate{r}")
+                res, log, err = run_wrk(rate, True, tmp / f"rate{r}", args.tracer_arg)
                 traced.append((res, log))
                 base.append(run_wrk(rate, False, tmp)[0])
                 print(f"  round {r}: untraced {base[-2]['rps']:.2f}/{base[-1]['rps']:.2f} req/s | traced "
