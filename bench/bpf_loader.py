@@ -177,35 +177,51 @@ def bench_rss(reader: str) -> dict:
 
 # -- ring throughput ----------------------------------------------------------------------------
 
-def bench_ring(readers: list[str], wsize: int, total: int, rounds: int, work: Path) -> dict:
-    """Per reader: the best and the median drain over `rounds` fills, readers taking turns on the
-    same ring (one program, one pump), each timed by wall clock and by the draining thread's CPU."""
-    inbox: list[bytes] = []                     # the callback queues each record's bytes, nothing more
-    prog = load.load_program(64, fallback=False)
-    traced = Traced(prog, inbox.append)             # its ring is libbpf's
-    rings = {r: traced.ring if r == "libbpf" else open_reader(r, prog, inbox.append) for r in readers}
-    pump, go = start_pump(work, total, wsize=wsize, rounds=rounds * len(readers))
-    runs: dict[str, list[dict]] = {r: [] for r in readers}
+def _turns(traced, rings: dict, wsize: int, total: int, rounds: int, work: Path, take, extra=None) -> dict:
+    """The readers in `rings` take turns on the ring of `traced` (one program, one pump): per fill,
+    the pump fills the ring while nobody reads, then `take(reader)` drains it (returns the records),
+    timed by wall clock and by the draining thread's CPU; `extra()` adds figures to a run."""
+    names = list(rings)
+    pump, go = start_pump(work, total, wsize=wsize, rounds=rounds * len(names))
+    runs: dict[str, list[dict]] = {r: [] for r in names}
     try:
         for mo, located in tls_objects(pump.pid, work / "lib"):
             traced.attach(pump.pid, mo.host_path, located)
-        for i in range(rounds * len(readers)):
-            reader = readers[i % len(readers)]
-            inbox.clear()
+        for i in range(rounds * len(names)):
+            reader = names[i % len(names)]
             dropped_before = traced.drops()["events"]
             assert pump_round(pump, go, i) == total
             time.sleep(0.2)
             t0, c0 = time.perf_counter(), time.thread_time()
-            n = 0
-            while k := rings[reader].consume():
-                n += k
-            wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
-            payload = sum(len(b) - ev.HEADER_SIZE for b in inbox)
-            runs[reader].append({"records": n, "wall": wall, "cpu": cpu, "bytes": payload,
-                                 "dropped": traced.drops()["events"] - dropped_before})
+            n = take(rings[reader])
+            run = {"records": n, "wall": time.perf_counter() - t0, "cpu": time.thread_time() - c0,
+                   "dropped": traced.drops()["events"] - dropped_before}
+            run.update(extra() if extra else {})
+            runs[reader].append(run)
     finally:
         pump.kill()
         pump.wait()
+    return runs
+
+
+def bench_ring(readers: list[str], wsize: int, total: int, rounds: int, work: Path) -> dict:
+    """Per reader: the best and the median drain over `rounds` fills, readers taking turns on the
+    same ring, each timed by wall clock and by the draining thread's CPU."""
+    inbox: list[bytes] = []                     # the callback queues each record's bytes, nothing more
+    prog = load.load_program(64, fallback=False)
+    traced = Traced(prog, inbox.append)             # its ring is libbpf's
+    rings = {r: traced.ring if r == "libbpf" else open_reader(r, prog, inbox.append) for r in readers}
+
+    def take(ring) -> int:
+        inbox.clear()
+        n = 0
+        while k := ring.consume():
+            n += k
+        return n
+    try:
+        runs = _turns(traced, rings, wsize, total, rounds, work, take,
+                      lambda: {"bytes": sum(len(b) - ev.HEADER_SIZE for b in inbox)})
+    finally:
         for r in readers:
             if rings[r] is not traced.ring:
                 rings[r].close()
@@ -234,33 +250,27 @@ def bench_drain(readers: list[str], wsize: int, total: int, rounds: int, work: P
     fd, where = open_spool_file(work / "spool")
     nr, nw = os.pipe()
     spool = SpoolWriter(fd, nw, max_backlog=1 << 40, where=where, stderr=io.StringIO())
-    pump, go = start_pump(work, total, wsize=wsize, rounds=rounds * len(readers))
-    runs: dict[str, list[dict]] = {r: [] for r in readers}
+    mark = [0]
+
+    def take(ring) -> int:
+        mark[0] = spool.written
+        n = 0
+        while k := ring.drain(spool.store)[0]:
+            n += k
+        return n
+
+    def spooled() -> dict:
+        spool.consumed = spool.written
+        spool.punch()
+        return {"bytes": spool.written - mark[0]}
     try:
-        for mo, located in tls_objects(pump.pid, work / "lib"):
-            traced.attach(pump.pid, mo.host_path, located)
-        for i in range(rounds * len(readers)):
-            reader = readers[i % len(readers)]
-            assert pump_round(pump, go, i) == total
-            time.sleep(0.2)
-            w0 = spool.written
-            t0, c0 = time.perf_counter(), time.thread_time()
-            n = 0
-            while k := rings[reader].drain(spool.store)[0]:
-                n += k
-            wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
-            spool.consumed = spool.written
-            spool.punch()
-            runs[reader].append({"records": n, "wall": wall, "cpu": cpu, "bytes": spool.written - w0})
+        runs = _turns(traced, rings, wsize, total, rounds, work, take, spooled)
     finally:
-        pump.kill()
-        pump.wait()
         for r in rings.values():
             r.close()
         traced.close()
-        os.close(fd)
-        os.close(nr)
-        os.close(nw)
+        for x in (fd, nr, nw):
+            os.close(x)
     out = {}
     for reader, rs in runs.items():
         out[reader] = {"records": rs[0]["records"],
@@ -291,6 +301,7 @@ def main() -> int:
         print(f"RSS after load + ring open ({reader} reader): VmRSS {m['rss_kb'] / 1024:.1f} MB, "
               f"VmHWM {m['hwm_kb'] / 1024:.1f} MB", flush=True)
 
+    drains = ["mapped", "libbpf"] if platform.machine() == "x86_64" else ["libbpf"]
     for label, wsize, total in (("small records (64 B writes)", 64, 4_000_000),
                                 ("large records (16 KiB writes)", 16384, 24_000_000)):
         with tempfile.TemporaryDirectory(prefix="bench-ring-") as d:
@@ -300,9 +311,6 @@ def main() -> int:
                   f"{r['cpu_median']:,.0f} records per CPU-second; {r['mb_median']:.0f} MB/s median "
                   f"({r['mb_best']:.0f} best); {r['records']:,} records a fill, {a.rounds} fills; "
                   f"dropped while filling: {r['dropped']}", flush=True)
-    drains = ["mapped", "libbpf"] if platform.machine() == "x86_64" else ["libbpf"]
-    for label, wsize, total in (("small records (64 B writes)", 64, 4_000_000),
-                                ("large records (16 KiB writes)", 16384, 24_000_000)):
         with tempfile.TemporaryDirectory(prefix="bench-drain-") as d:
             res = bench_drain(drains, wsize, total, a.rounds, Path(d))
         for reader, r in res.items():

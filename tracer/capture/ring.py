@@ -61,7 +61,21 @@ class Drainer(Protocol):
     def close(self) -> None: ...
 
 
-class Ring:
+class _Waits:
+    """Readers with an epoll on the ring's fd (`_ep`) and a `closed` flag."""
+
+    def wait(self, timeout_ms: int) -> None:
+        """Sleep until the kernel wakes the reader (a forced wake-up) or `timeout_ms` passes."""
+        if self.closed:
+            time.sleep(max(0, timeout_ms) / 1000)
+            return
+        try:
+            self._ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
+        except (OSError, ValueError):        # closed under us
+            pass
+
+
+class Ring(_Waits):
     """Reader of a BPF_MAP_TYPE_RINGBUF map. A failing callback (a consumer bug) is counted, never
     allowed to stop the ring."""
 
@@ -141,16 +155,6 @@ class Ring:
             nbytes += n
         return records, nbytes, ""
 
-    def wait(self, timeout_ms: int) -> None:
-        """Sleep until the kernel wakes the reader (a forced wake-up) or `timeout_ms` passes."""
-        if self.closed:
-            time.sleep(max(0, timeout_ms) / 1000)
-            return
-        try:
-            self._ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
-        except (OSError, ValueError):
-            pass
-
     def close(self) -> None:
         with self._lock:
             if self.closed:
@@ -177,7 +181,7 @@ PROT_READ, PROT_WRITE, MAP_SHARED = 1, 2, 1
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-class MappedRing:
+class MappedRing(_Waits):
     """The ring drained through our own single mapping of it (x86-64 only, see the module docstring)."""
 
     lost_records = 0
@@ -276,16 +280,6 @@ class MappedRing:
             nbytes += batch
             if stop:
                 return records, nbytes, stop
-
-    def wait(self, timeout_ms: int) -> None:
-        """Sleep until the kernel wakes the reader (a forced wake-up) or `timeout_ms` passes."""
-        if self.closed:
-            time.sleep(max(0, timeout_ms) / 1000)
-            return
-        try:
-            self._ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
-        except (OSError, ValueError):        # closed under us
-            pass
 
     def close(self) -> None:
         with self._lock:

@@ -137,6 +137,40 @@ class Message:
         return idx.get(name.lower(), default)
 
 
+class ChunkTimes(list):
+    """(offset in the body, capture ts_ns) of the reads that carried body bytes - at most `limit` of
+    them, spread evenly over the whole body whatever its length: when full, every other point is
+    dropped and from then on only every 2nd (4th, ...) read is kept. The newest read is always the
+    last point. (A 100 MB answer in 1 KB events has ~100,000 reads: kept as tuples they were ~11 MB;
+    the record keeps 4,000 of them - sinks/record.py.)"""
+
+    __slots__ = ("limit", "_stride", "_n", "_provisional")
+
+    def __init__(self, points=(), limit: int = 8192):
+        super().__init__(points)
+        self.limit = max(2, limit)
+        self._stride = 1
+        self._n = len(self)
+        self._provisional = False       # the last point stands in for a read between kept ones
+
+    def append(self, point: tuple[int, int]) -> None:
+        n = self._n                     # this read's number, from 0: kept when a multiple of the stride
+        self._n += 1
+        if self._provisional:
+            super().pop()
+        super().append(point)
+        self._provisional = n % self._stride != 0
+        if len(self) > self.limit:      # every kept point is a multiple of the stride: keep every other
+            newest = super().pop() if self._provisional else None
+            del self[1::2]
+            self._stride *= 2
+            if newest is None and n % self._stride:
+                newest = point          # on the old stride, not the new one: it stays as the last point
+            if newest is not None and self[-1] is not newest:
+                super().append(newest)
+            self._provisional = newest is not None and self[-1] is newest and n % self._stride != 0
+
+
 @dataclass
 class Exchange:
     """One request/response pair on a connection. ``response`` is None when none arrived."""
@@ -150,7 +184,7 @@ class Exchange:
     protocol: str = "http/1.1"
     # (offset in the response body before content decoding, capture ts_ns) for each captured read that
     # carried response body bytes: lets deferred parsing time SSE events (first token, tokens/s)
-    body_times: list[tuple[int, int]] = field(default_factory=list)
+    body_times: list[tuple[int, int]] = field(default_factory=ChunkTimes)
 
     @property
     def incomplete(self) -> bool:

@@ -59,7 +59,7 @@ from hpack.huffman_table import decode_huffman
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, RstStreamFrame, SettingsFrame
 
-from tracer.protocols.base import Body, ConnInfo, Direction, Exchange, Message, ParserStats
+from tracer.protocols.base import Body, ChunkTimes, ConnInfo, Direction, Exchange, Message, ParserStats
 from tracer.protocols.encoding import DEFAULT_CAP, decode_body
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -336,7 +336,8 @@ class _Stream:
         self.gaps: list[tuple[str, int]] = []
         self.last_ts = 0
         self.gap_ts = 0           # capture time of a framing-loss gap that may have eaten its end
-        self.times: dict[Direction, list[tuple[int, int]]] = {Direction.READ: [], Direction.WRITE: []}
+        self.times: dict[Direction, list[tuple[int, int]]] = {Direction.READ: ChunkTimes(),
+                                                              Direction.WRITE: ChunkTimes()}
         self.guessed = False      # req_dir is the default guess (roles unknown when it was created)
         self.first_end: Direction | None = None   # direction of the first END_STREAM seen
 
