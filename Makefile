@@ -26,6 +26,9 @@ fuzz: bootstrap
 bench: bootstrap
 	@for b in latency throughput concurrency large_stream cpu attach_time per_call bpf_loader; do \
 	  echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+	@for c in python curl; do \
+	  echo "== bench/large_stream.py --client $$c (60 KB deltas at loopback speed, 5 runs)"; \
+	  $(PY) bench/large_stream.py --client $$c --delta-size 60000 --runs 5 --skip-untraced || exit 1; done
 
 unit: bootstrap
 	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
