@@ -129,12 +129,13 @@ def boost_threads(nice: int) -> int:
     nice value it had before (which processes it starts for others must get back).
 
     The ring thread must run when it is due - the ring buffer holds a fraction of a second at
-    loopback speed, and on a busy machine a normal thread can wait longer than that for a CPU (it
-    is real-time for that: realtime_this_thread) - and it needs the GIL, which any of this process'
-    threads may hold when it is preempted: so the others are raised too. They do little (a look at
-    the targets' mappings four times a second, the parsing process' reports); the parsing, the
+    loopback speed, and on a busy machine a normal thread can wait longer than that for a CPU - and
+    it needs the GIL, which any of this process' threads may hold when it is preempted: so all of
+    them are raised. They do little (the ring thread a few microseconds a record, the others a look
+    at the targets' mappings four times a second and the parsing process' reports); the parsing, the
     heavy part, runs in its own process at SCHED_IDLE. Best effort: without the privilege nothing
-    changes."""
+    changes. (Nice values order threads within a session's share of the CPU only - autogroups; the
+    ring thread can be made real-time instead: ring_thread_policy.)"""
     before = os.getpriority(os.PRIO_PROCESS, 0)
     try:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
@@ -148,13 +149,14 @@ def boost_threads(nice: int) -> int:
     return before
 
 
-def realtime_this_thread() -> str:
-    """The ring thread under deferred parsing: SCHED_FIFO at the lowest real-time priority, so that
-    it drains the ring when due whatever else the machine runs (CPU shares between sessions -
-    autogroups - ignore nice values across sessions). It only moves bytes, a few microseconds per
-    record, and never spins (see Session._poll). TRACER_RING_SCHED=other keeps it at the nice value
-    of the other threads. Returns the policy it got."""
-    if os.environ.get("TRACER_RING_SCHED", "fifo") == "fifo":
+def ring_thread_policy() -> str:
+    """The ring thread's scheduling under deferred parsing: the nice value of the other threads
+    (boost_threads) by default; TRACER_RING_SCHED=fifo makes it SCHED_FIFO at the lowest real-time
+    priority, which drains the ring on time whatever other sessions run (nice values do not reach
+    across sessions), at a measured cost: wrk at saturation on a quiet machine reached 0.81 of the
+    empty-probe floor with it against 0.86 without (BENCHMARKS.md, "Deferred parsing"). It only
+    moves bytes and never spins (Session._poll). Returns the policy it has."""
+    if os.environ.get("TRACER_RING_SCHED") == "fifo":
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
             return "fifo"
@@ -235,7 +237,7 @@ class Session:
         holds to the stage. With the spool stage that is a few microseconds per record."""
         name_thread("tracer-ring")
         if self.stage.kind == "spool":
-            self.ring_policy = realtime_this_thread()
+            self.ring_policy = ring_thread_policy()
         errors = 0
         last = time.monotonic()
         while not self._stop.is_set():

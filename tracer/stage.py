@@ -9,11 +9,12 @@ happens to the records. Two stages, one interface:
     keeps up with a single stream at loopback speed and costs the target little CPU at saturation.
     Parsing, record building and log writing run in a separate process (tracer/worker.py) at
     SCHED_IDLE: it has its own interpreter (no GIL shared with the ring thread) and runs on CPU
-    time the traced program does not want. Its backlog is bounded (`--spool-max-mb`): past a
-    quarter of it the worker is raised to normal priority until the backlog halves; at the limit the
-    spool refuses records, they wait in the ring, and what no longer fits there is dropped by the
-    kernel and counted. At the end the worker is raised to normal priority and the summary waits
-    until it has parsed everything.
+    time the traced program does not want - and while records arrive fast it is not told about
+    them at all (`SpoolStage._gate`), catching up when the rate drops. Its backlog is bounded
+    (`--spool-max-mb`): past a quarter of it the worker is raised to normal priority until the
+    backlog halves; at the limit the spool refuses records, they wait in the ring, and what no
+    longer fits there is dropped by the kernel and counted. At the end the worker is raised to
+    normal priority and the summary waits until it has parsed everything.
   * `InlineStage` (--no-deferred-parsing): the pipeline runs in this process, on the ring thread,
     one callback per record - the simplest path, for debugging and comparisons.
 
@@ -37,6 +38,11 @@ from tracer.capture.spool import SpoolWriter, open_spool_file
 BUSY_RETRY_S = 0.02          # how long close_pid waits for a record a CPU is still writing
 STALL_S = 120.0              # at the end: a worker making no progress for this long is stopped
 MEMFD_MAX_BACKLOG = 256 << 20   # the spool's bound when it has to live in memory (no private directory)
+# the capture is "busy" (the parser waits: SpoolStage._gate) above these rates, over GATE_WINDOW_S
+GATE_WINDOW_S = 0.25
+BUSY_RECORDS_S = int(os.environ.get("TRACER_BUSY_RECORDS_S", 2000))
+BUSY_BYTES_S = 16 << 20
+MAX_HOLD_S = 30.0
 
 
 class StageFailed(Exception):
@@ -107,6 +113,10 @@ class SpoolStage:
         self._raised = False           # worker at normal priority (backlog or end of run)
         self.dead = False              # the worker ended without finishing: records are counted, not kept
         self.unparsed_bytes = 0
+        self.busy = False              # records arriving fast: the parser is not told (see _gate)
+        self.held_s = 0.0              # time the parser was kept waiting that way
+        self._held_since: float | None = None
+        self._win_start, self._win_records, self._win_bytes = time.monotonic(), 0, 0
         self._ending = False
         self.raised_count = 0
         self.finish_seconds = 0.0
@@ -142,11 +152,44 @@ class SpoolStage:
         """Returns why the drain stopped early ("busy", "refused") or ""."""
         if self.dead:                  # nobody will parse them: taken out of the ring and counted
             return ring.drain(self._discard)[2]
-        why = ring.drain(self.spool.store)[2]
-        self.spool.notify()
+        n, nbytes, why = ring.drain(self.spool.store)
+        self._gate(n, nbytes)
         self.spool.punch()
         self._adjust_priority()
         return why
+
+    def _gate(self, records: int, nbytes: int) -> None:
+        """Let the parsing process see what was spooled - or not yet, while the capture is busy.
+
+        SCHED_IDLE keeps the parser off CPU time others want, but CPU time nobody wants is not free:
+        on a virtual machine the other vCPU is often a hyperthread or a time slice of the same core,
+        and a parser busy there slowed a saturating target by ~20 % (wrk -> nginx: 0.67 of the
+        empty-probe floor parsing, 0.86 with the parser stopped; BENCHMARKS.md). So while records
+        arrive faster than BUSY_RECORDS_S a second (or BUSY_BYTES_S) the parser is not told about
+        them and sleeps; it catches up once the rate drops, when the backlog passes the high-water
+        mark, at the end, and at least every MAX_HOLD_S so that the log of a target busy for long
+        still moves. A Claude-Code-like load (a few hundred records a second in bursts) is parsed
+        as it comes."""
+        now = time.monotonic()
+        self._win_records += records
+        self._win_bytes += nbytes
+        dt = now - self._win_start
+        if dt >= GATE_WINDOW_S:
+            self.busy = self._win_records / dt > BUSY_RECORDS_S or self._win_bytes / dt > BUSY_BYTES_S
+            self._win_records = self._win_bytes = 0
+            self._win_start = now
+        if self.spool.written == self.spool.notified:
+            return
+        if self.busy and not self._ending and self.spool.backlog <= self.high_water:
+            if self._held_since is None:
+                self._held_since = now
+                return
+            if now - self._held_since < MAX_HOLD_S:
+                return
+        if self._held_since is not None:
+            self.held_s += now - self._held_since
+            self._held_since = now if self.busy else None
+        self.spool.notify()
 
     def _discard(self, lens, _bufs) -> bool:
         self.unparsed_bytes += sum(lens)
@@ -227,6 +270,9 @@ class SpoolStage:
         returns the worker's part of the summary."""
         t0 = time.monotonic()
         self._ending = True
+        if self._held_since is not None:
+            self.held_s += t0 - self._held_since
+            self._held_since = None
         self.spool.control({"op": "close_all", "reason": "tracer stopped", "ts": time.monotonic_ns()})
         self.spool.close()
         self._set_priority("normal")
@@ -256,7 +302,8 @@ class SpoolStage:
                 "spool_peak_backlog_bytes": self.spool.peak_backlog,
                 "spool_refused_batches": self.spool.refused, "spool_write_errors": self.spool.write_errors,
                 "parser_raised": self.raised_count, "parse_after_capture_s": round(self.finish_seconds, 3),
-                "parser_pid": self.proc.pid, "unparsed_bytes": self.unparsed_bytes}
+                "parser_pid": self.proc.pid, "unparsed_bytes": self.unparsed_bytes,
+                "parse_held_s": round(self.held_s, 3)}
 
 
 def _status(code: int) -> str:

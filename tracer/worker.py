@@ -7,11 +7,12 @@ only: the spool (read), the spool's notification pipe (read), a report pipe (wri
 temporary files for bodies over 8 MB (protocols/base.py `Body`).
 
 It runs in its own process group (terminal signals meant for the tracer do not reach it; it ignores
-SIGINT and SIGHUP anyway) and ends when the spool does: when the session closes it - or dies, even by SIGKILL - it parses and writes everything
-already spooled, then exits.
+SIGINT and SIGHUP anyway) and ends when the spool does: when the session closes it - or dies, even
+by SIGKILL - it parses and writes everything already spooled, then exits.
 
-It lowers itself to SCHED_IDLE once its imports are done: it runs on CPU time nobody else wants, so
-at saturation the traced program keeps the CPUs and the spool absorbs the difference; the session
+It lowers itself to SCHED_IDLE once its imports are done: it runs on CPU time nobody else wants (and
+while records arrive fast the session does not even tell it about them: tracer/stage.py), so at
+saturation the traced program keeps the CPUs and the spool absorbs the difference; the session
 raises it to normal priority when the backlog grows past its high-water mark and at the end of the
 run, when everything left is parsed before the summary.
 

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from tests.integration.conftest import (assert_pair_matches, client_env, py_client, read_log,
+from tests.integration.conftest import (assert_pair_matches, client_env, mock_record, py_client, read_log,
                                         start_attach, tracer_cmd, wait_for)
 from tracer.testing.helpers import comm, parsing_processes
 
@@ -23,7 +23,7 @@ def parser_of(tracer_pid: int) -> int:
 
 
 def test_priorities_and_the_same_log_inline(mock, tmp_path):
-    """The parsing process is SCHED_IDLE while tracing; tracer's own threads run at nice -10; the
+    """The parsing process is SCHED_IDLE while tracing; tracer's own threads (the ring thread too) run at nice -10; the
     command started by `tracer run` keeps the caller's nice value; --no-deferred-parsing logs the
     same pairs."""
     env = client_env(mock)
@@ -38,7 +38,7 @@ def test_priorities_and_the_same_log_inline(mock, tmp_path):
         tids = [int(tid) for tid in os.listdir(f"/proc/{t.pid}/task")]
         assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids} == {-10}
         ring = [tid for tid in tids if comm(t.pid, tid) == "tracer-ring"]
-        assert len(ring) == 1 and os.sched_getscheduler(ring[0]) == os.SCHED_FIFO
+        assert len(ring) == 1 and os.sched_getscheduler(ring[0]) == os.SCHED_OTHER
         assert os.getpgid(parser) == parser and os.getsid(parser) == os.getsid(t.pid)
         go.touch()
         assert c.wait(60) == 0
@@ -154,3 +154,50 @@ def test_ctrl_c_and_kill_of_the_tracer(mock, tmp_path):
         assert len(recs) == 3, how
         for rec in recs:
             assert_pair_matches(mock, rec)
+
+
+def test_parser_waits_while_records_come_fast_and_keeps_up_otherwise(mock, tmp_path):
+    """A few requests with pauses are parsed and logged while the tracer runs; a fast 20 MB answer is
+    held back from the parser while it streams (the summary says for how long) and still logged
+    whole at the end."""
+    env = client_env(mock)
+    go = tmp_path / "go"
+    c = subprocess.Popen(py_client(mock, "--json", "--count", "3", "--go-file", str(go), "--sleep-between", "0.7"),
+                         env=env, stdout=subprocess.PIPE, text=True)
+    summary = tmp_path / "light.json"
+    t, _, _ = start_attach(c.pid, tmp_path / "light", "--summary-json", str(summary), env=env)
+    try:
+        go.touch()
+        assert wait_for(lambda: len(list((tmp_path / "light").glob("*.jsonl"))) == 1
+                        and len(read_log(tmp_path / "light")) >= 2, timeout=30), "not logged while running"
+        assert c.wait(60) == 0
+    finally:
+        t.send_signal(signal.SIGINT)
+        t.stderr.read()
+        t.wait(60)
+    assert orjson_loads(summary)["parse_held_s"] == 0
+
+    go = tmp_path / "go2"
+    c = subprocess.Popen(py_client(mock, "--stream", "--go-file", str(go), "--header", "x-mock-text-bytes: 20000000",
+                                   "--header", "x-mock-delta-size: 16000"), env=env, stdout=subprocess.PIPE, text=True)
+    summary = tmp_path / "busy.json"
+    t, _, _ = start_attach(c.pid, tmp_path / "busy", "--summary-json", str(summary), env=env)
+    try:
+        go.touch()
+        assert c.wait(60) == 0
+    finally:
+        t.send_signal(signal.SIGINT)
+        err = t.stderr.read()
+        t.wait(60)
+    s = orjson_loads(summary)
+    assert s["parse_held_s"] > 0 and s["internal_failures"] == [], err
+    recs = read_log(tmp_path / "busy")
+    assert len(recs) == 1 and recs[0]["tracer"]["complete"]
+    import hashlib
+    sent = mock_record(mock, recs[0])["response_body"]
+    assert hashlib.sha256(recs[0]["response"]["body_raw"].encode()).hexdigest() == sent["sha256"]
+
+
+def orjson_loads(path):
+    import orjson
+    return orjson.loads(path.read_bytes())

@@ -77,7 +77,8 @@ def test_records_and_control_in_order(tmp_path):
     assert store(w, [c])
     w.close()
     got = read_all(r)
-    assert got == [(KIND_RECORDS, [a[:ev.record_size(a)], b]), (KIND_CONTROL, {"op": "close_pid", "pid": 7, "reason": "gone"}),
+    assert got == [(KIND_RECORDS, [a[:ev.record_size(a)], b]),
+                   (KIND_CONTROL, {"op": "close_pid", "pid": 7, "reason": "gone"}),
                    (KIND_RECORDS, [c])]
     assert r.eof and r.pos == w.written
 

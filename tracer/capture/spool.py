@@ -109,7 +109,7 @@ class SpoolWriter:
         self.refused = 0          # batches refused because the backlog was at max_backlog
         self.write_errors = 0
         self.last_error = ""
-        self._notified = 0
+        self.notified = 0         # the committed length the reader was last told
         self._punched = 0
         self._can_punch = True
         self._failing = False
@@ -189,11 +189,11 @@ class SpoolWriter:
     def notify(self) -> None:
         """Tell the reader how far the spool is complete (cheap when nothing is new)."""
         with self._lock:
-            if self.closed or self.written == self._notified:
+            if self.closed or self.written == self.notified:
                 return
             try:
                 os.write(self.notify_fd, OFFSET.pack(self.written))
-                self._notified = self.written
+                self.notified = self.written
             except BlockingIOError:
                 pass              # the reader has 8,192 offsets unread: it will see a later one
             except OSError:

@@ -42,7 +42,8 @@ def format_summary(s: dict) -> str:
     if s.get("stage") == "spool":
         lines.append(f"deferred parsing: {s['spool_bytes'] / 1e6:.1f} MB spooled, peak backlog "
                      f"{s['spool_peak_backlog_bytes'] / 1e6:.1f} MB, parsed "
-                     f"{s['parse_after_capture_s']:.1f} s after the capture ended; ring at most "
+                     f"{s['parse_after_capture_s']:.1f} s after the capture ended (held "
+                     f"{s.get('parse_held_s', 0):.1f} s while records came fast); ring at most "
                      f"{100 * s['ring_peak_fill']:.0f} % full, drained at least every "
                      f"{s['ring_max_drain_interval_ms']:.0f} ms")
     if s.get("last_worker_error"):
