@@ -324,7 +324,8 @@ class Session:
         p = self.stage.progress()
         return (f"tracer: {p.get('pairs_logged', 0)} logged / {p.get('pairs_seen', 0)} pairs, "
                 f"{p.get('bytes_captured', 0) / 1e6:.1f} MB, {p.get('connections', 0)} conns, "
-                f"drops {drops.get('events', 0)}")
+                f"drops {drops.get('events', 0)}"
+                + (", parsing deferred while records come fast" if getattr(self.stage, "busy", False) else ""))
 
     def finish(self) -> dict:
         self._stop.set()
