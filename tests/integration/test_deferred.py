@@ -157,9 +157,10 @@ def test_ctrl_c_and_kill_of_the_tracer(mock, tmp_path):
 
 
 def test_parser_waits_while_records_come_fast_and_keeps_up_otherwise(mock, tmp_path):
-    """A few requests with pauses are parsed and logged while the tracer runs; a fast 20 MB answer is
-    held back from the parser while it streams (the summary says for how long) and still logged
-    whole at the end."""
+    """A few requests with pauses are parsed and logged while the tracer runs; a stream whose records
+    come faster than the busy rate is held back from the parser while it streams (the summary says
+    for how long) and still logged whole at the end. (The busy rate is lowered for the second part:
+    a fast answer is over within the first 250 ms window on a quiet machine.)"""
     env = client_env(mock)
     go = tmp_path / "go"
     c = subprocess.Popen(py_client(mock, "--json", "--count", "3", "--go-file", str(go), "--sleep-between", "0.7"),
@@ -178,10 +179,12 @@ def test_parser_waits_while_records_come_fast_and_keeps_up_otherwise(mock, tmp_p
     assert orjson_loads(summary)["parse_held_s"] == 0
 
     go = tmp_path / "go2"
-    c = subprocess.Popen(py_client(mock, "--stream", "--go-file", str(go), "--header", "x-mock-text-bytes: 20000000",
-                                   "--header", "x-mock-delta-size: 16000"), env=env, stdout=subprocess.PIPE, text=True)
+    c = subprocess.Popen(py_client(mock, "--stream", "--go-file", str(go), "--header", "x-mock-text-bytes: 1500000",
+                                   "--header", "x-mock-delta-size: 1000", "--header", "x-mock-delay-ms: 1"),
+                         env=env, stdout=subprocess.PIPE, text=True)
     summary = tmp_path / "busy.json"
-    t, _, _ = start_attach(c.pid, tmp_path / "busy", "--summary-json", str(summary), env=env)
+    t, _, _ = start_attach(c.pid, tmp_path / "busy", "--summary-json", str(summary),
+                           env=dict(env, TRACER_BUSY_RECORDS_S="100"))
     try:
         go.touch()
         assert c.wait(60) == 0
