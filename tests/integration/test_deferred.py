@@ -11,7 +11,7 @@ import time
 
 from tests.integration.conftest import (assert_pair_matches, client_env, mock_record, py_client, read_log,
                                         start_attach, tracer_cmd, wait_for)
-from tracer.testing.helpers import comm, parsing_processes
+from tracer.testing.helpers import comm, parsing_processes, stop_tracer
 
 NICE_PROBE = ("import os, sys, time\n"
               "print(os.getpriority(os.PRIO_PROCESS, 0), flush=True)\n"
@@ -43,9 +43,7 @@ def test_priorities_and_the_same_log_inline(mock, tmp_path):
         go.touch()
         assert c.wait(60) == 0
     finally:
-        t.send_signal(signal.SIGINT)
-        err = t.stderr.read()
-        t.wait(60)
+        err = stop_tracer(t, timeout=60)
     assert t.returncode == 0, err
     assert "deferred parsing:" in err and "FAILED" not in err
     deferred = read_log(tmp_path / "deferred")
@@ -84,9 +82,7 @@ def test_parsing_process_death_is_loud(mock, tmp_path):
         assert c.wait(60) == 0
         time.sleep(0.3)
     finally:
-        t.send_signal(signal.SIGINT)
-        err = t.stderr.read()
-        t.wait(60)
+        err = stop_tracer(t, timeout=60)
     assert t.returncode == 70, err
     assert "INTERNAL ERROR: the parsing process exited (signal 9)" in err
     assert "FAILED: the parsing process exited (signal 9) before finishing" in err
@@ -110,9 +106,7 @@ def test_bounded_spool_counts_what_does_not_fit(mock, tmp_path):
         time.sleep(0.5)
     finally:
         os.kill(parser, signal.SIGCONT)
-        t.send_signal(signal.SIGINT)
-        err = t.stderr.read()
-        t.wait(120)
+        err = stop_tracer(t, timeout=120)
     assert t.returncode == 0, err
     assert "ring-buffer drops (events)" in err, err
     recs = read_log(tmp_path / "log")
@@ -173,9 +167,7 @@ def test_parser_waits_while_records_come_fast_and_keeps_up_otherwise(mock, tmp_p
                         and len(read_log(tmp_path / "light")) >= 2, timeout=30), "not logged while running"
         assert c.wait(60) == 0
     finally:
-        t.send_signal(signal.SIGINT)
-        t.stderr.read()
-        t.wait(60)
+        stop_tracer(t, timeout=60)
     assert orjson_loads(summary)["parse_held_s"] == 0
 
     go = tmp_path / "go2"
@@ -189,9 +181,7 @@ def test_parser_waits_while_records_come_fast_and_keeps_up_otherwise(mock, tmp_p
         go.touch()
         assert c.wait(60) == 0
     finally:
-        t.send_signal(signal.SIGINT)
-        err = t.stderr.read()
-        t.wait(60)
+        err = stop_tracer(t, timeout=60)
     s = orjson_loads(summary)
     assert s["parse_held_s"] > 0 and s["internal_failures"] == [], err
     recs = read_log(tmp_path / "busy")
