@@ -255,7 +255,7 @@ def bench_drain(readers: list[str], wsize: int, total: int, rounds: int, work: P
     def take(ring) -> int:
         mark[0] = spool.written
         n = 0
-        while k := ring.drain(spool.store)[0]:
+        while k := ring.drain(spool)[0]:
             n += k
         return n
 

@@ -116,29 +116,33 @@ EMPTY_INSNS = bytes([0xb7, 0, 0, 0, 0, 0, 0, 0,       # r0 = 0
 
 
 class EmptyProbes:
-    """uprobe + uretprobe with an empty program ("r0 = 0; exit", named "empty") on SSL_read and
-    SSL_write of libssl, for one pid - attached the way tracer attaches its own (perf_event_open on
-    the uprobe PMU with the pid), so the two differ only in what the programs do. (BCC's
-    attach_uprobe also works, but fails while another process holds a probe on the same function
-    with another reference-counter offset, e.g. a tracer test running meanwhile.)"""
+    """Empty programs ("r0 = 0; exit", named "empty") on every TLS function tracer probes in `path`
+    (default libssl): uprobe + uretprobe on SSL_read/SSL_write and their _ex variants, a uprobe on
+    SSL_free - for one pid, attached the way tracer attaches its own (perf_event_open on the uprobe PMU
+    with the pid), so that the two differ only in what the programs do: the floor any uprobe tracer
+    pays here. (BCC's attach_uprobe also works, but fails while another process holds a probe on the
+    same function with another reference-counter offset, e.g. a tracer test running meanwhile.)"""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, path: str = LIBSSL):
         from tracer import libbpf
         from tracer.probes.attach import file_offset, held_ref_ctr_offset, open_uprobe
         from tracer.probes.locate import locate
-        from tracer.probes.program import ProgType
+        from tracer.probes.program import ENTRY_ONLY, UPROBES, ProgType
         self.prog = libbpf.prog_load(int(ProgType.KPROBE), EMPTY_INSNS, "empty")
         self.fds = []
-        located = locate(LIBSSL)
+        located = locate(path)
+        if located is None:
+            raise SystemExit(f"no TLS functions found in {path}")
+        self.functions = sorted(fn for fn in (*UPROBES, *ENTRY_ONLY) if fn in located.functions)
         try:
-            for fn in ("SSL_read", "SSL_write"):
-                off = file_offset(LIBSSL, located.functions[fn].address)
-                for ret in (False, True):
+            for fn in self.functions:
+                off = file_offset(path, located.functions[fn].address)
+                for ret in (False, True) if fn in UPROBES else (False,):
                     try:
-                        fd = open_uprobe(self.prog, LIBSSL, off, pid, ret)
+                        fd = open_uprobe(self.prog, path, off, pid, ret)
                     except OSError:
-                        fd = open_uprobe(self.prog, LIBSSL, off, pid, ret,
-                                         held_ref_ctr_offset(LIBSSL, off, ret) or 0)
+                        fd = open_uprobe(self.prog, path, off, pid, ret,
+                                         held_ref_ctr_offset(path, off, ret) or 0)
                     self.fds.append(fd)
         except BaseException:
             self.close()

@@ -259,10 +259,13 @@ static __always_inline int leave(struct pt_regs *ctx, u8 dir)
     sk.dir = c.dir;
     u64 base = 0;
     u64 *basep = offsets.lookup(&sk);
-    if (basep)
+    if (basep) {                /* in place: an update would allocate a new LRU element */
         base = *basep;
-    u64 next = base + total;
-    offsets.update(&sk, &next);
+        *basep = base + total;
+    } else {
+        u64 next = total;
+        offsets.update(&sk, &next);
+    }
 
     u64 now = bpf_ktime_get_ns();
     u32 limit = total < COPY_LIMIT ? total : COPY_LIMIT;

@@ -113,6 +113,7 @@ class SpoolStage:
         self._raised = False           # worker at normal priority (backlog or end of run)
         self.dead = False              # the worker ended without finishing: records are counted, not kept
         self.unparsed_bytes = 0
+        self._discard = _Discard(self)
         self.busy = False              # records arriving fast: the parser is not told (see _gate)
         self.held_s = 0.0              # time the parser was kept waiting that way
         self._held_since: float | None = None
@@ -152,7 +153,7 @@ class SpoolStage:
         """Returns why the drain stopped early ("busy", "refused") or ""."""
         if self.dead:                  # nobody will parse them: taken out of the ring and counted
             return ring.drain(self._discard)[2]
-        n, nbytes, why = ring.drain(self.spool.store)
+        n, nbytes, why = ring.drain(self.spool)
         self._gate(n, nbytes)
         self.spool.punch()
         self._adjust_priority()
@@ -191,16 +192,12 @@ class SpoolStage:
             self._held_since = now if self.busy else None
         self.spool.notify()
 
-    def _discard(self, lens, _bufs) -> bool:
-        self.unparsed_bytes += sum(lens)
-        return True
-
     def close_pid(self, ring, pid: int, reason: str) -> None:
         """After every record `pid` left in the ring (a CPU may still be writing one of another
         process': wait a moment for it), tell the worker to close the process' connections."""
         ts = time.monotonic_ns()
         deadline = time.monotonic() + BUSY_RETRY_S
-        while ring.drain(self.spool.store)[2] == "busy" and time.monotonic() < deadline:
+        while ring.drain(self.spool)[2] == "busy" and time.monotonic() < deadline:
             time.sleep(0.001)
         self.spool.control({"op": "close_pid", "pid": pid, "reason": reason, "ts": ts})
         self.spool.notify()
@@ -304,6 +301,22 @@ class SpoolStage:
                 "parser_raised": self.raised_count, "parse_after_capture_s": round(self.finish_seconds, 3),
                 "parser_pid": self.proc.pid, "unparsed_bytes": self.unparsed_bytes,
                 "parse_held_s": round(self.held_s, 3)}
+
+
+class _Discard:
+    """The ring drain's sink once the parsing process is dead: records are taken out of the ring (so
+    that it does not fill and drop what is counted there) and their bytes counted as unparsed."""
+
+    def __init__(self, stage: SpoolStage):
+        self.stage = stage
+
+    def store(self, lens, _bufs) -> bool:
+        self.stage.unparsed_bytes += sum(lens)
+        return True
+
+    def store_ring(self, bufs, _records) -> bool:
+        self.stage.unparsed_bytes += sum(len(b) for b in bufs)
+        return True
 
 
 def _status(code: int) -> str:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import subprocess
 from array import array
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -103,6 +105,49 @@ def test_any_batches_read_back_exactly(tmp_path_factory, batches, notify_every):
             w.notify()
     w.close()
     assert read_all(r) == want
+
+
+def ring_stretch(recs: list[bytes], discard=()) -> bytes:
+    """Records framed as the kernel's ring buffer frames them: 8-byte header (length, flags, page
+    offset), the record, padding to 8 - what MappedRing.drain hands to store_ring."""
+    out = b""
+    for i, r in enumerate(recs):
+        flags = ev.RINGBUF_DISCARD_BIT if i in discard else 0
+        out += struct.pack("<II", len(r) | flags, 0x1234) + r + b"\xee" * (-len(r) % 8)
+    return out
+
+
+def test_ring_stretches_read_back_as_records(tmp_path):
+    """A stretch of the ring (records with class padding, ring headers, a discarded record, a copy
+    failure, a close) comes back as the records cut to their content, in order with the rest."""
+    padded = record(b"GET / HTTP/1.1\r\n\r\n", pad=237)
+    failed = record(b"x" * 100, flags=ev.F_COPY_FAIL, pad=100)
+    close = record(b"", etype=ev.EV_CLOSE)
+    big = record(b"b" * 5000, pad=16384 - 5000)
+    junk = b"\x99" * 200
+    stretch = ring_stretch([padded, junk, failed, close, big], discard={1})
+    w, r = pipe_spool(tmp_path)
+    assert w.store_ring([memoryview(stretch)[:1000], memoryview(stretch)[1000:]], 5)    # wrapped: two pieces
+    assert w.control({"op": "api_url", "url": "https://x"})
+    assert store(w, [record(b"after")])
+    w.close()
+    cut = [bytes(x[:ev.record_size(x)]) for x in (padded, failed, close, big)]
+    assert read_all(r) == [(KIND_RECORDS, cut), (KIND_CONTROL, {"op": "api_url", "url": "https://x"}),
+                           (KIND_RECORDS, [record(b"after")])]
+    assert w.records == 6
+
+
+@pytest.mark.parametrize("damage", ["busy", "short"])
+def test_damaged_ring_stretch_is_an_error(damage):
+    """A stretch that does not hold whole committed records is never read past silently."""
+    a, b = record(b"one", pad=5), record(b"two")
+    stretch = bytearray(ring_stretch([a, b]))
+    if damage == "busy":
+        struct.pack_into("<I", stretch, 8 + len(a) + (-len(a) % 8), len(b) | ev.RINGBUF_BUSY_BIT)
+    else:
+        stretch = stretch[:-8]
+    with pytest.raises(ValueError, match="spool damaged"):
+        sp.ring_records(bytes(stretch), memoryview(bytes(stretch)), 0, len(stretch))
 
 
 def test_segment_longer_than_a_read(tmp_path, monkeypatch):
@@ -202,11 +247,14 @@ def _without_timing(line: bytes) -> dict:
     return rec
 
 
-def run_worker(tmp_path, recs: list[bytes], controls_after=()) -> tuple[list[bytes], list[dict], int]:
+def run_worker(tmp_path, recs: list[bytes], controls_after=(), framing="cut") -> tuple[list[bytes], list[dict], int]:
     from tracer.worker import command
     w, reader = pipe_spool(tmp_path)
     for i in range(0, len(recs), 7):
-        assert store(w, recs[i:i + 7])
+        if framing == "ring":
+            assert w.store_ring([ring_stretch(recs[i:i + 7])], len(recs[i:i + 7]))
+        else:
+            assert store(w, recs[i:i + 7])
     for c in controls_after:
         w.control(c)
     notify_r = reader.notify_fd
@@ -237,9 +285,10 @@ def inline_log(tmp_path, recs: list[bytes]) -> list[bytes]:
     return log.read_bytes().splitlines()
 
 
-def test_worker_logs_exactly_what_inline_parsing_logs(tmp_path):
+@pytest.mark.parametrize("framing", ["cut", "ring"])
+def test_worker_logs_exactly_what_inline_parsing_logs(tmp_path, framing):
     recs = http_records(50)
-    lines, reports, code = run_worker(tmp_path, recs)
+    lines, reports, code = run_worker(tmp_path, recs, framing=framing)
     assert code == 0, reports
     final = [m for m in reports if m["t"] == "final"]
     assert len(final) == 1 and final[0]["stats"]["pairs_logged"] == 50

@@ -121,5 +121,15 @@ def record_size(raw: bytes | memoryview) -> int:
     return min(n, len(raw))
 
 
+# How the kernel's BPF ring buffer frames each record (include/uapi/linux/bpf.h): an 8-byte header -
+# u32 length with two flag bits, u32 page offset - then the record, the whole padded to 8 bytes.
+# The ring readers (capture/ring.py) and the spool's reader of raw ring stretches (capture/spool.py)
+# walk records by it.
+RINGBUF_BUSY_BIT = 1 << 31         # reserved, not committed yet
+RINGBUF_DISCARD_BIT = 1 << 30      # committed as discarded: skip it
+RINGBUF_HDR_SZ = 8
+RINGBUF_LEN_MASK = ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT) & 0xFFFFFFFF
+
+
 def decode_drops(raw: bytes) -> dict[str, int]:
     return dict(zip((n for n, _ in DROP_FIELDS), DROP_STRUCT.unpack_from(raw, 0)))

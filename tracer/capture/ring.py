@@ -8,17 +8,19 @@ Two ways to take records out, for the two ways the session parses (tracer/stage.
     header, a release store of consumer_pos). Parsing in the tracer process (--no-deferred-parsing)
     uses it; against a Python per-record reader of its own mapping of the ring libbpf's is as fast
     or faster (BENCHMARKS.md, "Own code vs libbpf").
-  * `drain(store)` hands every committed record, in order, to `store(lengths, buffers)` in batches
-    of up to DRAIN_BATCH_RECORDS records, cut to the bytes each carries (header + payload: records
-    are reserved in size classes), releasing them to the kernel once `store` has taken them - how
-    deferred parsing moves records to its spool (capture/spool.py). `MappedRing` (x86-64) does it
-    through its own single mapping of the ring: no Python call and no copy per record - the buffers
-    are views of the ring itself, written to the spool by one pwritev per batch - and 8 MB less RSS
-    than libbpf's double mapping of the default ring. x86-64 is TSO: plain aligned loads of
-    producer_pos and of record headers are acquire loads, a plain store of consumer_pos a release
-    store, which is what the protocol needs; other architectures need barriers Python cannot issue,
-    so there `Ring.drain` (libbpf's reader, records collected per pass) does it.
-    (BENCHMARKS.md, "Deferred parsing", has the measurements.)
+  * `drain(sink)` moves every committed record, in order and in batches, to a `Sink` (the spool,
+    capture/spool.py), releasing them to the kernel once the sink has taken them - how deferred
+    parsing gets records out of the ring. `MappedRing` (x86-64) does it through its own single
+    mapping of the ring, and moves the ring's bytes *as they are*: a stretch of whole committed
+    records - their 8-byte ring headers and class padding included - goes to the spool by one
+    pwritev straight from the ring (`Sink.store_ring`). The only Python per record is a look at its
+    ring header (committed yet? how long?); cutting records to their content and skipping padding is
+    left to the parsing process, which reads them back (capture/spool.py KIND_RING). It also takes
+    8 MB less RSS than libbpf's double mapping of the default ring. x86-64 is TSO: plain aligned
+    loads of producer_pos and of record headers are acquire loads, a plain store of consumer_pos a
+    release store, which is what the protocol needs; other architectures need barriers Python cannot
+    issue, so there `Ring.drain` (libbpf's reader, records collected per pass, cut to their content)
+    hands them over with `Sink.store`. (BENCHMARKS.md, "Deferred parsing", has the measurements.)
 `drain_reader` picks one; TRACER_RING_READER=mapped|libbpf forces it.
 """
 
@@ -36,17 +38,28 @@ from typing import Callable, Protocol
 
 from tracer import libbpf
 from tracer.capture import event as ev
-from tracer.capture.event import decode_drops
+from tracer.capture.event import RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, RINGBUF_HDR_SZ, decode_drops
 from tracer.probes.program import PERCPU_MAP_TYPES, MapInfo
 
 Callback = Callable[[bytes], object]
-Store = Callable[[array, list], bool]
-"""`store(lengths, buffers)`: one batch of records - their lengths (array of u32) and the buffers that
-hold them back to back (a record wrapping round the ring's end comes as two buffers). True: taken (the
-buffers are not used after the call); False: refused."""
 
-DRAIN_BATCH_RECORDS = 1000   # + the segment header, the lengths and one wrapped piece <= IOV_MAX (1024)
+
+class Sink(Protocol):
+    """Where a drain puts records (capture/spool.py SpoolWriter). Both return True when taken (the
+    buffers are not used after the call), False when refused."""
+
+    def store(self, lens: array, bufs: list) -> bool:
+        """Records cut to their content: their lengths (array of u32) and the buffers that hold them
+        back to back."""
+
+    def store_ring(self, bufs: list, records: int) -> bool:
+        """A stretch of the ring as the kernel laid it out: `records` whole entries (8-byte ring header,
+        record, padding to 8) in one buffer, or two when it wraps round the ring's end."""
+
+
+DRAIN_BATCH_RECORDS = 1000   # Ring.drain: records a store() call takes at most
 DRAIN_BATCH_BYTES = 512 << 10
+RAW_BATCH_BYTES = 512 << 10  # MappedRing.drain: ring bytes a store_ring() call takes (+ the last record: < 600 KB)
 
 
 class Drainer(Protocol):
@@ -56,7 +69,7 @@ class Drainer(Protocol):
     lost_bytes: int
     peak_fill: int
 
-    def drain(self, store: Store) -> tuple[int, int, str]: ...
+    def drain(self, sink: Sink) -> tuple[int, int, str]: ...
     def wait(self, timeout_ms: int) -> None: ...
     def close(self) -> None: ...
 
@@ -129,9 +142,9 @@ class Ring(_Waits):
         """Hand out every committed record without waiting; how many."""
         return self._call(self._lib.ring_buffer__consume)
 
-    def drain(self, store: Store) -> tuple[int, int, str]:
+    def drain(self, sink: Sink) -> tuple[int, int, str]:
         """As MappedRing.drain, for architectures without it: libbpf hands the records over one by
-        one (collected per pass) and releases each as it does, so a batch `store` refuses is lost
+        one (collected per pass) and releases each as it does, so a batch the sink refuses is lost
         - counted in lost_records / lost_bytes."""
         got: list[bytes] = []
         with self._lock:
@@ -147,7 +160,7 @@ class Ring(_Waits):
             bufs = [r[:ev.record_size(r)] for r in got[i:i + DRAIN_BATCH_RECORDS]]
             lens = array("I", map(len, bufs))
             n = sum(lens)
-            if not store(lens, bufs):
+            if not sink.store(lens, bufs):
                 self.lost_records += len(got) - i
                 self.lost_bytes += n + sum(ev.record_size(r) for r in got[i + DRAIN_BATCH_RECORDS:])
                 return records, nbytes, "refused"
@@ -167,9 +180,6 @@ class Ring(_Waits):
 
 # -- the batch drain through our own mapping (x86-64) ---------------------------------------------
 
-RINGBUF_BUSY_BIT = 1 << 31
-RINGBUF_DISCARD_BIT = 1 << 30
-RINGBUF_HDR_SZ = 8
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -222,21 +232,20 @@ class MappedRing(_Waits):
     def consumer_pos(self) -> int:
         return self._consumer.value
 
-    def drain(self, store: Store) -> tuple[int, int, str]:
-        """Every committed record to `store`, in batches (see the module docstring). Returns (records,
-        bytes, why it stopped early: "busy" - at a record still being written -, "refused" - store
-        said no -, or "")."""
+    def drain(self, sink: Sink) -> tuple[int, int, str]:
+        """Every committed record to `sink`, as ring stretches of about RAW_BATCH_BYTES (see the module
+        docstring). Returns (records, ring bytes, why it stopped early: "busy" - at a record still
+        being written -, "refused" - the sink said no -, or "")."""
         with self._lock:
             if self.closed:
                 return 0, 0, ""
-            return self._drain(store)
+            return self._drain(sink)
 
-    def _drain(self, store: Store) -> tuple[int, int, str]:
+    def _drain(self, sink: Sink) -> tuple[int, int, str]:
         v8, v32, mask, size = self._view, self._v32, self.mask, self.size
         consumer, producer = self._consumer, self._producer
-        len_at, flags_at, head, copy_fail = ev.LEN_OFFSET, ev.FLAGS_OFFSET, ev.HEADER_SIZE, ev.F_COPY_FAIL
-        max_n, max_b = DRAIN_BATCH_RECORDS, DRAIN_BATCH_BYTES
-        busy, discard, len_mask = RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT)
+        max_b = RAW_BATCH_BYTES
+        busy, len_mask = RINGBUF_BUSY_BIT, ev.RINGBUF_LEN_MASK
         records = nbytes = 0
         cons = consumer.value
         if producer.value - cons > self.peak_fill:
@@ -245,39 +254,30 @@ class MappedRing(_Waits):
             prod = producer.value
             if cons >= prod:
                 return records, nbytes, ""
-            lens, bufs, batch, pos, stop = array("I"), [], 0, cons, ""
-            n_in = 0
-            while pos < prod:
-                off = pos & mask
-                hdr = v32[off >> 2]
+            # the only work per record: its 8-byte ring header (committed? how long?)
+            lim = min(prod, cons + max_b)
+            pos, n, stop = cons, 0, ""
+            while pos < lim:
+                hdr = v32[(pos & mask) >> 2]
                 if hdr & busy:
                     stop = "busy"
                     break
-                length = hdr & len_mask
-                if not hdr & discard:
-                    if n_in >= max_n or batch >= max_b:
-                        break
-                    s = (off + RINGBUF_HDR_SZ) & mask          # headers never straddle the end
-                    n = head if v8[(s + flags_at) & mask] & copy_fail else head + v32[((s + len_at) & mask) >> 2]
-                    if n > length:
-                        n = length
-                    e = s + n
-                    if e <= size:
-                        bufs.append(v8[s:e])
-                    else:                                      # wraps: two pieces, one record
-                        self.wrapped_records += 1
-                        bufs.append(v8[s:])
-                        bufs.append(v8[:e - size])
-                    lens.append(n)
-                    n_in += 1
-                    batch += n
-                pos += (length + RINGBUF_HDR_SZ + 7) & ~7
-            if n_in and not store(lens, bufs):
+                pos += ((hdr & len_mask) + RINGBUF_HDR_SZ + 7) & ~7
+                n += 1
+            if pos == cons:
+                return records, nbytes, stop
+            s, length = cons & mask, pos - cons
+            if s + length <= size:
+                bufs = [v8[s:s + length]]
+            else:                                              # wraps: two pieces, one stretch
+                self.wrapped_records += 1
+                bufs = [v8[s:], v8[:s + length - size]]
+            if not sink.store_ring(bufs, n):
                 return records, nbytes, "refused"             # consumer_pos stays: the kernel keeps them
             cons = pos
             consumer.value = cons
-            records += n_in
-            nbytes += batch
+            records += n
+            nbytes += length
             if stop:
                 return records, nbytes, stop
 

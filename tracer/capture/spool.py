@@ -14,8 +14,12 @@ parsed the writer refuses batches, the records stay in the ring and, once the ri
 kernel drops (and counts) new ones - the spool never grows without bound.
 
 Format - segments, each `u32 kind, u32 n` then:
+  * KIND_RING: n bytes copied from the kernel's ring buffer as they were: whole committed records,
+    each with its 8-byte ring header and its size-class padding (capture/event.py RINGBUF_*). The
+    ring thread writes these (capture/ring.py MappedRing): it only has to look at each record's ring
+    header; the reader cuts the records out;
   * KIND_RECORDS: n u32 record lengths, then the n records back to back (each a struct tracer_event
-    and its payload, cut to the bytes it carries);
+    and its payload, cut to the bytes it carries) - from libbpf's reader (capture/ring.py Ring);
   * KIND_CONTROL: n bytes of JSON, an instruction for the parsing stage (close a process'
     connections, a new API host, ...) that must take effect at this point of the record stream.
 The writer tells the reader how far the spool is complete by writing the committed length (u64) to
@@ -35,15 +39,19 @@ import threading
 from array import array
 from pathlib import Path
 
+from tracer.capture import event as ev
+
 SEGMENT = struct.Struct("<II")
 KIND_RECORDS = 1
 KIND_CONTROL = 2
+KIND_RING = 3
+U32 = struct.Struct("<I")
 OFFSET = struct.Struct("<Q")
 
 FALLOC_FL_KEEP_SIZE = 1
 FALLOC_FL_PUNCH_HOLE = 2
 PUNCH_EVERY = 8 << 20        # consumed spool is freed in steps of this size
-READ_CHUNK = 1 << 20         # the reader reads up to this much at a time (> the longest segment, ~580 KB)
+READ_CHUNK = 1 << 20         # the reader reads up to this much at a time (> the longest segment, < 600 KB)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
@@ -132,6 +140,21 @@ class SpoolWriter:
                 return False
             self.records += len(lens)
             self.record_bytes += sum(lens)
+            return True
+
+    def store_ring(self, bufs: list, records: int) -> bool:
+        """A stretch of the ring buffer holding `records` whole records (capture/ring.py `Sink`)."""
+        n = sum(_nbytes(b) for b in bufs)
+        with self._lock:
+            if self.closed:
+                return False
+            if self.written - self.consumed >= self.max_backlog:
+                self.refused += 1
+                return False
+            if not self._write([SEGMENT.pack(KIND_RING, n), *bufs]):
+                return False
+            self.records += records
+            self.record_bytes += n
             return True
 
     def control(self, msg: dict) -> bool:
@@ -285,6 +308,11 @@ class SpoolReader:
                         recs.append(view[start:start + ln])
                         start += ln
                     yield KIND_RECORDS, recs
+                elif kind == KIND_RING:
+                    end = body + n
+                    if end > len(data):
+                        break
+                    yield KIND_RECORDS, ring_records(data, view, body, end, base)
                 elif kind == KIND_CONTROL:
                     end = body + n
                     if end > len(data):
@@ -305,4 +333,34 @@ class SpoolReader:
 
 
 
-__all__ = ["SpoolWriter", "SpoolReader", "open_spool_file", "KIND_RECORDS", "KIND_CONTROL"]
+def ring_records(data: bytes, view: memoryview, start: int, end: int, base: int = 0) -> list:
+    """The records in data[start:end], a stretch of the ring buffer (KIND_RING), each cut to the bytes
+    it carries (views of `view`); discarded ones left out. A stretch that does not hold whole committed
+    records exactly is damage, never skipped silently."""
+    unpack = U32.unpack_from
+    busy, discard, len_mask = ev.RINGBUF_BUSY_BIT, ev.RINGBUF_DISCARD_BIT, ev.RINGBUF_LEN_MASK
+    head, len_at, flags_at, copy_fail = ev.HEADER_SIZE, ev.LEN_OFFSET, ev.FLAGS_OFFSET, ev.F_COPY_FAIL
+    recs = []
+    p = start
+    while p < end:
+        hdr = unpack(data, p)[0]
+        length = hdr & len_mask
+        s = p + ev.RINGBUF_HDR_SZ
+        nxt = s + ((length + 7) & ~7)
+        if hdr & busy or nxt > end:
+            raise ValueError(f"spool damaged: the ring stretch at offset {base + start} has "
+                             f"{'an uncommitted' if hdr & busy else 'a truncated'} record at {base + p}")
+        if not hdr & discard:
+            if length >= head:
+                n = head if data[s + flags_at] & copy_fail else head + unpack(data, s + len_at)[0]
+                if n > length:
+                    n = length
+            else:
+                n = length          # shorter than a header: the pipeline counts it as malformed
+            recs.append(view[s:s + n])
+        p = nxt
+    return recs
+
+
+__all__ = ["SpoolWriter", "SpoolReader", "open_spool_file", "ring_records", "KIND_RECORDS", "KIND_CONTROL",
+           "KIND_RING"]
