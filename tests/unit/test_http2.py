@@ -644,11 +644,11 @@ def test_attach_anywhere_never_reports_wrong_headers(seed, start, cut, pieces, s
     # Which side is the client is only a guess (the traced process: the client) until a readable
     # :method or :status, or both END_STREAMs of a stream, tell; headers are never wrong regardless.
     truth = R if server else W
-    guess = p._client_dir if p._client_dir is not None else W
-    check_no_garbage(c, out, roles_known=p._roles_sure or guess == truth)
+    guess = p.streams.client_dir if p.streams.client_dir is not None else W
+    check_no_garbage(c, out, roles_known=p.streams.roles_sure or guess == truth)
     assert len({e.stream_id for e in out}) == len(out)
-    if p._roles_sure:
-        assert p._client_dir == truth
+    if p.streams.roles_sure:
+        assert p.streams.client_dir == truth
 
 
 def test_roles_from_end_stream_order_when_no_header_is_readable():
@@ -666,7 +666,7 @@ def test_roles_from_end_stream_order_when_no_header_is_readable():
         p = Http2Connection(CONN)
         (e,) = feed_all(p, c.wire[mark:], swap=server) + p.close("eof", 1)
         assert e.request.body.getvalue() == b'{"q":1}' and e.response.body.getvalue() == b"answer"
-        assert p._client_dir == (R if server else W)
+        assert p.streams.client_dir == (R if server else W)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -25,8 +25,6 @@ from tracer.protocols import http2
 from tracer.protocols.base import ConnInfo, Direction, Exchange, ParserStats
 from tracer.protocols.http1 import Http1Connection, looks_like_http1_request, looks_like_http1_response
 
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
 
 @dataclass
 class ConnState:
@@ -150,7 +148,7 @@ class Capture:
 
     def _pick_parser(self, st: ConnState, d: Direction, data: bytes):
         head = data[:64]
-        if head.startswith(H2_PREFACE[:len(head)]) and len(head) >= 3:
+        if http2.looks_like_h2(head):
             st.kind = "h2"
         elif (looks_like_http1_request(head) or looks_like_http1_response(head)):
             st.kind = "http/1.1"
