@@ -541,6 +541,7 @@ def check_no_garbage(conv, exchanges, exact_sids=(), roles_known=True):
     truth = truth_of(conv)
     for e in exchanges:
         t = truth[e.stream_id]
+        assert not e.incomplete or e.notes, "an incomplete pair must say why"
         if not roles_known:
             every = {(s(n), s(v)) for part in (t["req"], t["resp"] or {}) for key in ("headers", "trailers")
                      for n, v in (part.get(key) or [])}
@@ -733,6 +734,8 @@ def test_gap_inside_data_frame_keeps_framing_and_hpack():
     e1 = by[sid1]
     assert e1.response.body.getvalue() == b"A" * 4000 + b"B" * 5000
     assert e1.gaps == [("read", 1000)] and e1.incomplete
+    assert e1.response.holes == [[2000, 1000, 0]] and not e1.request.holes
+    assert any("hole" in n for n in e1.notes)
     # Nothing else suffered: the next stream is exact, HPACK intact.
     check_exact(c, [by[sid2]], only=[sid2])
     e2 = by[sid2]
@@ -906,3 +909,109 @@ def test_wrong_guessed_boundary_drops_the_streams_it_invented():
     assert [e.stream_id for e in out] == [sid]
     assert out[0].response.body.getvalue() == b"real" and out[0].request.body.getvalue() == b""
     assert p.stats.parse_errors >= 1 and p.stats.skipped_bytes >= 4   # the invented body counts as skipped
+
+
+# --------------------------------------------------------------------------- when a stream is finished
+
+def early_response(body: bytes = b'{"late": "body"}') -> tuple[Conversation, int]:
+    """nginx's shape: the client sends HEADERS, the server answers in full (END_STREAM) before it
+    reads the body, and only then does the client send the request body's DATA (END_STREAM)."""
+    c = Conversation()
+    sid = c.client.get_next_available_stream_id()
+    c.client.send_headers(sid, req_headers(0, [(b"content-length", str(len(body)).encode())]))
+    c.pump()
+    c.respond(sid, resp_headers(0), [b'{"ok":true}'])
+    c.send_body(c.client, sid, body, end=True)
+    return c, sid
+
+
+def test_request_body_sent_after_the_response_is_in_the_pair():
+    body = b'{"late": "body"}' * 3000          # several DATA frames, flow control in between
+    c, sid = early_response(body)
+    last_req_data = max(i for i, (d, data) in enumerate(c.wire) if d == W and body[:100] in data)
+    p = Http2Connection(CONN)
+    out = []
+    for idx, (d, data) in enumerate(c.wire):
+        got = p.feed(d, data, idx)
+        if idx < last_req_data:
+            assert got == [], "written out before the client ended its side of the stream"
+        out += got
+    (e,) = out
+    check_exact(c, out)
+    assert e.request.body.getvalue() == body and e.request.complete and not e.incomplete
+    assert e.response.body.getvalue() == b'{"ok":true}'
+
+
+def test_stream_the_client_never_ends_is_written_at_close_with_why():
+    c = Conversation()
+    sid = c.client.get_next_available_stream_id()
+    c.client.send_headers(sid, req_headers(0))
+    c.pump()
+    c.send_body(c.client, sid, b'{"partial":', end=False)
+    c.respond(sid, resp_headers(0), [b"denied"])
+    p = Http2Connection(CONN)
+    assert feed_all(p, c.wire) == []
+    (e,) = p.close("process exited", 5)
+    assert e.response.complete and not e.request.complete and e.incomplete
+    assert e.request.body.getvalue() == b'{"partial":'
+    assert any("still sending the request body" in n and "process exited" in n for n in e.notes), e.notes
+
+
+def test_server_reset_after_early_response_finishes_the_pair_and_counts_late_data():
+    c = Conversation()
+    sid = c.client.get_next_available_stream_id()
+    c.client.send_headers(sid, req_headers(0))
+    c.pump()
+    c.respond(sid, resp_headers(0), [b"too big"])
+    c.server.reset_stream(sid, ErrorCodes.NO_ERROR)
+    c.pump()
+    # A DATA frame the client had in flight when the reset arrived.
+    late = (11).to_bytes(3, "big") + bytes([0, 1]) + sid.to_bytes(4, "big") + b"late body!!"
+    p = Http2Connection(CONN)
+    (e,) = feed_all(p, c.wire + [(W, late)])
+    assert e.response.complete and not e.request.complete
+    assert any("reset by the server (NO_ERROR)" in n for n in e.notes)
+    assert p.stats.skipped_bytes == 11
+
+
+@functools.lru_cache(maxsize=32)
+def mixed_endings(seed: int) -> Conversation:
+    """Streams that end every way: request first, response first (body after it), a client that stops
+    sending, resets by either side; interleaved on one connection."""
+    rng = random.Random(seed)
+    c = Conversation(rng)
+    for i in range(6):
+        shape = rng.choice(["normal", "early", "stops", "client-reset", "server-reset"])
+        sid = c.client.get_next_available_stream_id()
+        c.client.send_headers(sid, req_headers(i))
+        c.pump()
+        if shape == "normal":
+            c.send_body(c.client, sid, b'{"n":%d}' % i, end=True)
+        c.respond(sid, resp_headers(i), sse(i, rng.randint(1, 3)), end=shape != "client-reset")
+        if shape == "early":
+            c.send_body(c.client, sid, b'{"late":%d}' % i, end=True)
+        elif shape == "stops":
+            c.send_body(c.client, sid, b'{"part', end=False)
+        elif shape == "client-reset":
+            c.client.reset_stream(sid, ErrorCodes.CANCEL)
+            c.pump()
+        elif shape == "server-reset":
+            c.server.reset_stream(sid, ErrorCodes.NO_ERROR)
+            c.pump()
+    return c
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 30), cut=st.floats(0, 1), reason=st.sampled_from(["", "SSL_free"]))
+def test_every_incomplete_pair_says_why(seed, cut, reason):
+    """The capture ends anywhere in a conversation whose streams end every which way: each pair
+    written is complete or carries a note; pairs whose both sides ended are exact."""
+    c = mixed_endings(seed)
+    k = int(cut * len(c.wire))
+    p = Http2Connection(CONN)
+    out = feed_all(p, c.wire[:k]) + p.close(reason, 10**9)
+    for e in out:
+        assert not e.incomplete or e.notes, (e.stream_id, e.request.complete, e.response)
+    if k == len(c.wire):
+        done = [sid for sid in c.req if c.req[sid]["ended"] and c.resp.get(sid, {}).get("ended")]
+        check_exact(c, [e for e in out if e.stream_id in done], only=done)

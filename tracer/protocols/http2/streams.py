@@ -1,6 +1,10 @@
 """The streams of one HTTP/2 connection: which side is the client, each stream's request and response
 built from the frames the framing layer (connection.py) hands over, and when a stream is written out.
 
+A stream is finished when both sides have ended it: END_STREAM each way, RST_STREAM, a GOAWAY that
+says the peer never processed it, or the connection's end. Only then is its pair written out, so a
+request body sent after the response (servers that answer before reading the body) is in the record.
+
 Which side is the client: known from the connection preface (the side that sends it) or from a
 readable pseudo-header (``:method`` comes from the client, ``:status`` from the server); guessed from a
 non-ACK SETTINGS as a side's very first frame (the server preface), from which side ended a stream
@@ -120,23 +124,19 @@ class Streams:
             s.guessed = not sure
             if s.req_dir != d and s.sid % 2 == 1:
                 self._swap_roles(s)
-            if s.resp_done:
+            if s.resp_done and s.req_done:
                 self._finish(s, s.last_ts)
 
     def _ended(self, s: Stream, direction: Direction, end_stream: bool, ts1: int) -> None:
-        """After a frame of ``s``: write the pair out once the response has ended."""
+        """After a frame of ``s``: write the pair out once both sides have ended the stream."""
         if end_stream and s.first_end is None:
             s.first_end = direction
-        if not s.resp_done or s.sid not in self.open:
+        if not (s.req_done and s.resp_done) or s.sid not in self.open:
             return
-        if s.guessed and not self.roles_sure:
-            # Roles unknown: this END_STREAM may have been the request's. Wait for the other side;
-            # when both ended, the request is the one that ended first.
-            if not s.req_done:
-                return
-            if s.sid % 2 == 1 and s.first_end is not None:
-                self.set_client_dir(s.first_end, sure=False)
-                return
+        if s.guessed and not self.roles_sure and s.sid % 2 == 1 and s.first_end is not None:
+            # Roles unknown: the request is the side that ended the stream first.
+            self.set_client_dir(s.first_end, sure=False)
+            return
         self._finish(s, ts1)
 
     @staticmethod
@@ -288,6 +288,8 @@ class Streams:
         s = self.open.get(sid)
         if s is None:
             if sid in self._closed:
+                # Sent after the stream was written out (e.g. in flight when the peer reset it).
+                self.stats.skipped_bytes += len(frame.data)
                 return
             req_dir = self.client_dir if self.client_dir is not None else Direction.WRITE
             s = self._stream(sid, req_dir, ts0, orphan=True, created=created)
@@ -296,57 +298,63 @@ class Streams:
             s.guessed = not self.roles_sure
         s.last_ts = ts1
         data = frame.data
-        body_before = (s.request if sender == s.req_dir else s.response)
-        body_before = body_before.body.size if body_before is not None else 0
-        lost = 0
-        if holes and "PADDED" in frame.flags and min(off for off, _ in holes) == 0:
-            # The pad length byte itself was lost: where the data ends is unknown. Drop the frame.
-            s.gaps.append((dir_name(sender), len(raw) - 9))
-            data, holes = b"", []
-        if holes:
-            # Cut the placeholder bytes back out. Payload offsets -> data offsets (pad length byte).
-            shift = 1 if "PADDED" in frame.flags else 0
-            keep = bytearray()
-            cur = 0
-            for off, n in sorted(holes):
-                a = max(0, min(len(data), off - shift))
-                b = max(0, min(len(data), off + n - shift))
-                keep += data[cur:a] if a > cur else b""
-                lost += n
-                cur = max(cur, b)
-            keep += data[cur:]
-            data = bytes(keep)
-            s.gaps.append((dir_name(sender), lost))
-        if data:
-            bt = s.times[sender]
-            if len(bt) < self.max_chunk_times and (not bt or bt[-1][1] != ts1):
-                bt.append((body_before, ts1))
         if sender == s.req_dir:
             msg = s.request
-            if not msg.ts_ns:
-                msg.ts_ns = ts0
-            msg.wire_bytes += wire
-            msg.end_ts_ns = ts1
-            if data and not msg.first_body_ts_ns:
-                msg.first_body_ts_ns = ts1
-            msg.body.append(data)
-            if "END_STREAM" in frame.flags:
-                s.req_done = True
-                msg.complete = s.req_head and not any(g[0] == dir_name(sender) for g in s.gaps)
         else:
             if s.response is None:
                 s.response = Message(http_version="2", ts_ns=ts0, body=Body(s.spill_at))
             msg = s.response
-            msg.wire_bytes += wire
-            msg.end_ts_ns = ts1
-            if data:
-                if not msg.first_body_ts_ns:
-                    msg.first_body_ts_ns = ts1
-                msg.body.append(data)
-            if "END_STREAM" in frame.flags:
+        body_before = msg.body.size
+        if holes:
+            data = self._cut_holes(s, msg, sender, frame, raw, holes)
+        if data:
+            bt = s.times[sender]
+            if len(bt) < self.max_chunk_times and (not bt or bt[-1][1] != ts1):
+                bt.append((body_before, ts1))
+        if not msg.ts_ns:
+            msg.ts_ns = ts0
+        msg.wire_bytes += wire
+        msg.end_ts_ns = ts1
+        if data:
+            if not msg.first_body_ts_ns:
+                msg.first_body_ts_ns = ts1
+            msg.body.append(data)
+        if "END_STREAM" in frame.flags:
+            head = s.req_head if sender == s.req_dir else s.resp_head
+            msg.complete = head and not any(g[0] == dir_name(sender) for g in s.gaps)
+            if sender == s.req_dir:
+                s.req_done = True
+            else:
                 s.resp_done = True
-                msg.complete = s.resp_head and not any(g[0] == dir_name(sender) for g in s.gaps)
         self._ended(s, sender, "END_STREAM" in frame.flags, ts1)
+
+    def _cut_holes(self, s: Stream, msg: Message, sender: Direction, frame: DataFrame, raw: bytes,
+                   holes: list[tuple[int, int]]) -> bytes:
+        """The frame's data without the placeholder bytes of capture gaps inside it; the body gets a
+        hole where each was."""
+        what = "request" if sender == s.req_dir else "response"
+        data = frame.data
+        lost = sum(n for _, n in holes)
+        s.gaps.append((dir_name(sender), lost))
+        s.notes.append(f"capture lost {lost} bytes inside a DATA frame of the {what} body; "
+                       f"the body has a hole")
+        if "PADDED" in frame.flags and min(off for off, _ in holes) == 0:
+            # The pad length byte itself was lost: where the data ends is unknown. Drop the frame.
+            self.stats.skipped_bytes += len(raw) - 9 - lost
+            msg.hole(lost, len(raw) - 9 - lost)
+            return b""
+        # Payload offsets -> data offsets (the pad length byte comes first).
+        shift = 1 if "PADDED" in frame.flags else 0
+        keep = bytearray()
+        cur = 0
+        for off, n in sorted(holes):
+            a = max(0, min(len(data), off - shift))
+            b = max(0, min(len(data), off + n - shift))
+            keep += data[cur:a] if a > cur else b""
+            msg.holes.append([msg.body.size + len(keep), n, 0])
+            cur = max(cur, b)
+        keep += data[cur:]
+        return bytes(keep)
 
     def rst(self, sender: Direction, frame: RstStreamFrame, ts1: int) -> None:
         s = self.open.get(frame.stream_id)
@@ -387,6 +395,9 @@ class Streams:
         for s in self.open.values():
             active = (not s.req_done) if s.req_dir == d else (not s.resp_done)
             if active:
+                msg = s.request if s.req_dir == d else s.response
+                if msg is not None and msg.body.size:
+                    msg.hole(nbytes)
                 s.gaps.append((dir_name(d), nbytes))
                 why = "capture gap" if nbytes else "unparseable bytes"
                 s.notes.append(f"{why} in the {dir_name(d)} direction; HTTP/2 framing "
@@ -414,9 +425,15 @@ class Streams:
         self.gap_streams = any(s.gap_ts for s in self.open.values())
 
     def close(self, reason: str, ts_ns: int) -> None:
+        why = f"connection closed ({reason})" if reason else "connection closed"
         for s in sorted(self.open.values(), key=lambda s: s.sid):
-            note = f"connection closed ({reason}) before the stream finished" if reason else \
-                "connection closed before the stream finished"
+            if s.resp_done and not s.req_done:
+                note = (f"{why} while the client was still sending the request body (the response "
+                        "was already complete)")
+            elif s.req_done and not s.resp_done:
+                note = f"{why} before the response was complete"
+            else:
+                note = f"{why} before either side ended the stream"
             self._finish(s, ts_ns, note)
 
     def _finish(self, s: Stream, ts_ns: int, note: str | None = None) -> None:
@@ -444,6 +461,11 @@ class Streams:
         if not enc or enc == "identity" or not msg.body.size:
             return
         msg.content_encoding = enc
+        if msg.holes:
+            # A compressed stream with bytes missing cannot be decoded past them; keep it as sent.
+            msg.decode_error = "not decoded: the capture lost bytes of the encoded body"
+            self.stats.decode_errors += 1
+            return
         try:
             body, err, cut = decode_body(enc, msg.body, self.max_decoded_body)
         except Exception as e:   # never let a decoder bug lose the record
