@@ -187,6 +187,8 @@ def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
         "request_bytes": req.wire_bytes,
         "request_body_bytes": req.body.size,
     }
+    if req.holes:
+        extras["request_holes"] = [list(h) for h in req.holes]
     if rq_extra.get("encoding"):
         extras["request_body_encoding"] = rq_extra["encoding"]
     if req.content_encoding:
@@ -225,6 +227,8 @@ def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
             extras["response_unknown_headers"] = resp.unknown_headers
         if resp.trailers:
             extras["trailers"] = headers_dict(resp.trailers, redact)
+        if resp.holes:
+            extras["response_holes"] = [list(h) for h in resp.holes]
         if not resp.complete:
             extras["notes"].append("response incomplete")
     if extras["notes"] or resp is None or not resp.complete:

@@ -253,7 +253,8 @@ def analyze_call(index: int, rec: dict, max_field_chars: int | None = None) -> C
         if es:   # Bedrock: the same Anthropic events in binary AWS event-stream frames
             r = reconstruct_eventstream(chunks_in, max_field_chars=max_field_chars)
         else:
-            r = reconstruct(chunks_in, max_field_chars=max_field_chars)
+            r = reconstruct(chunks_in, tr.get("response_holes") or (),
+                            max_field_chars=max_field_chars)
         c.response = r.message
         c.rebuild_errors = r.errors
         c.truncated = r.truncated
