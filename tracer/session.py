@@ -23,6 +23,7 @@ from tracer.probes.targets import Locator, mapped_objects
 from tracer.protocols.base import Exchange
 from tracer.sinks.jsonl import JsonlWriter, make_log_dir
 from tracer.sinks.record import Clock, Filter, build_record
+from tracer.threads import ThreadFailures, start_thread
 
 
 @dataclass
@@ -151,6 +152,7 @@ class Session:
         self._poller: threading.Thread | None = None
         self._cycles = 0
         self._cycle_cv = threading.Condition()
+        self.failures = ThreadFailures(self.stderr)   # tracer's own threads that died (exit status)
         self.tracefs = ensure_tracefs()
         t = time.monotonic()
         self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit,
@@ -161,15 +163,17 @@ class Session:
             self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
             self.log_path = new_log_path(opts)
             self.writer = JsonlWriter(self.log_path, batch_size=opts.batch_size, flush_ms=opts.flush_ms,
-                                      durable=opts.durable, stderr=self.stderr)
-            self.capture = Capture(self._on_exchange, deferred=opts.deferred)
+                                      durable=opts.durable, stderr=self.stderr,
+                                      failures=self.failures)
+            self.capture = Capture(self._on_exchange, deferred=opts.deferred, failures=self.failures)
             self.ring = Ring(self.prog.map_fd("events"), self.capture.feed)
         except BaseException:
             self.prog.close()
             raise
         self.capture.start()
-        self._poller = threading.Thread(target=self._poll, name="tracer-ring", daemon=True)
-        self._poller.start()
+        self._poller = start_thread("tracer-ring", self._poll, self.failures,
+                                    "the ring buffer is no longer drained: the kernel drops (and "
+                                    "counts) what the targets send")
 
     # -- pipeline ends -------------------------------------------------------------------------
     POLL_MS = 50   # records are submitted without wake-ups (see bpf/tracer.bpf.c): drain on this timer
@@ -188,7 +192,8 @@ class Session:
         the kernel had queued by now has reached the capture pipeline."""
         with self._cycle_cv:
             target = self._cycles + 2
-            self._cycle_cv.wait_for(lambda: self._cycles >= target or self._stop.is_set(), timeout)
+            self._cycle_cv.wait_for(lambda: self._cycles >= target or self._stop.is_set()
+                                    or not self._poller.is_alive(), timeout)
 
     def _on_exchange(self, ex: Exchange):
         self.pairs_seen += 1
@@ -312,7 +317,12 @@ class Session:
             "last_worker_error": self.capture.last_error,
             "records_written": w.records,
             "records_lost": w.lost_records,
+            "records_raw_body": w.raw_body_records,
+            "records_stub": w.stub_records,
+            "last_serialization_error": w.last_serialization_error,
             "write_errors": w.write_errors,
+            "unprocessed_records": c.unprocessed_records,
             "queue_peak": c.queue_peak,
+            "thread_failures": self.failures.as_list(),
         }
 

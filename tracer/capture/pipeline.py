@@ -24,6 +24,7 @@ from tracer.capture import event as ev
 from tracer.protocols import http2
 from tracer.protocols.base import ConnInfo, Direction, Exchange, ParserStats
 from tracer.protocols.http1 import Http1Connection, looks_like_http1_request, looks_like_http1_response
+from tracer.threads import ThreadFailures, start_thread
 
 
 @dataclass
@@ -50,12 +51,15 @@ class CaptureStats:
     h2_connections: int = 0
     worker_errors: int = 0
     queue_peak: int = 0
+    unprocessed_records: int = 0     # ring records never parsed because the worker thread died
 
 
 class Capture:
     def __init__(self, on_exchange: Callable[[Exchange], None], *, deferred: bool = True,
-                 max_decoded_body: int = 512 << 20):
+                 max_decoded_body: int = 512 << 20, failures: ThreadFailures | None = None):
         self.on_exchange = on_exchange
+        self.failures = failures if failures is not None else ThreadFailures()
+        self.dead = False                  # the worker thread died: records are counted, not queued
         self.deferred = deferred
         self.max_decoded_body = max_decoded_body
         self.stats = CaptureStats()
@@ -77,6 +81,9 @@ class Capture:
         if self.dump is not None:
             self.dump.write(len(record).to_bytes(4, "little") + record)
         if self.deferred:
+            if self.dead:
+                self.stats.unprocessed_records += 1
+                return
             self._inbox.append(record)
             if len(self._inbox) == 1:
                 self._wake.set()
@@ -87,8 +94,15 @@ class Capture:
     # -- worker -------------------------------------------------------------------------------
     def start(self):
         if self.deferred:
-            self._worker = threading.Thread(target=self._run, name="tracer-worker", daemon=True)
-            self._worker.start()
+            self._worker = start_thread("tracer-worker", self._run, self.failures,
+                                        "captured traffic is no longer parsed (ring records are "
+                                        "counted as unprocessed)", on_death=self._died)
+
+    def _died(self):
+        self.dead = True
+        n = len(self._inbox)
+        self._inbox.clear()
+        self.stats.unprocessed_records += n
 
     def _run(self):
         inbox = self._inbox
@@ -109,7 +123,7 @@ class Capture:
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far has been processed."""
         deadline = time.monotonic() + timeout
-        while self._inbox and time.monotonic() < deadline:
+        while self._inbox and not self.dead and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.005)
         with self._lock:  # the batch in hand is finished once we get the lock

@@ -18,6 +18,7 @@ import click
 from tracer.errors import TracerError
 from tracer.session import Options, Session, command_files, ssl_library_candidates
 from tracer.sinks.summary import format_summary, write_summary_json
+from tracer.threads import EXIT_FAILED
 
 
 def capture_options(f):
@@ -194,6 +195,9 @@ def attach_cmd(pids, allow_other_users, **kw):
     Finds every mapped object that carries TLS functions (libssl, node, Bun/Claude Code) and puts
     uprobes on them for these pids only. Connections that were already open are picked up at their
     next message boundary.
+
+    Exit status: 0; 70 when tracer itself failed (one of its threads died: the summary says which
+    and what stopped working); 1 or 2 when it could not start.
     """
     opts = _options(kw)
     me = _invoking_uid()
@@ -239,7 +243,8 @@ def attach_cmd(pids, allow_other_users, **kw):
         tick()
         stopper.event.wait(opts.watch_interval)
     tick(final=True)
-    _finish(session, opts)
+    if _finish(session, opts).get("thread_failures"):
+        sys.exit(EXIT_FAILED)
 
 
 def _child_credentials():
@@ -269,7 +274,13 @@ def run_cmd(command, **kw):
     \b
     Example:  sudo tracer run -- claude -p "hello"
     The command runs as the user who invoked sudo (not root), with its stdin/stdout/stderr untouched;
-    tracer's own messages go to stderr. tracer exits with the command's exit code.
+    tracer's own messages go to stderr.
+
+    \b
+    Exit status: the command's (128+N when signal N ended it), unless tracer
+    itself failed -- one of its threads died (the summary says which, what
+    stopped working, and the command's status) -- then 70. 127: the command
+    was not found or could not start; 1 or 2: tracer could not start.
     """
     opts = _options(kw)
     env = dict(os.environ)
@@ -341,9 +352,14 @@ def run_cmd(command, **kw):
             pass
     session.target_exited(child.pid)
     tick(final=True)
-    _finish(session, opts)
+    summary = _finish(session, opts)
     rc = child.returncode
-    sys.exit(128 - rc if rc < 0 else rc)
+    rc = 128 - rc if rc < 0 else rc
+    if summary.get("thread_failures"):
+        click.echo(f"tracer: exit status {EXIT_FAILED} because tracer failed (the command exited with "
+                   f"{rc})", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(rc)
 
 
 COMMANDS = [attach_cmd, run_cmd]

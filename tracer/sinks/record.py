@@ -106,6 +106,22 @@ def url_of(req: Message) -> str:
     return f"{req.scheme or 'https'}://{req.authority or 'unknown-host'}{target}"
 
 
+class Record(dict):
+    """A log record: serialised as a plain JSON object. ``bodies`` keeps the message bodies it was
+    built from (not serialised), so that the writer can fall back to their raw text when a parsed
+    JSON body cannot be serialised (orjson reads nesting up to 1024 levels but writes only 254)."""
+
+    __slots__ = ("bodies",)
+
+
+def raw_body_text(raw: bytes) -> tuple[str, str]:
+    """A body as text the way the log carries unparsed bodies: (UTF-8 text, "") or (base64, "base64")."""
+    try:
+        return raw.decode("utf-8"), ""
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), "base64"
+
+
 class StreamedText:
     """A body too big to hold as one str; the JSONL writer streams it into the line."""
 
@@ -144,11 +160,9 @@ def body_fields(msg: Message, is_response: bool) -> tuple[dict, dict]:
             return {"body": orjson.loads(raw)}, extras
         except orjson.JSONDecodeError:
             pass
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        extras["encoding"] = "base64"
-        text = base64.b64encode(raw).decode("ascii")
+    text, encoding = raw_body_text(raw)
+    if encoding:
+        extras["encoding"] = encoding
     if is_response:
         return {"body_raw": text}, extras
     return {"body": text}, extras
@@ -163,11 +177,11 @@ def _thin(points: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
     return out
 
 
-def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
+def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> Record:
     req, resp = ex.request, ex.response
     t0 = req.ts_ns
     rq_fields, rq_extra = body_fields(req, False)
-    record: dict = {
+    record = Record({
         "request": {
             "timestamp": clock.epoch(t0),
             "method": req.method,
@@ -177,7 +191,8 @@ def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
         },
         "response": None,
         "logged_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-    }
+    })
+    record.bodies = {"request": req.body, "response": resp.body if resp is not None else None}
     extras: dict = {
         "pid": ex.conn.pid, "tid": ex.conn.tid, "comm": ex.conn.comm, "conn_id": ex.conn.conn_id,
         "protocol": ex.protocol, "stream_id": ex.stream_id,

@@ -19,6 +19,9 @@ LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
           ("non_http_connections", "non-HTTP connections"),
           ("unknown_header_blocks", "HTTP/2 header blocks undecodable (attached mid-connection)"),
           ("records_lost", "records lost (log write failures)"),
+          ("records_stub", "records written as stubs (not serialisable; bodies left out)"),
+          ("records_raw_body", "records with raw-text bodies (their JSON was not serialisable)"),
+          ("unprocessed_records", "ring records never parsed (dead worker)"),
           ("worker_errors", "internal errors"))
 
 
@@ -29,7 +32,9 @@ def losses(s: dict) -> str:
 
 
 def format_summary(s: dict) -> str:
-    lines = [
+    lines = [f"FAILED: tracer's thread {f['thread']} died ({f['error']}; at {f['where']}): "
+             f"{f['consequence']}" for f in s.get("thread_failures") or ()]
+    lines += [
         f"pairs: {s['pairs_logged']} logged, {s['pairs_filtered_out']} filtered out, "
         f"{s['pairs_incomplete']} incomplete ({s['pairs_seen']} seen on {s['connections']} connections)",
         f"captured: {s['bytes_captured']} bytes in {s['ring_records']} ring records over {s['duration_s']} s",
@@ -37,6 +42,8 @@ def format_summary(s: dict) -> str:
     ]
     if s.get("last_worker_error"):
         lines.append(f"last internal error: {s['last_worker_error']}")
+    if s.get("last_serialization_error"):
+        lines.append(f"last serialisation error: {s['last_serialization_error']}")
     lines.append(f"log: {s['log']}")
     return "\n".join(lines)
 
