@@ -1015,3 +1015,17 @@ def test_every_incomplete_pair_says_why(seed, cut, reason):
     if k == len(c.wire):
         done = [sid for sid in c.req if c.req[sid]["ended"] and c.resp.get(sid, {}).get("ended")]
         check_exact(c, [e for e in out if e.stream_id in done], only=done)
+
+
+def test_attached_during_a_response_the_pair_is_written_at_its_end():
+    """Attached after the client had sent its request: no request frame will ever come, so the pair
+    does not wait for one (it would otherwise wait for the connection's end)."""
+    c = Conversation()
+    sid = c.request(req_headers(0), b'{"q":1}')
+    c.server.send_headers(sid, resp_headers(0))
+    c.pump()
+    mark = len(c.wire)
+    c.send_body(c.server, sid, b"event: ping\ndata: {}\n\n", end=True)
+    p = Http2Connection(CONN)
+    (e,) = feed_all(p, c.wire[mark:])
+    assert e.response.body.getvalue() == b"event: ping\ndata: {}\n\n" and e.incomplete and e.notes

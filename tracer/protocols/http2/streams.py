@@ -4,6 +4,8 @@ built from the frames the framing layer (connection.py) hands over, and when a s
 A stream is finished when both sides have ended it: END_STREAM each way, RST_STREAM, a GOAWAY that
 says the peer never processed it, or the connection's end. Only then is its pair written out, so a
 request body sent after the response (servers that answer before reading the body) is in the record.
+A stream of which no request frame was captured (attached after the client had sent it) is finished
+by the response's END_STREAM alone.
 
 Which side is the client: known from the connection preface (the side that sends it) or from a
 readable pseudo-header (``:method`` comes from the client, ``:status`` from the server); guessed from a
@@ -56,6 +58,12 @@ class Stream:
         self.times: dict[Direction, list[tuple[int, int]]] = {Direction.READ: [], Direction.WRITE: []}
         self.guessed = False      # req_dir is the default guess (roles unknown when it was created)
         self.first_end: Direction | None = None   # direction of the first END_STREAM seen
+        self.seen = {Direction.READ: False, Direction.WRITE: False}   # a frame captured from that side
+        self.orphan = False       # its request began before the capture
+
+    def over(self) -> bool:
+        """Both sides have ended the stream (a request of which nothing was captured counts as ended)."""
+        return self.resp_done and (self.req_done or not self.seen[self.req_dir])
 
 
 def dir_name(d: Direction) -> str:
@@ -124,19 +132,26 @@ class Streams:
             s.guessed = not sure
             if s.req_dir != d and s.sid % 2 == 1:
                 self._swap_roles(s)
-            if s.resp_done and s.req_done:
+            if s.over():
                 self._finish(s, s.last_ts)
 
     def _ended(self, s: Stream, direction: Direction, end_stream: bool, ts1: int) -> None:
         """After a frame of ``s``: write the pair out once both sides have ended the stream."""
+        s.seen[direction] = True
         if end_stream and s.first_end is None:
             s.first_end = direction
-        if not (s.req_done and s.resp_done) or s.sid not in self.open:
+        if not s.resp_done or s.sid not in self.open:
             return
-        if s.guessed and not self.roles_sure and s.sid % 2 == 1 and s.first_end is not None:
-            # Roles unknown: the request is the side that ended the stream first.
-            self.set_client_dir(s.first_end, sure=False)
-            return
+        if s.guessed and not self.roles_sure:
+            # Roles unknown: this END_STREAM may have been the request's. Wait for the other side;
+            # when both ended, the request is the one that ended first.
+            if not s.req_done:
+                return
+            if s.sid % 2 == 1 and s.first_end is not None:
+                self.set_client_dir(s.first_end, sure=False)
+                return
+        elif not s.over():
+            return    # the client is still sending: a server that answered before reading it all
         self._finish(s, ts1)
 
     @staticmethod
@@ -157,6 +172,7 @@ class Streams:
             return None
         s = Stream(sid, req_dir, self.spill_at)
         s.last_ts = ts
+        s.orphan = orphan
         if orphan:
             s.notes.append("stream began before the capture (request head not seen)")
         self.open[sid] = s
@@ -443,6 +459,11 @@ class Streams:
             self._closed.popitem(last=False)
         if note:
             s.notes.append(note)
+        if not s.req_head and not s.orphan and s.sid % 2:
+            s.notes.append("request head not seen (sent before the capture, or lost in a gap)")
+        if not s.notes and (not s.request.complete or s.response is None or not s.response.complete):
+            s.notes.append("response head not seen (lost in a capture gap)" if s.response is not None
+                           and not s.resp_head else "pair incomplete")
         req = s.request
         if not req.ts_ns:
             req.ts_ns = s.response.ts_ns if s.response is not None else ts_ns
