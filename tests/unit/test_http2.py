@@ -1022,10 +1022,11 @@ def test_attached_during_a_response_the_pair_is_written_at_its_end():
     does not wait for one (it would otherwise wait for the connection's end)."""
     c = Conversation()
     sid = c.request(req_headers(0), b'{"q":1}')
+    mark = len(c.wire)
     c.server.send_headers(sid, resp_headers(0))
     c.pump()
-    mark = len(c.wire)
     c.send_body(c.server, sid, b"event: ping\ndata: {}\n\n", end=True)
     p = Http2Connection(CONN)
     (e,) = feed_all(p, c.wire[mark:])
+    assert e.response.status == 200 and e.response.complete
     assert e.response.body.getvalue() == b"event: ping\ndata: {}\n\n" and e.incomplete and e.notes
