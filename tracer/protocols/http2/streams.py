@@ -217,17 +217,9 @@ class Streams:
             unknown != 0 and not pseudo and blk.end_stream and
             ((s.request.body.size if sender == s.req_dir else
               (s.response.body.size if s.response is not None else 0)) > 0))
-        if sender == s.req_dir:
+        request = sender == s.req_dir
+        if request:
             msg = s.request
-            if not s.req_head and not trailers_like:
-                self._set_head(s, msg, fields, unknown, blk, ts1, request=True)
-                s.req_head = True
-            else:
-                self._set_trailers(msg, fields, unknown, blk)
-            msg.end_ts_ns = ts1
-            if blk.end_stream:
-                s.req_done = True
-                msg.complete = s.req_head and not any(g[0] == dir_name(sender) for g in s.gaps)
         else:
             if s.response is None:
                 s.response = Message(http_version="2", ts_ns=blk.ts_ns, body=Body(s.spill_at))
@@ -237,15 +229,21 @@ class Streams:
                 msg.wire_bytes += blk.wire
                 s.notes.append(f"interim response {status.decode('latin-1')}")
                 return
-            if not s.resp_head and not trailers_like:
-                self._set_head(s, msg, fields, unknown, blk, ts1, request=False)
-                s.resp_head = True
+        if not (s.req_head if request else s.resp_head) and not trailers_like:
+            self._set_head(s, msg, fields, unknown, blk, ts1, request=request)
+            if request:
+                s.req_head = True
             else:
-                self._set_trailers(msg, fields, unknown, blk)
-            msg.end_ts_ns = ts1
-            if blk.end_stream:
+                s.resp_head = True
+        else:
+            self._set_trailers(msg, fields, unknown, blk)
+        msg.end_ts_ns = ts1
+        if blk.end_stream:
+            msg.complete = (s.req_head or not request) and not any(g[0] == dir_name(sender) for g in s.gaps)
+            if request:
+                s.req_done = True
+            else:
                 s.resp_done = True
-                msg.complete = not any(g[0] == dir_name(sender) for g in s.gaps)
         self._ended(s, sender, blk.end_stream, ts1)
 
     def _set_head(self, s: Stream, msg: Message, fields, unknown: int, blk: HeaderBlock, ts1: int,
