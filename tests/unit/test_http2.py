@@ -1030,3 +1030,63 @@ def test_attached_during_a_response_the_pair_is_written_at_its_end():
     (e,) = feed_all(p, c.wire[mark:])
     assert e.response.status == 200 and e.response.complete
     assert e.response.body.getvalue() == b"event: ping\ndata: {}\n\n" and e.incomplete and e.notes
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.integers(100, 40_000), frame_pick=st.floats(0, 1), where=st.floats(0, 1),
+       lost=st.integers(1, 5000), pad=st.sampled_from([None, 0, 9]))
+def test_gap_inside_a_data_frame_loses_exactly_those_bytes(size, frame_pick, where, lost, pad):
+    """Bytes lost strictly inside one DATA frame's payload: the body is the true body without exactly
+    those bytes (or, if the pad-length byte was hit, without that frame's data), the hole says where,
+    and the stream, the framing and the next stream survive."""
+    body = bytes(random.Random(size).randbytes(size))
+    c = Conversation()
+    sid = c.request(req_headers(0), b"{}")
+    c.respond(sid, resp_headers(0), [body], pad=pad)
+    sid2 = c.request(req_headers(1), b"{}")
+    c.respond(sid2, resp_headers(1), [b"next"])
+    # the READ byte stream and where each response DATA frame's payload lies in it
+    stream = b"".join(d for dr, d in c.wire if dr == R)
+    frames, i = [], 0
+    while i < len(stream):
+        f, n = Frame.parse_frame_header(memoryview(stream[i:i + 9]))
+        if f.type == 0x0 and f.stream_id == sid and n > 2:
+            frames.append((i + 9, n))
+        i += 9 + n
+    start, n = frames[int(frame_pick * (len(frames) - 1))]
+    a = start + int(where * (n - 1))
+    b = min(start + n, a + lost)          # strictly inside that payload
+    p = Http2Connection(CONN)
+    out = []
+    pos = 0
+    for idx, (dr, data) in enumerate(c.wire):
+        if dr != R:
+            out += p.feed(dr, data, idx)
+            continue
+        lo, hi = pos, pos + len(data)
+        pos = hi
+        if hi <= a or lo >= b:
+            out += p.feed(dr, data, idx)
+            continue
+        out += p.feed(dr, data[:max(0, a - lo)], idx)
+        if lo <= a < hi:
+            out += p.gap(dr, b - a, idx)
+        out += p.feed(dr, data[max(0, b - lo):], idx)
+    by = {e.stream_id: e for e in out}
+    e = by[sid]
+    got = e.response.body.getvalue()
+    (off, gap, skipped), = e.response.holes
+    assert gap == b - a and e.gaps == [("read", b - a)] and e.incomplete and e.notes
+    k = int(frame_pick * (len(frames) - 1))
+    overhead = 0 if pad is None else 1 + pad              # pad-length byte + padding per frame
+    before = sum(m - overhead for _, m in frames[:k])       # body bytes in the stream's earlier frames
+    if pad is not None and a == start:                      # the pad-length byte was lost: frame dropped
+        assert off == before and skipped == n - (b - a)
+        assert got == body[:before] + body[before + n - overhead:]
+    else:
+        data_len = n - overhead
+        da = min(max(a - start - (pad is not None), 0), data_len)
+        db = min(max(b - start - (pad is not None), 0), data_len)
+        assert off == before + da and skipped == 0
+        assert got == body[:before + da] + body[before + db:]
+    assert by[sid2].response.body.getvalue() == b"next" and not by[sid2].incomplete
