@@ -325,4 +325,3 @@ class Session:
             "queue_peak": c.queue_peak,
             "thread_failures": self.failures.as_list(),
         }
-
