@@ -103,6 +103,14 @@ def parse_log(out_dir: Path) -> list[dict]:
     return [orjson.loads(l) for l in raw.splitlines()]
 
 
+def interrupt(tr: subprocess.Popen, summary_json: Path) -> tuple[str, dict]:
+    """Ctrl-C to `tracer attach`: it must exit 0; its stderr and its --summary-json."""
+    tr.send_signal(signal.SIGINT)
+    err = tr.stderr.read()
+    assert tr.wait(timeout=60) == 0, err
+    return err, read_summary(summary_json)
+
+
 def rid(rec: dict) -> str | None:
     resp = rec.get("response") or {}
     return (resp.get("headers") or {}).get("x-mock-record-id")
@@ -307,10 +315,7 @@ def test_tiny_ring_buffer_drops_are_marked(mockp, tmp_path):
     assert client.wait(timeout=180) == 0
     lines.join()
     time.sleep(1.0)
-    tr.send_signal(signal.SIGINT)
-    err = tr.stderr.read()
-    assert tr.wait(timeout=60) == 0, err
-    s = read_summary(tmp_path / "summary.json")
+    err, s = interrupt(tr, tmp_path / "summary.json")
     assert s["ring_drops_events"] > 0, err
     assert s["gap_bytes"] > 0, err
     recs = parse_log(tmp_path / "log")
@@ -433,10 +438,7 @@ def _drops_inside_one_stream(mockp, tmp_path):
     assert client.wait(timeout=180) == 0
     lines.join()
     time.sleep(0.5)
-    tr.send_signal(signal.SIGINT)
-    err = tr.stderr.read()
-    assert tr.wait(timeout=60) == 0, err
-    s = read_summary(tmp_path / "summary.json")
+    err, s = interrupt(tr, tmp_path / "summary.json")
     (res,) = lines.results()
     assert not res["error"] and res["len"] > 15_000_000
     (r,) = parse_log(tmp_path / "log")

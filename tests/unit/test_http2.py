@@ -670,20 +670,12 @@ def test_roles_from_end_stream_order_when_no_header_is_readable():
         assert p.streams.client_dir == (R if server else W)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 30), where=st.floats(0, 1), size=st.integers(1, 5000),
-       direction=st.sampled_from([W, R]), pieces=st.integers(0, 2**32 - 1).map(random.Random))
-def test_gap_anywhere_never_reports_wrong_headers(seed, where, size, direction, pieces):
-    c = big_conversation(seed=seed, n=6)
-    # Cut ``size`` bytes out of one direction's byte stream at ``where`` and report them as a gap.
-    stream = b"".join(d for dr, d in c.wire if dr == direction)
-    a = int(where * len(stream))
-    b = min(len(stream), a + size)
-    p = Http2Connection(CONN)
+def feed_with_loss(p: Http2Connection, wire, direction, a: int, b: int, rng=None) -> list:
+    """Feed a conversation with bytes [a, b) of ``direction``'s byte stream reported as lost (one gap
+    per send they fall in); what follows a loss is fed in random pieces when ``rng`` is given."""
     out = []
     pos = 0
-    rng = pieces
-    for idx, (dr, data) in enumerate(c.wire):
+    for idx, (dr, data) in enumerate(wire):
         if dr != direction:
             out += p.feed(dr, data, idx)
             continue
@@ -694,14 +686,27 @@ def test_gap_anywhere_never_reports_wrong_headers(seed, where, size, direction, 
         if keep_before:
             out += p.feed(dr, keep_before, idx)
         if lo < b and hi > a:
-            lost = min(hi, b) - max(lo, a)
-            out += p.gap(dr, lost, idx)
+            out += p.gap(dr, min(hi, b) - max(lo, a), idx)
         if keep_after and (lo < b and hi > a or not keep_before):
             i = 0
             while i < len(keep_after):
-                n = rng.choice([3, 100, 5000, 100000])
+                n = rng.choice([3, 100, 5000, 100000]) if rng is not None else len(keep_after)
                 out += p.feed(dr, keep_after[i:i + n], idx)
                 i += n
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 30), where=st.floats(0, 1), size=st.integers(1, 5000),
+       direction=st.sampled_from([W, R]), pieces=st.integers(0, 2**32 - 1).map(random.Random))
+def test_gap_anywhere_never_reports_wrong_headers(seed, where, size, direction, pieces):
+    c = big_conversation(seed=seed, n=6)
+    # Cut ``size`` bytes out of one direction's byte stream at ``where`` and report them as a gap.
+    stream = b"".join(d for dr, d in c.wire if dr == direction)
+    a = int(where * len(stream))
+    b = min(len(stream), a + size)
+    p = Http2Connection(CONN)
+    out = feed_with_loss(p, c.wire, direction, a, b, rng=pieces)
     out += p.close("eof", 10**9)
     check_no_garbage(c, out)
     assert p.stats.gap_bytes == b - a
@@ -1057,21 +1062,7 @@ def test_gap_inside_a_data_frame_loses_exactly_those_bytes(size, frame_pick, whe
     a = start + int(where * (n - 1))
     b = min(start + n, a + lost)          # strictly inside that payload
     p = Http2Connection(CONN)
-    out = []
-    pos = 0
-    for idx, (dr, data) in enumerate(c.wire):
-        if dr != R:
-            out += p.feed(dr, data, idx)
-            continue
-        lo, hi = pos, pos + len(data)
-        pos = hi
-        if hi <= a or lo >= b:
-            out += p.feed(dr, data, idx)
-            continue
-        out += p.feed(dr, data[:max(0, a - lo)], idx)
-        if lo <= a < hi:
-            out += p.gap(dr, b - a, idx)
-        out += p.feed(dr, data[max(0, b - lo):], idx)
+    out = feed_with_loss(p, c.wire, R, a, b)
     by = {e.stream_id: e for e in out}
     e = by[sid]
     got = e.response.body.getvalue()
