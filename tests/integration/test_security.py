@@ -28,6 +28,23 @@ def sudo_env(uid: int = NOBODY, gid: int = NOBODY, **extra) -> dict:
 
 
 @pytest.fixture
+def user_dir():
+    """user_dir(uid, gid) -> a fresh 0700 directory of that user, reachable by them (pytest's own temp
+    dirs are root's 0700: tracer, writing as the invoking user, could not create anything there)."""
+    made = []
+
+    def make(uid: int = NOBODY, gid: int = NOBODY, mode: int = 0o700) -> Path:
+        d = Path(tempfile.mkdtemp(prefix="tracer-sec-"))
+        os.chown(d, uid, gid)
+        os.chmod(d, mode)
+        made.append(d)
+        return d
+    yield make
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
 def other_users_process():
     """A process owned by nobody (not by the 'invoking user' of the tests below)."""
     p = subprocess.Popen(["sleep", "60"], user=NOBODY, group=NOBODY)
@@ -36,30 +53,31 @@ def other_users_process():
     p.wait()
 
 
-def test_attach_refuses_pid_of_another_user(tmp_path, other_users_process):
-    p = subprocess.run(tracer_cmd("attach", "--pid", str(other_users_process.pid), "-o", str(tmp_path / "a"),
+def test_attach_refuses_pid_of_another_user(tmp_path, other_users_process, user_dir):
+    home = user_dir(4242, 4242)
+    p = subprocess.run(tracer_cmd("attach", "--pid", str(other_users_process.pid), "-o", str(home / "a"),
                                   "--quiet", "--no-html", "--duration", "1"),
                        env=sudo_env(uid=4242, gid=4242), capture_output=True, text=True, timeout=60)
     assert p.returncode == 2, p.stderr
     assert f"pid {other_users_process.pid} belongs to uid {NOBODY}" in p.stderr
     assert "--allow-other-users" in p.stderr
-    assert not (tmp_path / "a").exists(), "refused, yet a log directory was made"
-    p = subprocess.run(tracer_cmd("attach", "--pid", str(other_users_process.pid), "-o", str(tmp_path / "b"),
+    assert not (home / "a").exists(), "refused, yet a log directory was made"
+    p = subprocess.run(tracer_cmd("attach", "--pid", str(other_users_process.pid), "-o", str(home / "b"),
                                   "--quiet", "--no-html", "--duration", "1", "--allow-other-users"),
                        env=sudo_env(uid=4242, gid=4242), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "tracing 1 process" in p.stderr
 
 
-def test_attach_accepts_own_pid(tmp_path, other_users_process):
-    p = subprocess.run(tracer_cmd("attach", "--pid", str(other_users_process.pid), "-o", str(tmp_path / "a"),
+def test_attach_accepts_own_pid(other_users_process, user_dir):
+    p = subprocess.run(tracer_cmd("attach", "--pid", str(other_users_process.pid), "-o", str(user_dir() / "a"),
                                   "--quiet", "--no-html", "--duration", "1"),
                        env=sudo_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
 
 
-def test_run_never_runs_child_as_root(tmp_path):
-    out = tmp_path / "out"
+def test_run_never_runs_child_as_root(user_dir):
+    out = user_dir() / "out"
     p = subprocess.run(tracer_cmd("run", "-o", str(out), "--quiet", "--no-html", "--",
                                   "/bin/sh", "-c", "id -u; id -g; id -G; echo $HOME"),
                        env=sudo_env(), capture_output=True, text=True, timeout=120, cwd="/")
@@ -75,10 +93,10 @@ def _owner_mode(path: Path) -> tuple[int, int, int]:
     return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
 
 
-def test_secrets_redacted_and_files_private(mock, tmp_path):
+def test_secrets_redacted_and_files_private(mock, user_dir):
     """Credentials never reach the log, the HTML viewer or the summary; the directory is 0700 and the
     log 0600, both owned by the invoking user."""
-    out = tmp_path / "out"
+    out = user_dir(4242, 4243) / "out"
     shared = Path(tempfile.mkdtemp(prefix="tracer-sec-"))   # the CA, readable by the unprivileged child
     os.chmod(shared, 0o755)
     ca = shared / "ca.pem"
@@ -161,9 +179,9 @@ def test_symlinked_output_dir_refused(tmp_path):
     assert list(real.iterdir()) == []
 
 
-def test_run_child_uid_without_passwd_entry(tmp_path):
+def test_run_child_uid_without_passwd_entry(user_dir):
     """SUDO_UID of a user with no passwd entry (containers): the child still gets that uid, not root."""
-    p = subprocess.run(tracer_cmd("run", "-o", str(tmp_path / "out"), "--quiet", "--no-html", "--",
+    p = subprocess.run(tracer_cmd("run", "-o", str(user_dir(4242, 4243) / "out"), "--quiet", "--no-html", "--",
                                   "/bin/sh", "-c", "id -u; id -g"),
                        env=sudo_env(uid=4242, gid=4243), capture_output=True, text=True, timeout=120, cwd="/")
     assert p.returncode == 0, p.stderr

@@ -26,7 +26,9 @@ State dir (--dir, default a new temp dir):
 
 \b
 Routes: POST /v1/messages (JSON Message, or SSE with "stream": true),
-  POST /v1/messages/count_tokens, GET|HEAD /, anything else: 404 Anthropic error JSON.
+  POST /v1/messages/count_tokens, POST /v1/oauth/token (grant_type authorization_code or
+  refresh_token, JSON or form: random access/refresh tokens), GET|HEAD /, anything else: 404 Anthropic
+  error JSON.
 Scenario (auto): a request offering a "Bash" tool whose last user message has no tool_result gets a
   tool_use (Bash, {"command": "echo hi", ...}, stop_reason tool_use); after a tool_result the answer
   is "The command printed: <output>"; otherwise text. "thinking" enabled -> a thinking block first.

@@ -20,13 +20,13 @@ def mapped_objects(pid: int) -> list[MappedObject]:
     """Distinct file-backed executable mappings of a process, in map order."""
     seen: set[tuple[int, int]] = set()
     out: list[MappedObject] = []
-    with open(f"/proc/{pid}/maps") as f:
+    with open(f"/proc/{pid}/maps", "rb") as f:
         lines = f.read().splitlines()
     for line in lines:
         parts = line.split(None, 5)
-        if len(parts) < 6 or "x" not in parts[1]:
+        if len(parts) < 6 or b"x" not in parts[1]:
             continue
-        path = parts[5]
+        path = os.fsdecode(parts[5])     # any bytes the target chose (print with textsafe.printable)
         if not path.startswith("/") or path.endswith(" (deleted)"):
             continue
         host = f"/proc/{pid}/root{path}"

@@ -35,6 +35,8 @@ def format_summary(s: dict) -> str:
         f"captured: {s['bytes_captured']} bytes in {s['ring_records']} ring records over {s['duration_s']} s",
         f"losses: {losses(s)}",
     ]
+    for note in s.get("notes") or ():      # e.g. a target that lost the right to be traced
+        lines.append(f"note: {note}")
     if s.get("last_worker_error"):
         lines.append(f"last internal error: {s['last_worker_error']}")
     lines.append(f"log: {s['log']}")
