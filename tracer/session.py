@@ -22,7 +22,9 @@ from tracer.errors import TracerError
 from tracer.invoker import InvokingUser, invoking_user
 from tracer.probes.attach import TRACEFS, Probes
 from tracer.probes.load import load_program
+from tracer.probes.locate import LocateError, open_regular
 from tracer.probes.targets import Locator, mapped_objects
+from tracer.probes.verify import check_before_attach
 from tracer.protocols.base import Exchange
 from tracer.sinks.jsonl import JsonlWriter
 from tracer.sinks.record import Clock, Filter, build_record
@@ -277,18 +279,34 @@ class Session:
         self.target_exited(pid, f"tracing stopped: {why}")
 
     def _attach_file(self, tgt: Target, path: str) -> bool:
+        """Locate, verify and attach to one file, all through one descriptor of it: the file the
+        kernel puts the probes on is the file that was located and checked (tracer/probes/verify.py),
+        whatever happens to ``path`` meanwhile."""
         try:
-            st = os.stat(path)
+            fd = open_regular(path)
         except OSError:
             return False
-        key = (st.st_dev, st.st_ino)
-        if key in tgt.attached:
-            return False
-        loc = self.locator.locate_file(path)
-        tgt.attached.add(key)   # located or not, do not look at this file again
-        if loc is None:
-            return False
-        self.probes.attach(tgt.pid, path, loc)
+        try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            if key in tgt.attached:
+                return False
+            fd_path = f"/proc/self/fd/{fd}"
+            loc = self.locator.locate_file(fd_path, display=path)
+            tgt.attached.add(key)   # located or not, do not look at this file again
+            if loc is None:
+                return False
+            try:
+                check_before_attach(fd, loc, display=path)
+            except LocateError as e:
+                self.locator.errors[path] = str(e)
+                return False
+            try:
+                self.probes.attach(tgt.pid, fd_path, loc)
+            except TracerError as e:
+                raise TracerError(str(e).replace(fd_path, path)) from None
+        finally:
+            os.close(fd)
         tgt.files.append((path, loc.library, {n: f.method for n, f in loc.functions.items()}))
         return True
 
