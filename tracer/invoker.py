@@ -180,3 +180,20 @@ def as_user(user: InvokingUser | None = None):
         _set_groups(saved_groups)
         if thread_fs_ids() != (old_uid & 0xFFFFFFFF, old_gid & 0xFFFFFFFF):   # pragma: no cover
             raise TracerError("could not restore tracer's own file-system identity")
+
+
+def become(user: InvokingUser | None = None) -> InvokingUser:
+    """Become the user for good - real, effective, saved and fs ids and groups, every thread - for a
+    command that needs none of root's powers (the viewer, the mock server). No-op unless tracer is
+    root working for someone else. Call before any thread starts."""
+    user = user or invoking_user()
+    if not user.acting_for_other:
+        return user
+    os.setgroups(list(user.groups))
+    os.setresgid(user.gid, user.gid, user.gid)
+    os.setresuid(user.uid, user.uid, user.uid)
+    if os.getresuid() != (user.uid,) * 3 or os.getresgid() != (user.gid,) * 3:   # pragma: no cover
+        raise TracerError(f"could not become {user.describe()}")
+    if user.home and os.environ.get("HOME") in (None, "", "/root"):
+        os.environ["HOME"] = user.home
+    return user

@@ -162,37 +162,41 @@ class Session:
         self._poller: threading.Thread | None = None
         self._cycles = 0
         self._cycle_cv = threading.Condition()
-        self.tracefs = ensure_tracefs()
-        t = time.monotonic()
-        self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit,
-                                 stderr=self.stderr)
-        self.load_seconds = time.monotonic() - t
+        # the output directory is created/checked first (as the invoking user): a refusal costs nothing
+        out_dir = UserDir(opts.output_dir, self.user)
         try:
-            self.probes = Probes(self.prog, stderr=self.stderr)
-            self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
-            self._open_log(opts)
-            self.capture = Capture(self._on_exchange, deferred=opts.deferred)
-            self.ring = Ring(self.prog.map_fd("events"), self.capture.feed)
-        except BaseException:
-            self.prog.close()
-            raise
+            self.tracefs = ensure_tracefs()
+            t = time.monotonic()
+            self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit,
+                                     stderr=self.stderr)
+            self.load_seconds = time.monotonic() - t
+            try:
+                self.probes = Probes(self.prog, stderr=self.stderr)
+                self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
+                self._open_log(opts, out_dir)
+                self.capture = Capture(self._on_exchange, deferred=opts.deferred)
+                self.ring = Ring(self.prog.map_fd("events"), self.capture.feed)
+            except BaseException:
+                self.prog.close()
+                raise
+        finally:
+            out_dir.close()
         self.capture.start()
         self._poller = threading.Thread(target=self._poll, name="tracer-ring", daemon=True)
         self._poller.start()
 
-    def _open_log(self, opts: Options) -> None:
-        """The output directory and the log, created as the invoking user (tracer/userfiles.py) on
+    def _open_log(self, opts: Options, out_dir: UserDir) -> None:
+        """The log, created as the invoking user (tracer/userfiles.py) in the output directory, on
         this thread, before the writer thread exists (it only ever writes to the descriptor)."""
-        with UserDir(opts.output_dir, self.user) as out_dir:
-            name = opts.log_name or f"log-{datetime.now().strftime('%Y-%m-%d-%H-%M-%S')}.jsonl"
-            candidate, n = name, 1
-            while True:
-                try:      # O_EXCL | O_NOFOLLOW: a planted file or (dangling) symlink counts as taken
-                    fd = out_dir.create(candidate, 0o600, os.O_WRONLY | os.O_APPEND)
-                    break
-                except FileExistsError:
-                    candidate = f"{Path(name).stem}-{n}.jsonl"
-                    n += 1
+        name = opts.log_name or f"log-{datetime.now().strftime('%Y-%m-%d-%H-%M-%S')}.jsonl"
+        candidate, n = name, 1
+        while True:
+            try:      # O_EXCL | O_NOFOLLOW: a planted file or (dangling) symlink counts as taken
+                fd = out_dir.create(candidate, 0o600, os.O_WRONLY | os.O_APPEND)
+                break
+            except FileExistsError:
+                candidate = f"{Path(name).stem}-{n}.jsonl"
+                n += 1
         self.log_path = Path(opts.output_dir) / candidate
         self.writer = JsonlWriter(self.log_path, batch_size=opts.batch_size, flush_ms=opts.flush_ms,
                                   durable=opts.durable, stderr=self.stderr, fd=fd)

@@ -8,7 +8,8 @@ import click
 
 from tracer.mock.knobs import KNOB_FIELDS, KNOB_HELP, Knobs, choices, knob_type
 
-_HELP = """Run a mock Anthropic Messages API over HTTPS on 127.0.0.1.
+_HELP = """Run a mock Anthropic Messages API over HTTPS on 127.0.0.1. Needs no privileges: started
+as root for someone else (sudo), it runs as the user who invoked sudo.
 
 \b
 Prints ONE JSON line on stdout once listening, e.g.
@@ -86,6 +87,14 @@ def mock_server(port, host, state_dir, h2, key_type, tls_version, record_limit, 
     import signal
 
     import orjson
+
+    from tracer.errors import TracerError
+    from tracer.invoker import become
+
+    try:        # the mock server needs none of root's powers: under sudo it runs as the invoking user
+        become()
+    except TracerError as e:
+        raise click.ClickException(str(e)) from None
 
     from tracer.mock.knobs import with_overrides
     from tracer.mock.server import MockServerCore, ServerConfig

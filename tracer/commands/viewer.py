@@ -1,7 +1,8 @@
 """`tracer html` and `tracer index`: the offline HTML viewer.
 
-Neither needs root. Under sudo both work entirely as the invoking user (tracer/invoker.py): logs are
-read, and pages written, with that user's permissions, in directories of theirs.
+Neither needs root. Run as root for someone else (sudo), both first become the invoking user for
+good (tracer/invoker.py `become`): logs are read, and pages written, with that user's permissions,
+in directories of theirs (tracer/userfiles.py).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from tracer.errors import TracerError
 
 
 def _user():
-    from tracer.invoker import invoking_user
+    from tracer.invoker import become
     try:
-        return invoking_user()
+        return become()
     except TracerError as e:
         raise click.ClickException(str(e)) from None
 
