@@ -21,6 +21,7 @@ from tracer.capture.ring import DropCounters, Ring
 from tracer.errors import TracerError
 from tracer.invoker import InvokingUser, invoking_user
 from tracer.probes.attach import TRACEFS, Probes
+from tracer.probes.kcreds import CredGuard
 from tracer.probes.load import load_program
 from tracer.probes.locate import LocateError, open_regular
 from tracer.probes.targets import Locator, mapped_objects
@@ -173,6 +174,7 @@ class Session:
             try:
                 self.probes = Probes(self.prog, stderr=self.stderr)
                 self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
+                self.guard = CredGuard(self.prog.map_fd("cred_layout"), self.prog.map_fd("target_ids"))
                 self._open_log(opts, out_dir)
                 self.capture = Capture(self._on_exchange, deferred=opts.deferred)
                 self.ring = Ring(self.prog.map_fd("events"), self.capture.feed)
@@ -249,6 +251,14 @@ class Session:
             raise TracerError(why)
         tgt = self.targets.setdefault(pid, Target(pid))
         tgt.pin = pin
+        # the kernel-side half of the rule (bpf/tracer.bpf.c may_copy): only while its ids stay these
+        check = self.user.acting_for_other and not self.opts.allow_other_users
+        if not self.guard.approve(pid, self.user.uid, self.user.gid, check) and check:
+            note = ("no kernel BTF: a traced process that exec's a setuid program is noticed by polling "
+                    f"only (up to {self.opts.watch_interval:g} s of its traffic may be logged)")
+            if note not in self.notes:
+                self.notes.append(note)
+                print(f"tracer: {note}", file=self.stderr)
         env = env if env is not None else read_environ(pid)
         if env.get("ANTHROPIC_BASE_URL"):
             self.filter.add_base_url(env["ANTHROPIC_BASE_URL"])
@@ -336,6 +346,12 @@ class Session:
         self.wait_ring_drained()   # its last records are in the ring already: let them through first
         self.capture.close_pid(pid, reason)
         self.probes.detach_pid(pid)
+        denied = self.guard.denied(pid)
+        if denied and not any(n.startswith(f"pid {pid}: ") for n in self.notes):
+            self.notes.append(f"pid {pid}: {denied} TLS call(s) not logged: the process ran with other "
+                              "credentials than the ones it was traced with (it exec'd a setuid/setgid "
+                              "program, or changed its ids)")
+        self.guard.forget(pid)
         if tgt.pin is not None:
             tgt.pin.close()
 
@@ -387,6 +403,7 @@ class Session:
             "ring_drops_bytes": drops.get("bytes", 0),
             "truncated_bytes": drops.get("truncated", 0),
             "copy_fail_bytes": drops.get("copy_fail", 0),
+            "denied_bytes": drops.get("denied", 0),
             "gap_bytes": c.gap_bytes,
             "skipped_bytes": p.skipped_bytes,
             "parse_errors": p.parse_errors,

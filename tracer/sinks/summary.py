@@ -13,6 +13,8 @@ LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
           ("ring_drops_bytes", "ring-buffer drops (bytes)"),
           ("truncated_bytes", "bytes beyond the per-call copy limit"),
           ("copy_fail_bytes", "bytes unreadable in the target"),
+          ("denied_bytes", "bytes not copied: the process no longer ran with the approved credentials "
+                           "(setuid/setgid exec)"),
           ("gap_bytes", "bytes missing from streams (gaps)"),
           ("skipped_bytes", "bytes skipped to resynchronise"),
           ("parse_errors", "parse errors"), ("decode_errors", "decode errors"),
