@@ -627,3 +627,20 @@ def test_credentials_redacted(mock, h2mock, user_dir, shared_dir, proto):
     form = next(r for r in logged if isinstance(r["request"]["body"], str))
     assert "client_id=cid" in form["request"]["body"] and "code=[REDACTED]" in form["request"]["body"]
     assert form["response"]["body"]["token_type"] == "Bearer"
+
+
+def test_caches_and_headers_named_by_the_environment_must_be_roots(user_dir):
+    """sudo may keep variables: a BPF cache, cache root or kernel-header tree the user owns would let
+    them shape the bytecode root loads (or have root build a header tree through their symlinks)."""
+    home = user_dir(U, G)
+    out = user_dir(U, G) / "out"
+    for var in ("TRACER_CACHE_DIR", "TRACER_BPF_CACHE_DIR"):
+        p = subprocess.run(tracer_cmd("run", "-o", str(out), "--quiet", "--", "/bin/true"),
+                           env=sudo_env(U, G, **{var: str(home / "cache")}), capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode != 0 and f"{var}=" in p.stderr and "owned by uid 4242" in p.stderr, p.stderr
+    assert not (home / "cache").exists()
+    (home / "include" / "linux").mkdir(parents=True)
+    p = subprocess.run(tracer_cmd("doctor", "--no-compile"), env=sudo_env(U, G, BCC_KERNEL_SOURCE=str(home)),
+                       capture_output=True, text=True, timeout=300)
+    assert "BCC_KERNEL_SOURCE" in p.stdout and "not trusted" in p.stdout, p.stdout

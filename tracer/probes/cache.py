@@ -37,6 +37,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from tracer.errors import TracerError
 from tracer.paths import locate_cache_dir
 from tracer.probes import elfview
 from tracer.probes.located import ALL_FUNCS, FunctionLocation, Located
@@ -47,8 +48,12 @@ CODE_BYTES = 16          # bytes recorded (and compared) at each function's addr
 MAX_ENTRY = 64 << 10
 
 
-def cache_dir() -> Path:
-    return locate_cache_dir()
+def cache_dir() -> Path | None:
+    """None when the cache root cannot be trusted (tracer/paths.py): then nothing is cached."""
+    try:
+        return locate_cache_dir()
+    except TracerError:
+        return None
 
 
 def identity(st: os.stat_result) -> dict:
@@ -122,7 +127,7 @@ def _read_entry(path: Path) -> dict | None:
 def load(path: str, elf, st: os.stat_result) -> Located | None:
     """The cached result for this very file (``st``: fstat of the open file ``elf`` reads), or None."""
     d = cache_dir()
-    if _dir_problem(d):
+    if d is None or _dir_problem(d):
         return None
     ident = identity(st)
     data = _read_entry(d / _entry_name(ident))
@@ -163,6 +168,8 @@ def store(res: Located, elf, st: os.stat_result) -> bool:
     data = {"version": CACHE_VERSION, "identity": ident, "headers_sha256": headers_digest(elf),
             "build_id": res.build_id, "library": res.library, "binary": res.path, "functions": funcs}
     d = cache_dir()
+    if d is None:
+        return False
     try:
         d.mkdir(parents=True, exist_ok=True, mode=0o755)
         if _dir_problem(d):
@@ -185,7 +192,9 @@ def store(res: Located, elf, st: os.stat_result) -> bool:
 
 
 def forget(st: os.stat_result) -> None:
+    d = cache_dir()
     try:
-        (cache_dir() / _entry_name(identity(st))).unlink()
+        if d is not None:
+            (d / _entry_name(identity(st))).unlink()
     except OSError:
         pass
