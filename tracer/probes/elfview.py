@@ -21,6 +21,7 @@ header (it reads a fixed-size structure), its ``stream`` and its class/endiannes
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from dataclasses import dataclass
@@ -88,23 +89,24 @@ def _read(elf, off: int, n: int, size: int) -> bytes:
     return data
 
 
-def _cache(elf) -> dict:
-    c = getattr(elf, "_tracer_bounded", None)
-    if c is None:
-        c = {}
-        elf._tracer_bounded = c
-    return c
+def _per_file(fn):
+    """Compute once per ELFFile (the result is kept on the object)."""
+    @functools.wraps(fn)
+    def wrapper(elf):
+        memo = elf.__dict__.setdefault("_tracer_bounded", {})
+        if fn.__name__ not in memo:
+            memo[fn.__name__] = fn(elf)
+        return memo[fn.__name__]
+    return wrapper
 
 
 def _fmt(elf) -> tuple[str, bool]:
     return ("<" if elf.little_endian else ">"), elf.elfclass == 64
 
 
+@_per_file
 def sections(elf) -> list[SectionHeader]:
     """Every section header, checked against the file; names from the section-name table."""
-    c = _cache(elf)
-    if "sections" in c:
-        return c["sections"]
     end, is64 = _fmt(elf)
     size = file_size(elf)
     h = elf.header
@@ -115,7 +117,6 @@ def sections(elf) -> list[SectionHeader]:
     fmt = end + ("IIQQQQIIQQ" if is64 else "IIIIIIIIII")
     out: list[SectionHeader] = []
     if shoff == 0:
-        c["sections"] = out
         return out
     if shentsize != want:
         raise ELFBoundsError(f"section header entry size {shentsize}, expected {want}")
@@ -140,7 +141,6 @@ def sections(elf) -> list[SectionHeader]:
             e = names.find(b"\0", r[0])
             name = names[r[0]:e if e >= 0 else len(names)].decode("latin-1")
         out.append(SectionHeader(i, name, *r[1:]))
-    c["sections"] = out
     return out
 
 
@@ -163,11 +163,9 @@ def section_bytes(elf, sec: SectionHeader, limit: int | None = None) -> bytes:
     return _read(elf, sec.offset, sec.size, file_size(elf))
 
 
+@_per_file
 def segments(elf) -> list[Segment]:
     """Every program header, checked against the file."""
-    c = _cache(elf)
-    if "segments" in c:
-        return c["segments"]
     end, is64 = _fmt(elf)
     size = file_size(elf)
     h = elf.header
@@ -175,7 +173,6 @@ def segments(elf) -> list[Segment]:
     want = 56 if is64 else 32
     out: list[Segment] = []
     if phoff == 0 or phnum == 0:
-        c["segments"] = out
         return out
     if phentsize != want:
         raise ELFBoundsError(f"program header entry size {phentsize}, expected {want}")
@@ -191,7 +188,6 @@ def segments(elf) -> list[Segment]:
         else:      # type, offset, vaddr, paddr, filesz, memsz, flags, align
             t, off, va, _pa, fs, ms, fl, _al = struct.unpack_from(end + "IIIIIIII", table, i * want)
         out.append(Segment(t, fl, off, va, fs, ms))
-    c["segments"] = out
     return out
 
 
