@@ -29,6 +29,7 @@ import struct
 from dataclasses import dataclass
 
 from tracer import libbpf
+from tracer.errors import TracerError
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 BTF_KIND_STRUCT, BTF_KIND_UNION = 4, 5
@@ -136,7 +137,11 @@ class CredGuard:
         """Let the probes copy ``pid``'s data (while its ids stay uid/gid, when ``check``). Returns
         whether the kernel will check (False: no BTF layout, checked in user space only)."""
         check = check and self.enforcing
-        libbpf.map_update(self.targets_fd, struct.pack("<I", pid), struct.pack("<IIII", uid, gid, int(check), 0))
+        try:
+            libbpf.map_update(self.targets_fd, struct.pack("<I", pid),
+                              struct.pack("<IIII", uid, gid, int(check), 0))
+        except OSError as e:        # e.g. E2BIG: more traced processes than the map holds
+            raise TracerError(f"cannot approve pid {pid} for tracing: {e.strerror or e}") from None
         return check
 
     def denied(self, pid: int) -> int:
