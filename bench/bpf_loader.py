@@ -183,6 +183,7 @@ def bench_ring(readers: list[str], wsize: int, total: int, rounds: int, work: Pa
     pump, go = start_pump(work, total, wsize=wsize, rounds=rounds * len(readers))
     runs: dict[str, list[dict]] = {r: [] for r in readers}
     try:
+        traced.approve(pump.pid)
         for mo, located in tls_objects(pump.pid, work / "lib"):
             traced.attach(pump.pid, mo.host_path, located)
         for i in range(rounds * len(readers)):

@@ -57,6 +57,47 @@ BPF_PERCPU_ARRAY(unwoken, u64, 1);
 
 #define WAKE_BYTES ((u64)RINGBUF_PAGES * 4096 / 8)
 
+/* Credential guard. Probes are attached per pid and survive exec, so a traced process that exec's a
+ * setuid/setgid program would have that program's plaintext copied - root's secrets handed to the
+ * user who asked for the trace. User space approves each traced process with the ids it was checked
+ * against (tracer/access.py: the kernel's ptrace rule) and notices an exec within its watch interval;
+ * this check closes that window: data is copied only while the calling thread's uid/euid/suid/fsuid
+ * and gid/egid/sgid/fsgid are exactly the approved ones and its process is dumpable. The kernel
+ * structure offsets come from the running kernel's BTF at run time (tracer/probes/kcreds.py): the
+ * headers BCC compiles against may be another kernel's. A process without an entry is never copied. */
+BPF_ARRAY(cred_layout, struct tracer_cred_layout, 1);
+BPF_HASH(target_ids, u32, struct tracer_target_ids, 16384);
+
+#define SUID_DUMP_USER 1
+#define MMF_DUMPABLE_MASK 3
+
+static __always_inline int may_copy(struct tracer_target_ids *t)
+{
+    if (!t)
+        return 0;
+    if (!t->check)
+        return 1;
+    int zero = 0;
+    struct tracer_cred_layout *l = cred_layout.lookup(&zero);
+    if (!l || !l->cred_uid)
+        return 0;                       /* checking asked for, offsets unknown: refuse */
+    u64 task = bpf_get_current_task();
+    u64 cred = 0, mm = 0, flags = 0;
+    u32 ids[8] = {};
+    if (bpf_probe_read_kernel(&cred, sizeof(cred), (void *)(task + l->task_real_cred)) || !cred)
+        return 0;
+    if (bpf_probe_read_kernel(ids, sizeof(ids), (void *)(cred + l->cred_uid)))
+        return 0;
+    if (ids[0] != t->uid || ids[2] != t->uid || ids[4] != t->uid || ids[6] != t->uid ||
+        ids[1] != t->gid || ids[3] != t->gid || ids[5] != t->gid || ids[7] != t->gid)
+        return 0;
+    if (bpf_probe_read_kernel(&mm, sizeof(mm), (void *)(task + l->task_mm)) || !mm)
+        return 0;
+    if (bpf_probe_read_kernel(&flags, sizeof(flags), (void *)(mm + l->mm_flags)))
+        return 0;
+    return (flags & MMF_DUMPABLE_MASK) == SUID_DUMP_USER;
+}
+
 static __always_inline u64 wake_flag(u32 bytes)
 {
     int zero = 0;
@@ -84,6 +125,14 @@ static __always_inline void count_drop(u64 bytes, int truncated, int copy_fail)
         d->events += 1;
         d->bytes += bytes;
     }
+}
+
+static __always_inline void count_denied(u64 bytes)
+{
+    int zero = 0;
+    struct tracer_drops *d = drops.lookup(&zero);
+    if (d)
+        d->denied += bytes;
 }
 
 static __always_inline int enter(struct pt_regs *ctx, u8 dir, u8 ex)
@@ -214,6 +263,14 @@ static __always_inline int leave(struct pt_regs *ctx, u8 dir)
     if (moved == 0 || moved > 0x7fffffff)
         return 0;
     u32 total = moved;
+    u32 tgid = id >> 32;
+    struct tracer_target_ids *ids = target_ids.lookup(&tgid);
+    if (!may_copy(ids)) {
+        if (ids)
+            __sync_fetch_and_add(&ids->denied, 1);
+        count_denied(total);
+        return 0;
+    }
 
     struct stream_key sk = {};
     sk.conn = c.ssl;

@@ -42,6 +42,23 @@ struct tracer_drops {
     u64 bytes;       /* payload bytes those events would have carried */
     u64 truncated;   /* bytes beyond the per-call copy limit */
     u64 copy_fail;   /* chunks whose user memory could not be read */
+    u64 denied;      /* bytes not copied: the thread's credentials are not the ones user space
+                      * approved for its process (a setuid/setgid exec; see bpf/tracer.bpf.c) */
+};
+
+/* credential guard (bpf/tracer.bpf.c may_copy(), tracer/probes/kcreds.py) */
+struct tracer_cred_layout {   /* kernel structure offsets, from the running kernel's BTF */
+    u32 task_real_cred;       /* offsetof(struct task_struct, real_cred) */
+    u32 cred_uid;             /* offsetof(struct cred, uid): uid gid suid sgid euid egid fsuid fsgid */
+    u32 task_mm;              /* offsetof(struct task_struct, mm) */
+    u32 mm_flags;             /* offsetof(struct mm_struct, flags): dumpability in bits 0-1 */
+};
+
+struct tracer_target_ids {    /* per traced process (key: tgid) */
+    u32 uid;                  /* every uid of every thread must be this ... */
+    u32 gid;                  /* ... every gid this, and the process dumpable */
+    u32 check;                /* 0: no check (root invoked tracer, or --allow-other-users) */
+    u32 denied;               /* calls not copied because of this check (read by user space) */
 };
 
 #endif

@@ -15,15 +15,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from tracer.access import PinnedProcess, may_trace
 from tracer.capture.pipeline import Capture
 from tracer.capture.ring import DropCounters, Ring
+from tracer.errors import TracerError
+from tracer.invoker import InvokingUser, invoking_user
 from tracer.probes.attach import TRACEFS, Probes
+from tracer.probes.kcreds import CredGuard
 from tracer.probes.load import load_program
+from tracer.probes.locate import LocateError, open_regular
 from tracer.probes.targets import Locator, mapped_objects
+from tracer.probes.verify import check_before_attach
 from tracer.protocols.base import Exchange
-from tracer.sinks.jsonl import JsonlWriter, make_log_dir
+from tracer.sinks.jsonl import JsonlWriter
 from tracer.sinks.record import Clock, Filter, build_record
 from tracer.threads import ThreadFailures, start_thread
+from tracer.userfiles import UserDir
 
 
 @dataclass
@@ -42,6 +49,8 @@ class Options:
     status: bool = True
     summary_json: Path | None = None
     watch_interval: float = 0.25
+    user: InvokingUser | None = None       # who tracer works for (default: tracer.invoker.invoking_user())
+    allow_other_users: bool = False        # targets need not pass the ptrace rule for `user`
 
 
 @dataclass
@@ -50,6 +59,20 @@ class Target:
     attached: set = field(default_factory=set)     # (dev, inode) of files with probes
     files: list = field(default_factory=list)      # (path, library, methods)
     alive: bool = True
+    pin: PinnedProcess | None = None
+
+
+# Programs tracer itself runs as root come from the system's directories only, never from the PATH of
+# whoever invoked it, and get a minimal environment.
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"     # not /usr/local: group staff may write there
+
+
+def _system_tool(*argv: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    exe = shutil.which(argv[0], path=SYSTEM_PATH)
+    if exe is None:
+        raise FileNotFoundError(argv[0])
+    return subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout,
+                          env={"PATH": SYSTEM_PATH, "LC_ALL": "C"}, stdin=subprocess.DEVNULL, cwd="/")
 
 
 def ensure_tracefs() -> str:
@@ -59,8 +82,7 @@ def ensure_tracefs() -> str:
         if os.path.exists(os.path.join(p, "uprobe_events")):
             return p
     try:
-        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=True,
-                       capture_output=True, timeout=10)
+        _system_tool("mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing").check_returncode()
         return "/sys/kernel/tracing (mounted by tracer)"
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -70,7 +92,7 @@ def ssl_library_candidates() -> list[str]:
     """System libssl files a process may load later (dlopen): probes are put on them up front."""
     out: list[str] = []
     try:
-        res = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10)
+        res = _system_tool("ldconfig", "-p")
         for line in res.stdout.splitlines():
             if "libssl.so" in line and "=>" in line:
                 out.append(line.split("=>", 1)[1].strip())
@@ -123,18 +145,6 @@ def read_environ(pid: int) -> dict[str, str]:
     return env
 
 
-def new_log_path(opts: Options) -> Path:
-    """A fresh log file name in the (created or checked) output directory."""
-    out_dir = make_log_dir(opts.output_dir)
-    name = opts.log_name or f"log-{datetime.now().strftime('%Y-%m-%d-%H-%M-%S')}.jsonl"
-    path = out_dir / name
-    n = 1
-    while os.path.lexists(path):   # a dangling symlink counts as taken (never opened through)
-        path = out_dir / f"{Path(name).stem}-{n}.jsonl"
-        n += 1
-    return path
-
-
 class Session:
     def __init__(self, opts: Options, *, stderr=None):
         self.opts = opts
@@ -143,6 +153,8 @@ class Session:
         self.clock = Clock()
         self.locator = Locator()
         self.targets: dict[int, Target] = {}
+        self.notes: list[str] = []             # shown in the summary (e.g. a target that lost access)
+        self.user = opts.user or invoking_user()
         self.pairs_seen = 0
         self.pairs_logged = 0
         self.pairs_filtered = 0
@@ -153,27 +165,47 @@ class Session:
         self._cycles = 0
         self._cycle_cv = threading.Condition()
         self.failures = ThreadFailures(self.stderr)   # tracer's own threads that died (exit status)
-        self.tracefs = ensure_tracefs()
-        t = time.monotonic()
-        self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit,
-                                 stderr=self.stderr)
-        self.load_seconds = time.monotonic() - t
+        # the output directory is created/checked first (as the invoking user): a refusal costs nothing
+        out_dir = UserDir(opts.output_dir, self.user)
         try:
-            self.probes = Probes(self.prog, stderr=self.stderr)
-            self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
-            self.log_path = new_log_path(opts)
-            self.writer = JsonlWriter(self.log_path, batch_size=opts.batch_size, flush_ms=opts.flush_ms,
-                                      durable=opts.durable, stderr=self.stderr,
-                                      failures=self.failures)
-            self.capture = Capture(self._on_exchange, deferred=opts.deferred, failures=self.failures)
-            self.ring = Ring(self.prog.map_fd("events"), self.capture.feed)
-        except BaseException:
-            self.prog.close()
-            raise
+            self.tracefs = ensure_tracefs()
+            t = time.monotonic()
+            self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit,
+                                     stderr=self.stderr)
+            self.load_seconds = time.monotonic() - t
+            try:
+                self.probes = Probes(self.prog, stderr=self.stderr)
+                self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
+                self.guard = CredGuard(self.prog.map_fd("cred_layout"), self.prog.map_fd("target_ids"))
+                self._open_log(opts, out_dir)
+                self.capture = Capture(self._on_exchange, deferred=opts.deferred, failures=self.failures)
+                self.ring = Ring(self.prog.map_fd("events"), self.capture.feed)
+            except BaseException:
+                self.prog.close()
+                raise
+        finally:
+            out_dir.close()
         self.capture.start()
         self._poller = start_thread("tracer-ring", self._poll, self.failures,
                                     "the ring buffer is no longer drained: the kernel drops (and "
                                     "counts) what the targets send")
+
+    def _open_log(self, opts: Options, out_dir: UserDir) -> None:
+        """The log, created as the invoking user (tracer/userfiles.py) in the output directory, on
+        this thread, before the writer thread exists (it only ever writes to the descriptor)."""
+        name = opts.log_name or f"log-{datetime.now().strftime('%Y-%m-%d-%H-%M-%S')}.jsonl"
+        candidate, n = name, 1
+        while True:
+            try:      # O_EXCL | O_NOFOLLOW: a planted file or (dangling) symlink counts as taken
+                fd = out_dir.create(candidate, 0o600, os.O_WRONLY | os.O_APPEND)
+                break
+            except FileExistsError:
+                candidate = f"{Path(name).stem}-{n}.jsonl"
+                n += 1
+        self.log_path = Path(opts.output_dir) / candidate
+        self.writer = JsonlWriter(self.log_path, batch_size=opts.batch_size, flush_ms=opts.flush_ms,
+                                  durable=opts.durable, stderr=self.stderr, failures=self.failures,
+                                  fd=fd)
 
     # -- pipeline ends -------------------------------------------------------------------------
     POLL_MS = 50   # records are submitted without wake-ups (see bpf/tracer.bpf.c): drain on this timer
@@ -205,33 +237,95 @@ class Session:
             return
         if ex.incomplete:
             self.pairs_incomplete += 1
-        self.writer.submit(build_record(ex, self.clock, redact=self.opts.redact))
+        self.writer.submit(build_record(ex, self.clock, redact=self.opts.redact,
+                                        api_call=self.filter.is_api_call(ex)))
         self.pairs_logged += 1
 
     # -- targets -------------------------------------------------------------------------------
     def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None) -> Target:
+        """Start tracing ``pid``: pinned by a pidfd, checked against the ptrace rule for the invoking
+        user (tracer/access.py), probes attached, and the pin checked again afterwards (the pid was
+        not reused in between)."""
+        try:
+            pin = PinnedProcess(pid)
+        except OSError:
+            raise TracerError(f"no such process: {pid}") from None
+        ok, why = may_trace(pid, self.user, allow_other_users=self.opts.allow_other_users)
+        if not ok:
+            pin.close()
+            raise TracerError(why)
         tgt = self.targets.setdefault(pid, Target(pid))
+        tgt.pin = pin
+        # the kernel-side half of the rule (bpf/tracer.bpf.c may_copy): only while its ids stay these
+        check = self.user.acting_for_other and not self.opts.allow_other_users
+        if not self.guard.approve(pid, self.user.uid, self.user.gid, check) and check:
+            note = ("no kernel BTF: a traced process that exec's a setuid program is noticed by polling "
+                    f"only (up to {self.opts.watch_interval:g} s of its traffic may be logged)")
+            if note not in self.notes:
+                self.notes.append(note)
+                print(f"tracer: {note}", file=self.stderr)
         env = env if env is not None else read_environ(pid)
         if env.get("ANTHROPIC_BASE_URL"):
             self.filter.add_base_url(env["ANTHROPIC_BASE_URL"])
         for path in extra_files:
             self._attach_file(tgt, path)
         self.refresh_target(tgt)
+        if not pin.same():
+            self.stop_target(pid, "it exited while probes were being attached")
+            raise TracerError(f"pid {pid} exited while tracer was attaching to it")
         return tgt
 
+    def recheck_target(self, pid: int) -> str:
+        """The ptrace rule again for a live target (it may have exec'd a setuid program, or changed
+        credentials); when it fails, the target stops being traced and the reason is returned."""
+        tgt = self.targets.get(pid)
+        if tgt is None or not tgt.alive:
+            return ""
+        ok, why = may_trace(pid, self.user, allow_other_users=self.opts.allow_other_users)
+        if ok and (tgt.pin is None or tgt.pin.same()):
+            return ""
+        if ok:
+            why = "its pid now names another process"
+        self.stop_target(pid, why)
+        return why
+
+    def stop_target(self, pid: int, why: str) -> None:
+        """Detach from a target that may no longer be traced; the summary says why."""
+        tgt = self.targets.get(pid)
+        if tgt is None or not tgt.alive:
+            return
+        self.notes.append(f"pid {pid}: tracing stopped: {why}")
+        self.target_exited(pid, f"tracing stopped: {why}")
+
     def _attach_file(self, tgt: Target, path: str) -> bool:
+        """Locate, verify and attach to one file, all through one descriptor of it: the file the
+        kernel puts the probes on is the file that was located and checked (tracer/probes/verify.py),
+        whatever happens to ``path`` meanwhile."""
         try:
-            st = os.stat(path)
+            fd = open_regular(path)
         except OSError:
             return False
-        key = (st.st_dev, st.st_ino)
-        if key in tgt.attached:
-            return False
-        loc = self.locator.locate_file(path)
-        tgt.attached.add(key)   # located or not, do not look at this file again
-        if loc is None:
-            return False
-        self.probes.attach(tgt.pid, path, loc)
+        try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            if key in tgt.attached:
+                return False
+            fd_path = f"/proc/self/fd/{fd}"
+            loc = self.locator.locate_file(fd_path, display=path)
+            tgt.attached.add(key)   # located or not, do not look at this file again
+            if loc is None:
+                return False
+            try:
+                check_before_attach(fd, loc, display=path)
+            except LocateError as e:
+                self.locator.errors[path] = str(e)
+                return False
+            try:
+                self.probes.attach(tgt.pid, fd_path, loc)
+            except TracerError as e:
+                raise TracerError(str(e).replace(fd_path, path)) from None
+        finally:
+            os.close(fd)
         tgt.files.append((path, loc.library, {n: f.method for n, f in loc.functions.items()}))
         return True
 
@@ -257,6 +351,14 @@ class Session:
         self.wait_ring_drained()   # its last records are in the ring already: let them through first
         self.capture.close_pid(pid, reason)
         self.probes.detach_pid(pid)
+        denied = self.guard.denied(pid)
+        if denied and not any(n.startswith(f"pid {pid}: ") for n in self.notes):
+            self.notes.append(f"pid {pid}: {denied} TLS call(s) not logged: the process ran with other "
+                              "credentials than the ones it was traced with (it exec'd a setuid/setgid "
+                              "program, or changed its ids)")
+        self.guard.forget(pid)
+        if tgt.pin is not None:
+            tgt.pin.close()
 
     def live_targets(self) -> list[int]:
         return [p for p, t in self.targets.items() if t.alive]
@@ -306,6 +408,7 @@ class Session:
             "ring_drops_bytes": drops.get("bytes", 0),
             "truncated_bytes": drops.get("truncated", 0),
             "copy_fail_bytes": drops.get("copy_fail", 0),
+            "denied_bytes": drops.get("denied", 0),
             "gap_bytes": c.gap_bytes,
             "skipped_bytes": p.skipped_bytes,
             "parse_errors": p.parse_errors,
@@ -324,4 +427,5 @@ class Session:
             "unprocessed_records": c.unprocessed_records,
             "queue_peak": c.queue_peak,
             "thread_failures": self.failures.as_list(),
+            "notes": list(self.notes),
         }

@@ -14,6 +14,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
+from tracer.textsafe import printable
+
 EXIT_FAILED = 70   # EX_SOFTWARE (sysexits.h): tracer itself failed
 
 
@@ -40,8 +42,8 @@ class ThreadFailures:
         with self._lock:
             self.items.append(f)
         try:
-            print(f"tracer: INTERNAL ERROR: thread {thread} died ({f.error}; at {where}): {consequence}",
-                  file=self.stderr, flush=True)
+            print(printable(f"tracer: INTERNAL ERROR: thread {thread} died ({f.error}; at {where}): "
+                            f"{consequence}"), file=self.stderr, flush=True)
         except (OSError, ValueError):
             pass
         return f

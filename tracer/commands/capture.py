@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import grp
 import os
 import pwd
 import signal
@@ -16,8 +14,10 @@ from pathlib import Path
 import click
 
 from tracer.errors import TracerError
+from tracer.invoker import InvokingUser, as_user, invoking_user
 from tracer.session import Options, Session, command_files, ssl_library_candidates
 from tracer.sinks.summary import format_summary, write_summary_json
+from tracer.textsafe import printable
 from tracer.threads import EXIT_FAILED
 
 
@@ -26,12 +26,16 @@ def capture_options(f):
     opts = [
         click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
                      default=Path(".claude-trace"), show_default=True,
-                     help="Directory for log-YYYY-MM-DD-HH-MM-SS.jsonl (created 0700)."),
+                     help="Directory for log-YYYY-MM-DD-HH-MM-SS.jsonl: created (0700) as the user who "
+                          "invoked sudo; if it exists it must be theirs and writable by them only."),
         click.option("--include-all-requests", is_flag=True,
                      help="Log every HTTP pair, not only Messages API calls on the API host "
                           "(api.anthropic.com, the target's ANTHROPIC_BASE_URL host, Bedrock runtime)."),
         click.option("--no-redact", is_flag=True,
-                     help="Keep credentials in headers (authorization, x-api-key, cookies, ...) as sent."),
+                     help="Log credentials as sent. By default they are redacted: credential headers "
+                          "(authorization, x-api-key, cookies, any name with token/secret/key/auth), "
+                          "secret query parameters, and OAuth tokens/passwords in bodies "
+                          "(docs/log-format.md lists the rules)."),
         click.option("--write-buffer-size", type=click.IntRange(1, 100_000), default=100, show_default=True,
                      help="Records per batched write."),
         click.option("--flush-ms", type=click.IntRange(1, 60_000), default=100, show_default=True,
@@ -55,8 +59,9 @@ def capture_options(f):
     return f
 
 
-def _options(kw) -> Options:
+def _options(kw, user: InvokingUser, allow_other_users: bool = False) -> Options:
     return Options(
+        user=user, allow_other_users=allow_other_users,
         output_dir=kw["output_dir"], include_all=kw["include_all_requests"], redact=not kw["no_redact"],
         batch_size=kw["write_buffer_size"], flush_ms=kw["flush_ms"], durable=kw["durable"],
         ring_buffer_mb=kw["ring_buffer_mb"], copy_limit=kw["copy_limit_kb"] * 1024,
@@ -65,46 +70,27 @@ def _options(kw) -> Options:
 
 
 def _fail(msg: str, code: int = 2):
-    click.echo(f"tracer: {msg}", err=True)
+    click.echo(f"tracer: {printable(msg, multiline=True)}", err=True)
     sys.exit(code)
 
 
-def _sudo_id(name: str, default: int | None = None) -> int | None:
-    """SUDO_UID/SUDO_GID as a number; unset -> default. A value that is not a number is refused:
-    guessing would mean running the command, or tracing any process, as root."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
+def _say(msg: str) -> None:
+    """A message on stderr; anything in it that came from a target is escaped."""
+    click.echo(f"tracer: {printable(msg, multiline=True)}", err=True)
+
+
+def _user() -> InvokingUser:
     try:
-        v = int(raw)
-        if v < 0:
-            raise ValueError
-        return v
-    except ValueError:
-        _fail(f"{name}={raw!r} is not a user or group id; refusing to guess who invoked tracer")
-
-
-def _invoking_uid() -> int:
-    uid = _sudo_id("SUDO_UID")
-    return os.getuid() if uid is None else uid
-
-
-def _proc_uid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+        return invoking_user()
+    except TracerError as e:
+        _fail(str(e))
 
 
 def _alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
     except (OSError, IndexError):
         return False
 
@@ -153,22 +139,21 @@ def _finish(session: Session, opts: Options) -> dict:
         from tracer.sinks.html import write_html     # the viewer's code is loaded only when used
         try:
             skipped: list[str] = []
-            html_path = write_html(session.log_path, warnings=skipped)
+            html_path = write_html(session.log_path, warnings=skipped, user=session.user)
             from tracer.commands.viewer import report_skipped
             report_skipped(session.log_path, skipped)
         except Exception as e:  # the log is what matters; say why the viewer is missing
-            click.echo(f"tracer: building the HTML viewer failed: {e}", err=True)
+            _say(f"building the HTML viewer failed: {e}")
     summary["html"] = str(html_path) if html_path else None
     text = format_summary(summary)
     if html_path:
         text += f"\nhtml: {html_path}"
-    click.echo(text, err=True)
+    click.echo(printable(text, multiline=True), err=True)
     if opts.summary_json is not None:
-        try:
+        try:       # created as the invoking user, like the log (tracer/userfiles.py)
             write_summary_json(opts.summary_json, summary)
-        except OSError as e:
-            click.echo(f"tracer: cannot write the summary to {opts.summary_json}: {e.strerror or e}",
-                       err=True)
+        except (OSError, TracerError) as e:
+            _say(f"cannot write the summary to {opts.summary_json}: {getattr(e, 'strerror', None) or e}")
     return summary
 
 
@@ -183,31 +168,54 @@ def _start_session(opts: Options) -> Session:
         _fail(f"cannot open the log in {opts.output_dir}: {e.strerror or e}", 1)
 
 
+def _watch_targets(session: Session) -> None:
+    """One round of the watch loop: targets that exited, lost the right to be traced (a setuid exec,
+    a change of credentials) or mapped a new TLS library."""
+    for pid in session.live_targets():
+        if not _alive(pid):
+            session.target_exited(pid)
+            continue
+        why = session.recheck_target(pid)
+        if why:
+            _say(f"pid {pid}: stopped tracing it: {why}")
+            continue
+        try:
+            session.refresh_target(session.targets[pid])
+        except TracerError as e:
+            _say(str(e))
+
+
 @click.command("attach")
 @click.option("--pid", "-p", "pids", type=int, multiple=True, required=True,
               help="Process to trace (repeat for several).")
 @click.option("--allow-other-users", is_flag=True,
-              help="Allow tracing a process owned by another user than the one who invoked sudo.")
+              help="Trace processes whatever user they run as. This lets the caller read every user's "
+                   "TLS traffic (root's included): without it a pid must pass the kernel's ptrace "
+                   "rule for the user who invoked sudo (same real/effective/saved/fs uid and gid, "
+                   "dumpable).")
 @capture_options
 def attach_cmd(pids, allow_other_users, **kw):
     """Trace running processes' TLS traffic until Ctrl-C, until they all exit, or --duration.
 
     Finds every mapped object that carries TLS functions (libssl, node, Bun/Claude Code) and puts
     uprobes on them for these pids only. Connections that were already open are picked up at their
-    next message boundary.
+    next message boundary. Under sudo, only processes the invoking user could ptrace are accepted;
+    a traced process that exec's a setuid/setgid program stops being traced (noted in the summary).
 
     Exit status: 0; 70 when tracer itself failed (one of its threads died: the summary says which
     and what stopped working); 1 or 2 when it could not start.
     """
-    opts = _options(kw)
-    me = _invoking_uid()
+    from tracer.access import may_trace
+
+    user = _user()
+    opts = _options(kw, user, allow_other_users)
     for pid in pids:
         if not _alive(pid):
             _fail(f"no such process: {pid}")
-        owner = _proc_uid(pid)
-        if not allow_other_users and me != 0 and owner != me:
-            _fail(f"pid {pid} belongs to uid {owner}, not to you (uid {me}); "
-                  "pass --allow-other-users to trace it anyway")
+        ok, why = may_trace(pid, user, allow_other_users=allow_other_users)
+        if not ok:
+            _fail(f"{why}; pass --allow-other-users to trace it anyway (that lets you read every "
+                  "user's TLS traffic)")
     stopper = _Stopper()
     stopper.install()
     session = _start_session(opts)
@@ -216,28 +224,20 @@ def attach_cmd(pids, allow_other_users, **kw):
             tgt = session.add_target(pid)
             if not tgt.files:
                 errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
-                click.echo(f"tracer: pid {pid}: no TLS library found yet in its mappings"
-                           + (f" ({errs})" if errs else "") + "; watching for one to be loaded", err=True)
+                _say(f"pid {pid}: no TLS library found yet in its mappings"
+                     + (f" ({errs})" if errs else "") + "; watching for one to be loaded")
             for path, lib, methods in tgt.files:
-                click.echo(f"tracer: pid {pid}: probes on {path} ({lib})", err=True)
+                _say(f"pid {pid}: probes on {path} ({lib})")
     except TracerError as e:
         session.finish()
         _fail(str(e), 1)
-    click.echo(f"tracer: tracing {len(pids)} process(es); log {session.log_path}; Ctrl-C to stop",
-               err=True)
+    _say(f"tracing {len(pids)} process(es); log {session.log_path}; Ctrl-C to stop")
     tick = _status_printer(session, opts.status)
     deadline = time.monotonic() + kw["duration"] if kw["duration"] else None
     while not stopper.event.is_set():
         if deadline and time.monotonic() >= deadline:
             break
-        for pid in session.live_targets():
-            if not _alive(pid):
-                session.target_exited(pid)
-            else:
-                try:
-                    session.refresh_target(session.targets[pid])
-                except TracerError as e:
-                    click.echo(f"tracer: {e}", err=True)
+        _watch_targets(session)
         if not session.live_targets():
             break
         tick()
@@ -247,22 +247,11 @@ def attach_cmd(pids, allow_other_users, **kw):
         sys.exit(EXIT_FAILED)
 
 
-def _child_credentials():
+def _child_credentials(user: InvokingUser):
     """Run the command as the user who invoked sudo, never as root unless root ran us directly."""
-    if os.geteuid() != 0 or "SUDO_UID" not in os.environ:
+    if not user.acting_for_other:
         return None
-    uid = _sudo_id("SUDO_UID")
-    gid = _sudo_id("SUDO_GID", uid)
-    if uid == 0:
-        return None
-    try:
-        pw = pwd.getpwuid(uid)
-        groups = os.getgrouplist(pw.pw_name, gid)
-        home = pw.pw_dir
-        name = pw.pw_name
-    except KeyError:
-        groups, home, name = [gid], None, None
-    return uid, gid, groups, home, name
+    return user.uid, user.gid, list(user.groups), user.home, user.name
 
 
 @click.command("run", context_settings={"ignore_unknown_options": False})
@@ -274,7 +263,8 @@ def run_cmd(command, **kw):
     \b
     Example:  sudo tracer run -- claude -p "hello"
     The command runs as the user who invoked sudo (not root), with its stdin/stdout/stderr untouched;
-    tracer's own messages go to stderr.
+    tracer's own messages go to stderr. If the command exec's a setuid/setgid program, nothing from
+    that program is logged and its tracing stops (noted in the summary).
 
     \b
     Exit status: the command's (128+N when signal N ended it), unless tracer
@@ -282,16 +272,18 @@ def run_cmd(command, **kw):
     stopped working, and the command's status) -- then 70. 127: the command
     was not found or could not start; 1 or 2: tracer could not start.
     """
-    opts = _options(kw)
+    user = _user()
+    opts = _options(kw, user)
     env = dict(os.environ)
-    creds = _child_credentials()
+    creds = _child_credentials(user)
     if creds:
         uid, gid, groups, home, name = creds
         if home and env.get("HOME") in (None, "", "/root", pwd.getpwuid(0).pw_dir):
             env["HOME"] = home
         if name:
             env["USER"] = env["LOGNAME"] = name
-    files = command_files(command[0], env)
+    with as_user(user):          # resolved and read with the user's permissions, as their exec will be
+        files = command_files(command[0], env)
     if not files:
         _fail(f"command not found: {command[0]}", 127)
     stopper = _Stopper()
@@ -320,11 +312,11 @@ def run_cmd(command, **kw):
     tgt = session.targets[child.pid]
     if not kw["quiet"]:
         for path, lib, _m in tgt.files:
-            click.echo(f"tracer: probes on {path} ({lib})", err=True)
+            _say(f"probes on {path} ({lib})")
     if not tgt.files:
         errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
-        click.echo(f"tracer: no TLS library found for {command[0]} yet"
-                   + (f" ({errs})" if errs else "") + "; watching its mappings", err=True)
+        _say(f"no TLS library found for {command[0]} yet"
+             + (f" ({errs})" if errs else "") + "; watching its mappings")
     os.write(w, b"x")      # release the command
     os.close(w)
     tick = _status_printer(session, opts.status)
@@ -341,10 +333,8 @@ def run_cmd(command, **kw):
         if deadline and time.monotonic() >= deadline:
             child.terminate()
             deadline = None
-        try:
-            session.refresh_target(tgt)
-        except TracerError as e:
-            click.echo(f"tracer: {e}", err=True)
+        if tgt.alive:
+            _watch_targets(session)
         tick()
         try:
             child.wait(timeout=opts.watch_interval)
@@ -356,8 +346,7 @@ def run_cmd(command, **kw):
     rc = child.returncode
     rc = 128 - rc if rc < 0 else rc
     if summary.get("thread_failures"):
-        click.echo(f"tracer: exit status {EXIT_FAILED} because tracer failed (the command exited with "
-                   f"{rc})", err=True)
+        _say(f"exit status {EXIT_FAILED} because tracer failed (the command exited with {rc})")
         sys.exit(EXIT_FAILED)
     sys.exit(rc)
 

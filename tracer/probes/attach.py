@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from elftools.elf.elffile import ELFFile
 
 from tracer.errors import TracerError
+from tracer.probes import elfview
 from tracer.probes.located import Located
 from tracer.probes.program import ENTRY_ONLY, UPROBES, Program, ProgType, spec
 
@@ -102,9 +103,10 @@ _offset_cache: dict[tuple, dict[int, int]] = {}
 
 def file_offset(path: str, vaddr: int) -> int:
     """ELF virtual address -> file offset through the PT_LOAD program headers (executable segments
-    first, as BCC does); objects that are neither ET_EXEC nor ET_DYN take the address as is."""
+    first, as BCC does); objects that are neither ET_EXEC nor ET_DYN take the address as is. The
+    program headers are read with every size checked against the file (tracer/probes/elfview.py)."""
     st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
     known = _offset_cache.setdefault(key, {})
     if vaddr in known:
         return known[vaddr]
@@ -113,13 +115,13 @@ def file_offset(path: str, vaddr: int) -> int:
         if elf.header.e_type not in ("ET_EXEC", "ET_DYN"):
             known[vaddr] = vaddr
             return vaddr
-        loads = [s.header for s in elf.iter_segments() if s.header.p_type == "PT_LOAD"]
+        loads = elfview.loads(elf)
     for want_exec in (True, False):
         for h in loads:
-            if want_exec and not h.p_flags & 0x1:      # PF_X
+            if want_exec and not h.flags & elfview.PF_X:
                 continue
-            if h.p_vaddr <= vaddr < h.p_vaddr + h.p_memsz:
-                off = vaddr - h.p_vaddr + h.p_offset
+            if h.vaddr <= vaddr < h.vaddr + h.memsz:
+                off = vaddr - h.vaddr + h.offset
                 known[vaddr] = off
                 return off
     raise OSError(errno.EINVAL, f"address {vaddr:#x} is in no PT_LOAD segment of {path}")

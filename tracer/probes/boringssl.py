@@ -36,6 +36,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, CS_OP_IMM, CS_OP_MEM, CS_OP_REG, C
 from capstone import x86_const as X
 from elftools.elf.elffile import ELFFile
 
+from tracer.probes import elfview
 from tracer.probes.located import FunctionLocation, Located, LocateError, build_id
 
 METHOD = "boringssl error-site fingerprint"
@@ -52,7 +53,6 @@ SSL_READ_IMPL_REASONS = frozenset({R_UNINITIALIZED, R_SSL_HANDSHAKE_FAILURE})
 
 _FILE_SUFFIX = b"/ssl/ssl_lib.cc\x00"    # ...and "boringssl" earlier in the same path string
 _MAX_FUNC = 0x10000          # how far back from an error site a function may start
-_PT_LOAD = 1
 _PF_X = 1
 
 _CALL_GROUPS = (X.X86_GRP_CALL,)
@@ -109,11 +109,9 @@ class _Image:
     def __init__(self, f, elf: ELFFile):
         self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.size = len(self.mm)
-        self.loads = []   # (vaddr, offset, filesz, flags)
-        for seg in elf.iter_segments():
-            h = seg.header
-            if h.p_type == "PT_LOAD" or h.p_type == _PT_LOAD:
-                self.loads.append((h.p_vaddr, h.p_offset, h.p_filesz, h.p_flags))
+        # (vaddr, offset, filesz, flags) of each PT_LOAD, from bounded header reads (elfview); filesz
+        # is clipped to the file, so every range below lies inside the mapping
+        self.loads = [(s.vaddr, s.offset, s.filesz, s.flags) for s in elfview.loads(elf)]
         self.pie = elf.header.e_type == "ET_DYN"
 
     def close(self) -> None:
@@ -181,14 +179,13 @@ class BoringSSLStrategy:
     def locate(self, path: str, elf: ELFFile) -> Located | None:
         if elf.get_machine_arch() != "x64":
             return None
-        with open(path, "rb") as f:
-            img = _Image(f, elf)
-            try:
-                if not _file_string_vas(img):
-                    return None
-                an = analyze(img, path)
-            finally:
-                img.close()
+        img = _Image(elf.stream, elf)       # the very file `elf` reads (not the path again)
+        try:
+            if not _file_string_vas(img):
+                return None
+            an = analyze(img, path)
+        finally:
+            img.close()
         if an is None:
             return None
         funcs = {n: FunctionLocation(n, a, METHOD) for n, a in an.found.items()}

@@ -51,7 +51,8 @@ PROGRAMS: tuple[ProgramSpec, ...] = tuple(
 PROGRAM_NAMES = tuple(p.name for p in PROGRAMS)
 
 # Maps user space reads or writes by name (the program's other maps are internal to it).
-MAP_NAMES = ("events", "active", "offsets", "drops")
+MAP_NAMES = ("events", "active", "offsets", "drops",
+             "cred_layout", "target_ids")     # the credential guard's (tracer/probes/kcreds.py)
 REQUIRED_MAPS = ("events", "drops")     # the ring buffer and the loss counters
 
 # enum bpf_map_type values tracer looks at

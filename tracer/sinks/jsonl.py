@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import codecs
-import errno
 import math
 import os
 import sys
@@ -31,6 +30,7 @@ import orjson
 
 from tracer.sinks.record import StreamedText, raw_body_text
 from tracer.threads import ThreadFailures, start_thread
+from tracer.userfiles import UserDir, make_user_dir
 
 _SENTINEL_PREFIX = "\x00tracer-stream-"
 
@@ -48,51 +48,31 @@ class WriterStats:
     last_serialization_error: str = ""
 
 
-def _owner_ids() -> tuple[int | None, int | None]:
-    """The invoking user when under sudo, so logs do not end up owned by root."""
-    try:
-        uid = int(os.environ["SUDO_UID"]) if "SUDO_UID" in os.environ else None
-        gid = int(os.environ["SUDO_GID"]) if "SUDO_GID" in os.environ else None
-    except ValueError:
-        return None, None
-    return uid, gid
+def make_log_dir(path: Path, user=None) -> Path:
+    """Create (0700, as the invoking user) or check the output directory (tracer/userfiles.py)."""
+    return make_user_dir(path, user)
 
 
-def make_log_dir(path: Path) -> Path:
-    """Create (0700, owned by the invoking user) or check the output directory."""
+def open_log(path: Path, user=None) -> int:
+    """Create the log file as the invoking user: exclusively (never through a planted symlink), 0600,
+    append-only, in a directory of theirs."""
     path = Path(path)
-    created = not path.exists()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.is_symlink():
-        raise OSError(errno.ELOOP, f"refusing to write logs into a symlinked directory: {path}")
-    if created:
-        os.chmod(path, 0o700)
-        uid, gid = _owner_ids()
-        if uid is not None:
-            os.chown(path, uid, gid if gid is not None else -1)
-    return path
-
-
-def open_log(path: Path) -> int:
-    """Create the log file exclusively (never through a planted symlink), 0600, append-only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW
-                 | os.O_CLOEXEC, 0o600)
-    uid, gid = _owner_ids()
-    if uid is not None:
-        os.fchown(fd, uid, gid if gid is not None else -1)
-    return fd
+    with UserDir(path.parent, user, create=False) as d:
+        return d.create(path.name, 0o600, os.O_WRONLY | os.O_APPEND)
 
 
 class JsonlWriter:
     def __init__(self, path: Path, *, batch_size: int = 100, flush_ms: int = 100, durable: bool = False,
-                 stderr=None, failures: ThreadFailures | None = None):
+                 stderr=None, failures: ThreadFailures | None = None, fd: int | None = None):
         self.path = Path(path)
         self.batch_size = max(1, batch_size)
         self.flush_s = max(0.001, flush_ms / 1000)
         self.durable = durable
         self.stats = WriterStats()
         self._stderr = stderr or sys.stderr
-        self._fd = open_log(self.path)
+        # opened here, on the caller's thread, before the writer thread exists: the writer thread
+        # only writes to this descriptor and never opens a path
+        self._fd = open_log(self.path) if fd is None else fd
         self._q: deque = deque()
         self._cv = threading.Condition()
         self._closing = False

@@ -13,6 +13,8 @@ LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
           ("ring_drops_bytes", "ring-buffer drops (bytes)"),
           ("truncated_bytes", "bytes beyond the per-call copy limit"),
           ("copy_fail_bytes", "bytes unreadable in the target"),
+          ("denied_bytes", "bytes not copied: the process no longer ran with the approved credentials "
+                           "(setuid/setgid exec)"),
           ("gap_bytes", "bytes missing from streams (gaps)"),
           ("skipped_bytes", "bytes skipped to resynchronise"),
           ("parse_errors", "parse errors"), ("decode_errors", "decode errors"),
@@ -40,6 +42,8 @@ def format_summary(s: dict) -> str:
         f"captured: {s['bytes_captured']} bytes in {s['ring_records']} ring records over {s['duration_s']} s",
         f"losses: {losses(s)}",
     ]
+    for note in s.get("notes") or ():      # e.g. a target that lost the right to be traced
+        lines.append(f"note: {note}")
     if s.get("last_worker_error"):
         lines.append(f"last internal error: {s['last_worker_error']}")
     if s.get("last_serialization_error"):
