@@ -132,6 +132,27 @@ def test_nested_json_falls_back_to_raw_text_and_the_batch_is_written(tmp_path):
     assert w.stats.lost_records == 0
 
 
+def test_redacted_record_never_falls_back_to_its_raw_secrets(tmp_path):
+    """A body that redaction rewrote (not a model API call) cannot fall back to its raw text: the raw
+    bytes still hold the secret. It becomes a stub; a model API call keeps the raw-text fallback."""
+    from tracer.protocols.base import ConnInfo, Exchange, Message
+    from tracer.sinks.record import Clock, build_record
+    req = Message(ts_ns=1, method="POST", target="/oauth/token", authority="auth.example",
+                  headers=[("content-type", "application/json")], complete=True)
+    req.body.append(b'{"refresh_token":"rt-SECRET-0123456789","deep":' + NESTED + b"}")
+    resp = Message(ts_ns=2, status=200, headers=[("content-type", "application/json")], complete=True)
+    resp.body.append(b'{"access_token":"at-SECRET-0123456789"}')
+    rec = build_record(Exchange(ConnInfo(1, 1, "t", "1:0x1:9"), req, resp), Clock(), redact=True)
+    w = JsonlWriter(tmp_path / "r.jsonl")
+    w.submit(rec)
+    w.close()
+    raw = (tmp_path / "r.jsonl").read_bytes()
+    assert b"SECRET" not in raw
+    (line,) = [orjson.loads(l) for l in raw.splitlines()]
+    assert line["tracer"]["serialization_fallback"] == "stub"
+    assert w.stats.stub_records == 1 and w.stats.raw_body_records == 0
+
+
 def test_unserialisable_without_a_raw_body_becomes_a_stub(tmp_path):
     w = JsonlWriter(tmp_path / "s.jsonl", batch_size=10)
     rec = _record(b'{"n":2}', n=2)
