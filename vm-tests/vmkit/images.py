@@ -1,0 +1,325 @@
+"""The initramfs layers a guest boots from, each cached under the vm-test cache by its inputs.
+
+  base    - a debootstrap'ed minimal Debian userspace (BCC, clients, openssl, ...)
+  venv    - /opt/venv with the tracer's Python dependencies for that userspace's python3
+  kernel  - one kernel's vmlinuz, and its Debian header packages and config as a layer
+  payload - /init, a copy of this repository (tracked files only) and the command to run
+
+Layers are newc cpio archives; the kernel unpacks the concatenation in order into one tmpfs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+from vmkit.apt import MIRROR, Apt, Kernel
+from vmkit.util import REPO, log, run, sha
+
+BASE_PACKAGES = (
+    "python3-bpfcc", "python3-venv", "openssl", "curl", "ca-certificates", "kmod", "procps",
+    "iproute2", "nodejs",
+)
+# Bumped whenever the way a layer is built changes (the cache key includes it).
+LAYER_FORMAT = {"base": 3, "venv": 3, "kernel": 2}
+
+
+class Cpio:
+    """Minimal newc writer for layers assembled from Python (payload, kernel)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.ino = 1000
+
+    def _hdr(self, name: str, mode: int, size: int, mtime: int = 0, nlink: int = 1):
+        name_b = name.encode() + b"\0"
+        self.ino += 1
+        fields = [self.ino, mode, 0, 0, nlink, mtime, size, 0, 0, 0, 0, len(name_b), 0]
+        hdr = b"070701" + b"".join(b"%08X" % x for x in fields) + name_b
+        self.f.write(hdr + b"\0" * (-len(hdr) % 4))
+
+    def _data(self, data: bytes):
+        self.f.write(data + b"\0" * (-len(data) % 4))
+
+    def dir(self, name: str, mode: int = 0o755):
+        self._hdr(name, stat.S_IFDIR | mode, 0, nlink=2)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644):
+        self._hdr(name, stat.S_IFREG | mode, len(data))
+        self._data(data)
+
+    def symlink(self, name: str, target: str):
+        t = target.encode()
+        self._hdr(name, stat.S_IFLNK | 0o777, len(t))
+        self._data(t)
+
+    def path(self, name: str, src: Path):
+        st = src.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            self.symlink(name, os.readlink(src))
+        elif stat.S_ISDIR(st.st_mode):
+            self.dir(name, stat.S_IMODE(st.st_mode))
+        elif stat.S_ISREG(st.st_mode):
+            self.file(name, src.read_bytes(), stat.S_IMODE(st.st_mode))
+
+    def close(self):
+        self._hdr("TRAILER!!!", 0, 0)
+        pos = self.f.tell()
+        self.f.write(b"\0" * (-pos % 512))
+
+
+def cpio_from_dir(src: Path, out: Path, exclude: tuple[str, ...] = ()) -> None:
+    """Pack a directory tree (as root: owners, devices, hard links kept) with GNU cpio."""
+    tmp = out.with_suffix(".tmp")
+    find = ["find", "."]
+    for e in exclude:
+        find += ["-path", f"./{e}", "-prune", "-o"]
+    find += ["-print0"]
+    with open(tmp, "wb") as f:
+        p1 = subprocess.Popen(find, cwd=src, stdout=subprocess.PIPE)
+        run(["cpio", "--null", "-o", "-H", "newc", "--quiet"], cwd=src, stdin=p1.stdout, stdout=f)
+        p1.wait()
+    tmp.rename(out)
+
+
+INIT = r"""#!/bin/sh
+# PID 1 of a vm-test guest: mount the API filesystems, run /payload/run.sh with its output on the
+# second serial port (ttyS1), write its exit status there, power off.
+export PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LANG=C.UTF-8 TERM=dumb
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+ln -sf /proc/self/fd /dev/fd 2>/dev/null
+ip link set lo up
+hostname vmguest
+echo "VMTEST-BOOTED $(uname -r) $(cut -d' ' -f1 /proc/uptime)s" | tee /dev/console > /dev/ttyS1
+cd /payload
+sh /payload/run.sh > /dev/ttyS1 2>&1 < /dev/null
+echo "VMTEST-EXIT $? $(cut -d' ' -f1 /proc/uptime)s" | tee /dev/console > /dev/ttyS1
+sync
+echo o > /proc/sysrq-trigger
+sleep 30
+"""
+
+STRIP = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian",
+         "var/lib/apt/lists", "var/cache/apt", "var/cache/debconf/templates.dat-old", "var/log")
+
+
+def build_base(cache: Path, suite: str) -> tuple[Path, Path, str]:
+    """debootstrap'ed userspace: returns (rootfs dir, base.cpio, key)."""
+    key = sha("base", LAYER_FORMAT["base"], suite, BASE_PACKAGES, STRIP)
+    d = cache / "rootfs" / f"{suite}-{key}"
+    out = cache / "layers" / f"base-{suite}-{key}.cpio"
+    if out.exists() and (d / ".complete").exists():
+        return d, out, key
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    log(f"building {suite} userspace (debootstrap) in {d}")
+    for old in (cache / "rootfs").glob(f"{suite}-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    d.mkdir(parents=True)
+    r = run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", suite,
+             str(d), MIRROR], check=False, capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = (d / "debootstrap/debootstrap.log")
+        sys.exit(f"vm-test: debootstrap {suite} failed:\n{r.stderr[-3000:]}\n"
+                 + (tail.read_text()[-3000:] if tail.exists() else ""))
+    for s in STRIP:
+        p = d / s
+        if p.is_dir():
+            shutil.rmtree(p)
+            p.mkdir()
+    for p in (d / "usr/share/locale",):
+        p.mkdir(exist_ok=True)
+    for sub in ("payload", "sys/fs/bpf", "sys/kernel/debug", "sys/kernel/tracing"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    (d / "etc/hostname").write_text("vmguest\n")
+    (d / "etc/hosts").write_text("127.0.0.1 localhost vmguest\n::1 localhost\n")
+    (d / "etc/resolv.conf").unlink(missing_ok=True)
+    (d / "etc/resolv.conf").write_text("")
+    cpio_from_dir(d, out, exclude=("opt/venv", "root/.cache", "debootstrap", ".complete"))
+    (d / ".complete").touch()
+    for old in (cache / "layers").glob(f"base-{suite}-*.cpio"):
+        if old != out:
+            old.unlink()
+    log(f"{suite} userspace: {out.stat().st_size >> 20} MB in {time.time() - t0:.0f}s")
+    return d, out, key
+
+
+def project_deps() -> tuple[list[str], str]:
+    py = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = list(py.get("dependencies", []))
+    for extra in ("test",):
+        deps += py.get("optional-dependencies", {}).get(extra, [])
+    scripts = py.get("scripts", {})
+    return sorted(deps), scripts
+
+
+def build_venv(cache: Path, suite: str, rootfs: Path, base_key: str) -> Path:
+    """/opt/venv for the guest's python3 (system site-packages for BCC) with the project's deps."""
+    deps, scripts = project_deps()
+    key = sha("venv", LAYER_FORMAT["venv"], base_key, deps, scripts)
+    out = cache / "layers" / f"venv-{suite}-{key}.cpio"
+    if out.exists():
+        return out
+    t0 = time.time()
+    log(f"building the {suite} venv ({len(deps)} requirements)")
+    venv = rootfs / "opt/venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    pyver = os.readlink(rootfs / "usr/bin/python3").removeprefix("python")      # "3.11"
+    # Wheels are fetched by the host's pip (its index, proxy and CA configuration), for the guest's
+    # python and glibc, then installed offline inside the chroot.
+    wheels = cache / "wheels" / f"{suite}-py{pyver}"
+    wheels.mkdir(parents=True, exist_ok=True)
+    host_py = REPO / ".venv/bin/python"
+    host_py = str(host_py) if host_py.exists() else sys.executable
+    glibc = run(["chroot", str(rootfs), "getconf", "GNU_LIBC_VERSION"], capture_output=True,
+                text=True).stdout.split()[-1]                                     # "2.36"
+    plats = ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"] + [
+        f"manylinux_2_{n}_x86_64" for n in range(5, int(glibc.split(".")[1]) + 1)]
+    r = run([host_py, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
+         "--python-version", pyver, "--implementation", "cp", "--abi", "cp" + pyver.replace(".", ""),
+         "--abi", "abi3", "--abi", "none", *[x for p in plats for x in ("--platform", p)],
+         "-d", str(wheels), *deps], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        sys.exit(f"vm-test: pip download failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+    mnt = rootfs / "wheels"
+    mnt.mkdir(exist_ok=True)
+    run(["mount", "--bind", str(wheels), str(mnt)])
+    try:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+        run(["chroot", str(rootfs), "python3", "-m", "venv", "--system-site-packages", "/opt/venv"], env=env)
+        run(["chroot", str(rootfs), "/opt/venv/bin/pip", "install", "-q", "--disable-pip-version-check",
+             "--no-index", "--find-links", "/wheels", "--no-cache-dir", *deps], env=env)
+        run(["chroot", str(rootfs), "/opt/venv/bin/python", "-c", "import bcc, numpy, orjson, pytest"], env=env)
+    finally:
+        run(["umount", str(mnt)])
+        mnt.rmdir()
+    # Not needed at run time, and every megabyte costs boot time (the guest unpacks it in TCG).
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    for junk in ("pip", "setuptools", "pkg_resources", "_distutils_hack", "distutils-precedence.pth"):
+        for p in [site / junk, *site.glob(f"{junk}-*.dist-info")]:
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    for p in list((site / "numpy").rglob("tests")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+    # The repository itself is imported from /payload/repo (like `pip install -e .`), and its
+    # console scripts are thin wrappers.
+    (site / "_vmtest_repo.pth").write_text("/payload/repo\n")
+    for name, target in scripts.items():
+        mod, func = target.split(":")
+        script = venv / "bin" / name
+        script.write_text(f"#!/opt/venv/bin/python\nimport sys\nfrom {mod} import {func}\n"
+                          f"sys.exit({func}())\n")
+        script.chmod(0o755)
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        p1 = subprocess.Popen(["find", "opt", "-print0"], cwd=rootfs, stdout=subprocess.PIPE)
+        run(["cpio", "--null", "-o", "-H", "newc", "--quiet"], cwd=rootfs, stdin=p1.stdout, stdout=f)
+        p1.wait()
+    tmp.rename(out)
+    for old in (cache / "layers").glob(f"venv-{suite}-*.cpio"):
+        if old != out:
+            old.unlink()
+    log(f"{suite} venv: {out.stat().st_size >> 20} MB in {time.time() - t0:.0f}s")
+    return out
+
+
+def build_kernel(cache: Path, apt: Apt, k: Kernel) -> tuple[Path, Path]:
+    """(vmlinuz, headers.cpio) for one kernel, from its Debian packages."""
+    key = sha("kernel", LAYER_FORMAT["kernel"], k.release, k.version, k.image_pkg, k.extra_pkgs)
+    d = cache / "kernels" / f"{k.release}-{key}"
+    vmlinuz, layer = d / "vmlinuz", d / "headers.cpio"
+    if vmlinuz.exists() and layer.exists():
+        return vmlinuz, layer
+    t0 = time.time()
+    shutil.rmtree(d, ignore_errors=True)
+    debs = cache / "debs"
+    pkgs = [k.image_pkg, *k.extra_pkgs]
+    log(f"downloading {' '.join(pkgs)}")
+    apt.download([f"{p}={k.version}" for p in pkgs], debs)
+    stage = Path(tempfile.mkdtemp(prefix="kernel-", dir=cache))
+    try:
+        for p in pkgs:
+            deb = next(debs.glob(f"{p}_*.deb"))
+            run(["dpkg-deb", "-x", str(deb), str(stage)])
+        found = [stage / f"boot/vmlinuz-{k.release}", stage / f"usr/lib/modules/{k.release}/vmlinuz",
+                 stage / f"lib/modules/{k.release}/vmlinuz"]
+        src = next((p for p in found if p.exists()), None)
+        if src is None:
+            sys.exit(f"vm-test: no vmlinuz in {k.image_pkg}")
+        d.mkdir(parents=True)
+        shutil.move(src, vmlinuz)
+        # / has /lib -> usr/lib: keep everything under usr/; drop modules (BPF, uprobes, 8250 are built in)
+        if (stage / "lib").is_dir():
+            (stage / "usr/lib").mkdir(parents=True, exist_ok=True)
+            for sub in (stage / "lib").iterdir():
+                dst = stage / "usr/lib" / sub.name
+                if dst.exists():
+                    shutil.copytree(sub, dst, symlinks=True, dirs_exist_ok=True)
+                    shutil.rmtree(sub)
+                else:
+                    shutil.move(sub, dst)
+            (stage / "lib").rmdir()
+        for ko in (stage / "usr/lib/modules").glob("*/kernel"):
+            shutil.rmtree(ko)
+        for s in ("usr/share/doc", "usr/share/lintian", "usr/share/bug"):
+            shutil.rmtree(stage / s, ignore_errors=True)
+        cpio_from_dir(stage, layer)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    for p in pkgs:
+        for deb in debs.glob(f"{p}_*.deb"):
+            deb.unlink()
+    log(f"kernel {k.release}: headers layer {layer.stat().st_size >> 20} MB in {time.time() - t0:.0f}s")
+    return vmlinuz, layer
+
+
+PAYLOADS = {
+    "smoke": "python3 /payload/repo/vm-tests/smoke.py",
+    "tests": "python -m pytest -p no:cacheprovider -q -rfE --color=no --durations=5 {pytest_args}",
+}
+
+
+def build_payload(path: Path, payload: str, pytest_args: str) -> None:
+    files = run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True).stdout.split(b"\0")
+    cmd = PAYLOADS[payload].format(pytest_args=pytest_args)
+    # CI=1: the integration tests fail (rather than skip) when eBPF is unusable in the guest.
+    script = ("set -u\ncd /payload/repo\nexport CI=1\n"
+              "echo \"+ " + cmd.replace('"', '\\"') + "\"\n" + cmd + "\n")
+    with open(path, "wb") as f:
+        c = Cpio(f)
+        c.file("init", INIT.encode(), 0o755)      # here, not in the base: editing it rebuilds nothing
+        c.dir("payload")
+        c.file("payload/run.sh", script.encode(), 0o755)
+        c.dir("payload/repo")
+        c.symlink("payload/repo/.venv", "/opt/venv")
+        made = {"payload", "payload/repo"}
+        for rel in sorted(x.decode() for x in files if x):
+            src = REPO / rel
+            if not os.path.lexists(src):
+                continue           # deleted in the work tree, not yet committed
+            parts = rel.split("/")
+            for i in range(1, len(parts)):
+                dn = "payload/repo/" + "/".join(parts[:i])
+                if dn not in made:
+                    c.dir(dn)
+                    made.add(dn)
+            c.path("payload/repo/" + rel, src)
+        c.close()

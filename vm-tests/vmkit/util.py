@@ -1,0 +1,50 @@
+"""Helpers shared by the vm-test modules: logging, subprocesses, cache keys, host packages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]        # vm-tests/
+REPO = HERE.parent
+
+
+def log(msg: str) -> None:
+    print(f"vm-test: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("check", True)
+    return subprocess.run(cmd, **kw)
+
+
+def sha(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True).encode() if not isinstance(p, bytes) else p)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+
+def ensure_host_tools() -> None:
+    need = {"qemu-system-x86_64": "qemu-system-x86", "debootstrap": "debootstrap", "cpio": "cpio"}
+    missing = [pkg for exe, pkg in need.items() if shutil.which(exe) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"vm-test: need root to install {' '.join(missing)}")
+    log(f"apt-get install {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    lock = ["-o", "DPkg::Lock::Timeout=900"]
+    if run(["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", *missing],
+           env=env, check=False, stdout=subprocess.DEVNULL).returncode != 0:
+        run(["apt-get", *lock, "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+        run(["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", *missing],
+            env=env, stdout=subprocess.DEVNULL)
+
