@@ -24,8 +24,9 @@ RELEASE_TAG = {"bookworm": "deb12", "trixie": "deb13"}
 
 
 class Apt:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, arches: list[str]):
         self.root = root
+        self.arches = sorted(set(arches)) or ["amd64"]
         for d in ("lists/partial", "archives/partial", "etc/empty"):
             (root / d).mkdir(parents=True, exist_ok=True)
         (root / "status").touch()
@@ -42,11 +43,13 @@ class Apt:
             "Dir::Etc::Parts": root / "etc/empty", "APT::Architecture": "amd64",
             "Acquire::Languages": "none", "APT::Sandbox::User": "root",
         }
-        (root / "etc/apt.conf").write_text("".join(f'{k} "{v}";\n' for k, v in conf.items()))
+        (root / "etc/apt.conf").write_text(
+            "".join(f'{k} "{v}";\n' for k, v in conf.items())
+            + "APT::Architectures {%s};\n" % "".join(f'"{a}"; ' for a in self.arches))
         self.env = dict(os.environ, APT_CONFIG=str(root / "etc/apt.conf"))
 
     def update(self, max_age: float) -> None:
-        stamp = self.root / "lists" / ".updated"
+        stamp = self.root / "lists" / f".updated-{'+'.join(self.arches)}"
         if stamp.exists() and time.time() - stamp.stat().st_mtime < max_age:
             return
         r = run(["apt-get", "update", "-q"], env=self.env, check=False, capture_output=True, text=True)
@@ -78,9 +81,12 @@ class Apt:
                 result.append(rec)
         return result
 
-    def download(self, specs: list[str], dest: Path) -> None:
+    def download(self, k: "Kernel", dest: Path) -> list[Path]:
+        """The kernel's packages (image first) as .deb files in dest."""
         dest.mkdir(parents=True, exist_ok=True)
+        specs = [f"{p}:{a}={k.version}" if a != "all" else f"{p}={k.version}" for p, a in k.packages]
         run(["apt-get", "download", "-q", *specs], env=self.env, cwd=dest, stdout=subprocess.DEVNULL)
+        return [next(dest.glob(f"{p}_*_{a}.deb")) for p, a in k.packages]
 
 
 def version_key(v: str):
@@ -93,13 +99,15 @@ class Kernel:
     release: str               # uname -r, e.g. 6.1.0-56-amd64
     version: str               # Debian package version
     suite: str                 # where it came from
+    arch: str                  # Debian architecture: amd64, arm64
     image_pkg: str             # package holding vmlinuz
     extra_pkgs: list[str]      # headers (common + arch), linux-base-* (7.x)
+    packages: list[tuple[str, str]]    # (package, its architecture or "all"), image first
 
 
-def kernel_packages(by_name: dict[str, list[dict]], rel: str) -> Kernel:
+def kernel_packages(by_name: dict[str, list[dict]], rel: str, arch: str) -> Kernel:
     def newest(name):
-        rs = by_name.get(name)
+        rs = [r for r in by_name.get(name, ()) if r.get("Architecture") in (arch, "all")]
         return max(rs, key=lambda r: version_key(r["Version"])) if rs else None
 
     image = None
@@ -117,11 +125,9 @@ def kernel_packages(by_name: dict[str, list[dict]], rel: str) -> Kernel:
         name = dep.split()[0] if dep else ""
         if re.fullmatch(r"linux-headers-.*-common.*|linux-base-\d.*", name):
             extra.append(name)
-    return Kernel(rel, image["Version"], image["Suite"], image["Package"], extra)
-
-
-# ---------------------------------------------------------------------------------------------
-# cpio (newc) writing
+    pkgs = [(image["Package"], image["Architecture"])]
+    pkgs += [(n, newest(n)["Architecture"] if newest(n) else arch) for n in extra]
+    return Kernel(rel, image["Version"], image["Suite"], arch, image["Package"], extra, pkgs)
 
 
 class Kernels:
@@ -131,10 +137,12 @@ class Kernels:
         self.by_name: dict[str, list[dict]] = {}
         for r in apt.packages():
             self.by_name.setdefault(r["Package"], []).append(r)
-        # kernels we can boot: linux-image-R (with /boot/vmlinuz) or linux-binary[-unsigned]-R (7.x)
+        # kernels we can boot: linux-image-R (with /boot/vmlinuz) or linux-binary[-unsigned]-R (7.x);
+        # R ends with the flavour, which is the architecture (6.1.0-57-amd64, 6.12.117+deb12-arm64)
         self.releases: dict[str, dict] = {}
+        flavours = "|".join(apt.arches)
         for name, rs in self.by_name.items():
-            m = re.fullmatch(r"linux-(?:image|binary(?:-unsigned)?)-(\d[^ ]*-amd64)", name)
+            m = re.fullmatch(r"linux-(?:image|binary(?:-unsigned)?)-(\d[^ ]*-(?:%s))" % flavours, name)
             if not m or "-rt-" in name or "-cloud-" in name:
                 continue
             rel = m.group(1)
@@ -143,20 +151,21 @@ class Kernels:
                 continue                       # meta packages (linux-image-6.12-amd64) are a few kB
             self.releases.setdefault(rel, rs[0])
 
-    def resolve(self, userspace: str, spec: str) -> Kernel:
+    def resolve(self, userspace: str, spec: str, arch: str) -> Kernel:
         """An exact release, else the newest of a version prefix, preferring the userspace's own
         builds (6.1.0-N / +deb12 for bookworm, +deb13 for trixie) over other suites'."""
-        exact = [r for r in self.releases if r == spec or r == f"{spec}-amd64"]
+        mine = [r for r in self.releases if r.endswith(f"-{arch}")]
+        exact = [r for r in mine if r == spec or r == f"{spec}-{arch}"]
         if exact:
             rel = exact[0]
         else:
             pat = re.compile(re.escape(spec) + r"[.\-+]")
-            cands = [r for r in self.releases if pat.match(r)]
+            cands = [r for r in mine if pat.match(r)]
             tag = RELEASE_TAG[userspace]
             native = [r for r in cands if tag in r or (userspace == "bookworm" and re.match(r"6\.1\.0-", r))]
             cands = native or cands
             if not cands:
-                sys.exit(f"vm-test: no bootable kernel matching {spec!r} on the mirror; available: "
-                         + " ".join(sorted(self.releases, key=version_key)))
+                sys.exit(f"vm-test: no bootable {arch} kernel matching {spec!r} on the mirror; available: "
+                         + " ".join(sorted(mine, key=version_key)))
             rel = max(cands, key=version_key)
-        return kernel_packages(self.by_name, rel)
+        return kernel_packages(self.by_name, rel, arch)

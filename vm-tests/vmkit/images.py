@@ -10,9 +10,11 @@ Layers are newc cpio archives; the kernel unpacks the concatenation in order int
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ import tomllib
 from pathlib import Path
 
 from vmkit.apt import MIRROR, Apt, Kernel
+from vmkit.arch import Arch
 from vmkit.util import REPO, log, run, sha
 
 BASE_PACKAGES = (
@@ -67,7 +70,10 @@ class Cpio:
         elif stat.S_ISDIR(st.st_mode):
             self.dir(name, stat.S_IMODE(st.st_mode))
         elif stat.S_ISREG(st.st_mode):
-            self.file(name, src.read_bytes(), stat.S_IMODE(st.st_mode))
+            self._hdr(name, stat.S_IFREG | stat.S_IMODE(st.st_mode), st.st_size)
+            with open(src, "rb") as f:           # streamed: a Claude Code binary is 200-400 MB
+                copied = shutil.copyfileobj(f, self.f, 1 << 20) or st.st_size
+            self.f.write(b"\0" * (-copied % 4))
 
     def close(self):
         self._hdr("TRAILER!!!", 0, 0)
@@ -91,7 +97,8 @@ def cpio_from_dir(src: Path, out: Path, exclude: tuple[str, ...] = ()) -> None:
 
 INIT = r"""#!/bin/sh
 # PID 1 of a vm-test guest: mount the API filesystems, run /payload/run.sh with its output on the
-# second serial port (ttyS1), write its exit status there, power off.
+# serial port named in /payload/result-tty (a second UART, or the console), write its exit status
+# there, power off.
 export PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 TERM=dumb
 mount -t proc proc /proc
@@ -108,10 +115,11 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ln -sf /proc/self/fd /dev/fd 2>/dev/null
 ip link set lo up
 hostname vmguest
-echo "VMTEST-BOOTED $(uname -r) $(cut -d' ' -f1 /proc/uptime)s" | tee /dev/console > /dev/ttyS1
+OUT=/dev/$(cat /payload/result-tty)
+echo "VMTEST-BOOTED $(uname -r) $(cut -d' ' -f1 /proc/uptime)s" | tee /dev/console > $OUT
 cd /payload
-sh /payload/run.sh > /dev/ttyS1 2>&1 < /dev/null
-echo "VMTEST-EXIT $? $(cut -d' ' -f1 /proc/uptime)s" | tee /dev/console > /dev/ttyS1
+sh /payload/run.sh > $OUT 2>&1 < /dev/null
+echo "VMTEST-EXIT $? $(cut -d' ' -f1 /proc/uptime)s" | tee /dev/console > $OUT
 sync
 echo o > /proc/sysrq-trigger
 sleep 30
@@ -121,21 +129,24 @@ STRIP = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
          "var/lib/apt/lists", "var/cache/apt", "var/cache/debconf/templates.dat-old", "var/log")
 
 
-def build_base(cache: Path, suite: str) -> tuple[Path, Path, str]:
-    """debootstrap'ed userspace: returns (rootfs dir, base.cpio, key)."""
-    key = sha("base", LAYER_FORMAT["base"], suite, BASE_PACKAGES, STRIP)
-    d = cache / "rootfs" / f"{suite}-{key}"
-    out = cache / "layers" / f"base-{suite}-{key}.cpio"
+def build_base(cache: Path, suite: str, arch: Arch) -> tuple[Path, Path, str]:
+    """debootstrap'ed userspace: returns (rootfs dir, base.cpio, key). A foreign architecture's
+    packages are configured through qemu-user (binfmt_misc, see vmkit.arch)."""
+    key = sha("base", LAYER_FORMAT["base"], suite, arch.name, BASE_PACKAGES, STRIP)
+    name = f"{suite}-{arch.name}"
+    d = cache / "rootfs" / f"{name}-{key}"
+    out = cache / "layers" / f"base-{name}-{key}.cpio"
     if out.exists() and (d / ".complete").exists():
         return d, out, key
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    log(f"building {suite} userspace (debootstrap) in {d}")
-    for old in (cache / "rootfs").glob(f"{suite}-*"):
+    log(f"building {suite} {arch.name} userspace (debootstrap) in {d}")
+    for old in (cache / "rootfs").glob(f"{name}-*"):
         shutil.rmtree(old, ignore_errors=True)
     d.mkdir(parents=True)
-    r = run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", suite,
-             str(d), MIRROR], check=False, capture_output=True, text=True)
+    r = run(["debootstrap", f"--arch={arch.name}", "--variant=minbase",
+             f"--include={','.join(BASE_PACKAGES)}", suite, str(d), MIRROR],
+            check=False, capture_output=True, text=True)
     if r.returncode != 0:
         tail = (d / "debootstrap/debootstrap.log")
         sys.exit(f"vm-test: debootstrap {suite} failed:\n{r.stderr[-3000:]}\n"
@@ -155,10 +166,10 @@ def build_base(cache: Path, suite: str) -> tuple[Path, Path, str]:
     (d / "etc/resolv.conf").write_text("")
     cpio_from_dir(d, out, exclude=("opt/venv", "root/.cache", "debootstrap", ".complete"))
     (d / ".complete").touch()
-    for old in (cache / "layers").glob(f"base-{suite}-*.cpio"):
+    for old in (cache / "layers").glob(f"base-{name}-*.cpio"):
         if old != out:
             old.unlink()
-    log(f"{suite} userspace: {out.stat().st_size >> 20} MB in {time.time() - t0:.0f}s")
+    log(f"{suite} {arch.name} userspace: {out.stat().st_size >> 20} MB in {time.time() - t0:.0f}s")
     return d, out, key
 
 
@@ -171,28 +182,29 @@ def project_deps() -> tuple[list[str], str]:
     return sorted(deps), scripts
 
 
-def build_venv(cache: Path, suite: str, rootfs: Path, base_key: str) -> Path:
+def build_venv(cache: Path, suite: str, arch: Arch, rootfs: Path, base_key: str) -> Path:
     """/opt/venv for the guest's python3 (system site-packages for BCC) with the project's deps."""
     deps, scripts = project_deps()
     key = sha("venv", LAYER_FORMAT["venv"], base_key, deps, scripts)
-    out = cache / "layers" / f"venv-{suite}-{key}.cpio"
+    name = f"{suite}-{arch.name}"
+    out = cache / "layers" / f"venv-{name}-{key}.cpio"
     if out.exists():
         return out
     t0 = time.time()
-    log(f"building the {suite} venv ({len(deps)} requirements)")
+    log(f"building the {suite} {arch.name} venv ({len(deps)} requirements)")
     venv = rootfs / "opt/venv"
     shutil.rmtree(venv, ignore_errors=True)
     pyver = os.readlink(rootfs / "usr/bin/python3").removeprefix("python")      # "3.11"
     # Wheels are fetched by the host's pip (its index, proxy and CA configuration), for the guest's
     # python and glibc, then installed offline inside the chroot.
-    wheels = cache / "wheels" / f"{suite}-py{pyver}"
+    wheels = cache / "wheels" / f"{name}-py{pyver}"
     wheels.mkdir(parents=True, exist_ok=True)
     host_py = REPO / ".venv/bin/python"
     host_py = str(host_py) if host_py.exists() else sys.executable
     glibc = run(["chroot", str(rootfs), "getconf", "GNU_LIBC_VERSION"], capture_output=True,
                 text=True).stdout.split()[-1]                                     # "2.36"
-    plats = ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"] + [
-        f"manylinux_2_{n}_x86_64" for n in range(5, int(glibc.split(".")[1]) + 1)]
+    plats = [f"manylinux{tag}_{arch.machine}" for tag in ("2014", "2010", "1")] + [
+        f"manylinux_2_{n}_{arch.machine}" for n in range(5, int(glibc.split(".")[1]) + 1)]
     r = run([host_py, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
          "--python-version", pyver, "--implementation", "cp", "--abi", "cp" + pyver.replace(".", ""),
          "--abi", "abi3", "--abi", "none", *[x for p in plats for x in ("--platform", p)],
@@ -234,16 +246,16 @@ def build_venv(cache: Path, suite: str, rootfs: Path, base_key: str) -> Path:
         run(["cpio", "--null", "-o", "-H", "newc", "--quiet"], cwd=rootfs, stdin=p1.stdout, stdout=f)
         p1.wait()
     tmp.rename(out)
-    for old in (cache / "layers").glob(f"venv-{suite}-*.cpio"):
+    for old in (cache / "layers").glob(f"venv-{name}-*.cpio"):
         if old != out:
             old.unlink()
-    log(f"{suite} venv: {out.stat().st_size >> 20} MB in {time.time() - t0:.0f}s")
+    log(f"{suite} {arch.name} venv: {out.stat().st_size >> 20} MB in {time.time() - t0:.0f}s")
     return out
 
 
 def build_kernel(cache: Path, apt: Apt, k: Kernel) -> tuple[Path, Path]:
     """(vmlinuz, headers.cpio) for one kernel, from its Debian packages."""
-    key = sha("kernel", LAYER_FORMAT["kernel"], k.release, k.version, k.image_pkg, k.extra_pkgs)
+    key = sha("kernel", LAYER_FORMAT["kernel"], k.release, k.version, k.packages)
     d = cache / "kernels" / f"{k.release}-{key}"
     vmlinuz, layer = d / "vmlinuz", d / "headers.cpio"
     if vmlinuz.exists() and layer.exists():
@@ -251,13 +263,11 @@ def build_kernel(cache: Path, apt: Apt, k: Kernel) -> tuple[Path, Path]:
     t0 = time.time()
     shutil.rmtree(d, ignore_errors=True)
     debs = cache / "debs"
-    pkgs = [k.image_pkg, *k.extra_pkgs]
-    log(f"downloading {' '.join(pkgs)}")
-    apt.download([f"{p}={k.version}" for p in pkgs], debs)
+    log(f"downloading {' '.join(p for p, _ in k.packages)}")
+    files = apt.download(k, debs)
     stage = Path(tempfile.mkdtemp(prefix="kernel-", dir=cache))
     try:
-        for p in pkgs:
-            deb = next(debs.glob(f"{p}_*.deb"))
+        for deb in files:
             run(["dpkg-deb", "-x", str(deb), str(stage)])
         found = [stage / f"boot/vmlinuz-{k.release}", stage / f"usr/lib/modules/{k.release}/vmlinuz",
                  stage / f"lib/modules/{k.release}/vmlinuz"]
@@ -265,7 +275,7 @@ def build_kernel(cache: Path, apt: Apt, k: Kernel) -> tuple[Path, Path]:
         if src is None:
             sys.exit(f"vm-test: no vmlinuz in {k.image_pkg}")
         d.mkdir(parents=True)
-        shutil.move(src, vmlinuz)
+        write_bootable(src, vmlinuz)
         # / has /lib -> usr/lib: keep everything under usr/; drop modules (BPF, uprobes, 8250 are built in)
         if (stage / "lib").is_dir():
             (stage / "usr/lib").mkdir(parents=True, exist_ok=True)
@@ -284,22 +294,82 @@ def build_kernel(cache: Path, apt: Apt, k: Kernel) -> tuple[Path, Path]:
         cpio_from_dir(stage, layer)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    for p in pkgs:
-        for deb in debs.glob(f"{p}_*.deb"):
-            deb.unlink()
+    for deb in files:
+        deb.unlink(missing_ok=True)
     log(f"kernel {k.release}: headers layer {layer.stat().st_size >> 20} MB in {time.time() - t0:.0f}s")
     return vmlinuz, layer
+
+
+def write_bootable(src: Path, dest: Path) -> None:
+    """Copy a Debian vmlinuz where QEMU's -kernel can boot it. x86's bzImage boots as it is; arm64's
+    vmlinuz is a gzip'ed Image, or an EFI zboot image (a PE file whose payload is the compressed
+    Image): both are unpacked to the plain Image, which every QEMU version loads."""
+    data = src.read_bytes()
+    if data[:4] == b"MZ\0\0" and data[4:8] == b"zimg":
+        off, size = struct.unpack_from("<II", data, 8)
+        comp = data[24:32].rstrip(b"\0").decode()
+        payload = data[off:off + size]
+        if comp == "gzip":
+            data = gzip.decompress(payload)
+        else:
+            data = run([comp, "-dc"], input=payload, capture_output=True).stdout
+    elif data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    dest.write_bytes(data)
+
+
+CLAUDE_PACKAGE = {"amd64": "@anthropic-ai/claude-code-linux-x64", "arm64": "@anthropic-ai/claude-code-linux-arm64"}
+
+
+def build_claude(cache: Path, arch: Arch, version: str) -> Path:
+    """A layer with one Claude Code release where tracer.testing.releases finds it in the guest's
+    npm cache (/var/cache/tracer/npm/...): the host downloads it once (its own npm cache, outside the
+    repository); the layer is cached next to the others."""
+    pkg = CLAUDE_PACKAGE[arch.name]
+    out = cache / "layers" / f"claude-{arch.name}-{version}.cpio"
+    if out.exists():
+        return out
+    host_py = REPO / ".venv/bin/python"
+    r = run([str(host_py) if host_py.exists() else sys.executable, "-c",
+             "import sys; from tracer.testing.releases import fetch_npm_release as f; "
+             "print(f(sys.argv[1], sys.argv[2]))", pkg, version],
+            cwd=REPO, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        sys.exit(f"vm-test: cannot download {pkg}@{version}: {r.stderr.strip()[-2000:]}")
+    prog = Path(r.stdout.strip().splitlines()[-1])
+    rdir = prog.parent.parent                       # <cache>/npm/<package>/<version>
+    dest = "var/cache/tracer/npm/" + pkg.lstrip("@").replace("/", "+") + "/" + version
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        c = Cpio(f)
+        parts = dest.split("/")
+        for i in range(1, len(parts) + 1):
+            c.dir("/".join(parts[:i]))
+        c.dir(dest + "/package")
+        for src in [rdir / ".tracer-complete", *sorted((rdir / "package").iterdir())]:
+            if src.is_file():
+                c.path(f"{dest}/{src.relative_to(rdir)}", src)
+        c.close()
+    tmp.rename(out)
+    for old in (cache / "layers").glob(f"claude-{arch.name}-*.cpio"):      # one release per arch kept
+        if old != out and time.time() - old.stat().st_mtime > 86400:
+            old.unlink()
+    log(f"Claude Code {version} ({arch.name}): {out.stat().st_size >> 20} MB layer")
+    return out
 
 
 PAYLOADS = {
     "smoke": "python3 /payload/repo/vm-tests/smoke.py",
     "tests": "python -m pytest -p no:cacheprovider -q -rfE --color=no --durations=5 {pytest_args}",
+    # uprobes at the located SSL_write/SSL_read of each copied Claude Code release (--claude)
+    "verify": "python bench/verify_locate_uprobe.py {claude}",
 }
 
 
-def build_payload(path: Path, payload: str, pytest_args: str) -> None:
+def build_payload(path: Path, payload: str, pytest_args: str, arch: Arch, claude: list[str]) -> None:
     files = run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True).stdout.split(b"\0")
-    cmd = PAYLOADS[payload].format(pytest_args=pytest_args)
+    cmd = PAYLOADS[payload].format(pytest_args=pytest_args, claude=" ".join(f"claude {v}" for v in claude))
     # CI=1: the integration tests fail (rather than skip) when eBPF is unusable in the guest.
     script = ("set -u\ncd /payload/repo\nexport CI=1\n"
               "echo \"+ " + cmd.replace('"', '\\"') + "\"\n" + cmd + "\n")
@@ -308,6 +378,7 @@ def build_payload(path: Path, payload: str, pytest_args: str) -> None:
         c.file("init", INIT.encode(), 0o755)      # here, not in the base: editing it rebuilds nothing
         c.dir("payload")
         c.file("payload/run.sh", script.encode(), 0o755)
+        c.file("payload/result-tty", arch.result_tty.encode())
         c.dir("payload/repo")
         c.symlink("payload/repo/.venv", "/opt/venv")
         made = {"payload", "payload/repo"}

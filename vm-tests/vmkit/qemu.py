@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmkit.apt import Kernel
+from vmkit.arch import Arch
 
 RUNNING: set = set()          # qemu processes, killed if the runner is interrupted
 
@@ -23,6 +24,7 @@ class Guest:
     name: str                  # matrix entry, e.g. bookworm-6.12
     userspace: str
     kernel: Kernel
+    arch: Arch
     result: str = "FAIL"
     seconds: float = 0.0
     details: list[str] = field(default_factory=list)
@@ -50,12 +52,16 @@ def boot(g: Guest, vmlinuz: Path, layers: list[Path], rundir: Path, timeout: int
             for l in layers:
                 with open(l, "rb") as f:
                     shutil.copyfileobj(f, out, 1 << 20)
-        console, result = rundir / "console.log", rundir / "result.log"
-        cmd = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", mem,
+        arch = g.arch
+        console = rundir / "console.log"
+        result = rundir / "result.log" if arch.two_serials else console
+        cmd = [arch.qemu, *arch.qemu_args, "-m", mem,
                "-smp", str(smp), "-nodefaults", "-display", "none", "-no-reboot",
                "-kernel", str(vmlinuz), "-initrd", f"/dev/fd/{fd}",
-               "-append", "console=ttyS0 panic=-1 quiet",
-               "-serial", f"file:{console}", "-serial", f"file:{result}"]
+               "-append", f"console={arch.console} panic=-1 quiet",
+               "-serial", f"file:{console}"]
+        if arch.two_serials:
+            cmd += ["-serial", f"file:{result}"]
         t0 = time.time()
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              preexec_fn=_die_with_parent, pass_fds=(fd,))
@@ -71,7 +77,7 @@ def boot(g: Guest, vmlinuz: Path, layers: list[Path], rundir: Path, timeout: int
         RUNNING.discard(p)
     finally:
         os.close(fd)
-    text = result.read_text(errors="replace") if result.exists() else ""
+    text = result.read_text(errors="replace").replace("\r\n", "\n") if result.exists() else ""
     m = re.search(r"^VMTEST-EXIT (\d+)", text, re.M)
     summary = re.findall(r"^=*\s*(\d+ (?:passed|failed|error|skipped|deselected).* in [\d.]+s)", text, re.M)
     if summary:

@@ -6,6 +6,7 @@ import argparse
 import fcntl
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -15,16 +16,23 @@ import time
 from pathlib import Path
 
 from vmkit.apt import SUITES, Apt, Kernels
-from vmkit.images import PAYLOADS, build_base, build_kernel, build_payload, build_venv
+from vmkit.arch import ARCHES, Arch, ensure_host_tools, parse_entry
+from vmkit.images import PAYLOADS, build_base, build_claude, build_kernel, build_payload, build_venv
 from vmkit.qemu import RUNNING, Guest, boot
-from vmkit.util import ensure_host_tools, log
+from vmkit.util import log
 
 
-# The default matrix: USERSPACE-KERNELSPEC. KERNELSPEC is a version prefix ("6.1", "6.12", "7")
-# resolved to the newest matching amd64 kernel, preferring packages built for that userspace's
-# release (+deb12 / +deb13 / 6.1.0-N) and falling back to any suite (7.x lives in trixie-backports).
-# An exact kernel release ("6.1.0-41", "6.12.117+deb12") pins one.
+# The default matrix: [ARCH-]USERSPACE-KERNELSPEC. ARCH is amd64 (the default) or arm64; KERNELSPEC is
+# a version prefix ("6.1", "6.12", "7") resolved to the newest matching kernel of that architecture,
+# preferring packages built for that userspace's release (+deb12 / +deb13 / 6.1.0-N) and falling back
+# to any suite (7.x lives in trixie-backports). An exact kernel release ("6.1.0-41",
+# "6.12.117+deb12") pins one.
 DEFAULT_MATRIX = ("bookworm-6.1", "bookworm-6.12", "bookworm-7", "trixie-6.12")
+
+# Claude Code releases copied into the guests of an architecture (ARCH:VERSION): its native
+# `claude -p` round trip (tests/integration/test_claude_code.py) then runs there too. The guest has
+# no network: the release comes from the host's npm download cache (tracer.testing.releases).
+DEFAULT_CLAUDE = ""
 
 # What runs in each guest: the integration tests of `tracer run` / `tracer attach` with the curl,
 # CPython (ssl), httpx (h2) and Node clients (HTTP/1.1 and HTTP/2) against the mock server.
@@ -39,23 +47,55 @@ DEFAULT_PYTEST_ARGS = ('tests/integration/test_capture.py tests/integration/test
                        'and not during_a_streaming"')
 
 
-def resolve_matrix(apt: Apt, entries: list[str]) -> list[Guest]:
-    kernels = Kernels(apt)
-    guests = []
+def parse_matrix(entries: list[str]) -> list[tuple[str, Arch, str, str]]:
+    """(entry, arch, userspace, kernel spec) for each matrix entry."""
+    out = []
     for entry in entries:
-        userspace, _, spec = entry.partition("-") if entry.split("-", 1)[0] in SUITES else ("bookworm", "", entry)
+        arch, rest = parse_entry(entry)
+        userspace, _, spec = rest.partition("-") if rest.split("-", 1)[0] in SUITES else ("bookworm", "", rest)
         if userspace not in SUITES or not spec:
-            sys.exit(f"vm-test: bad matrix entry {entry!r} (want e.g. bookworm-6.1, trixie-6.12, bookworm-7)")
-        guests.append(Guest(entry, userspace, kernels.resolve(userspace, spec)))
-    return guests
+            sys.exit(f"vm-test: bad matrix entry {entry!r} (want e.g. bookworm-6.1, trixie-6.12, bookworm-7, "
+                     f"arm64-bookworm-6.12)")
+        out.append((entry, arch, userspace, spec))
+    return out
+
+
+def resolve_matrix(apt: Apt, entries: list[tuple[str, Arch, str, str]]) -> list[Guest]:
+    kernels = Kernels(apt)
+    return [Guest(entry, userspace, kernels.resolve(userspace, spec, arch.name), arch)
+            for entry, arch, userspace, spec in entries]
+
+
+def parse_claude(spec: str) -> dict[str, list[str]]:
+    """"arm64:2.1.220 arm64:2.1.332" -> {"arm64": ["2.1.220", "2.1.332"]}."""
+    out: dict[str, list[str]] = {}
+    for item in spec.replace(",", " ").split():
+        arch, _, version = item.partition(":")
+        if arch not in ARCHES or not re.fullmatch(r"\d+\.\d+\.\d+", version):
+            sys.exit(f"vm-test: bad --claude item {item!r} (want ARCH:VERSION, e.g. arm64:2.1.220)")
+        out.setdefault(arch, []).append(version)
+    return out
+
+
+def guest_pytest_args(args: str, versions: list[str]) -> str:
+    """The guest's pytest arguments plus the native Claude Code round trip of each copied release."""
+    tests = " ".join(f"'tests/integration/test_claude_code.py::test_claude_say_hi_traced[native-{v}]'"
+                     for v in versions)
+    return f"{args} {tests}" if tests else args
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kernels", default=os.environ.get("KERNELS") or " ".join(DEFAULT_MATRIX),
-                    help="space-separated matrix entries USERSPACE-KERNEL, e.g. 'bookworm-6.1 "
-                         "trixie-6.12 bookworm-7' or an exact release '6.1.0-41' (default: %(default)s)")
+                    help="space-separated matrix entries [ARCH-]USERSPACE-KERNEL, e.g. 'bookworm-6.1 "
+                         "trixie-6.12 bookworm-7 arm64-bookworm-6.12' or an exact release '6.1.0-41' "
+                         "(default: %(default)s)")
+    ap.add_argument("--claude", default=os.environ.get("VM_CLAUDE", DEFAULT_CLAUDE),
+                    help="Claude Code releases (ARCH:VERSION, space-separated) copied into that "
+                         "architecture's guests, whose tests then include the native `claude -p` round "
+                         "trip; the 'verify' payload checks their located SSL_read/SSL_write with "
+                         "uprobes (default: %(default)r)")
     ap.add_argument("--payload", choices=sorted(PAYLOADS), default=os.environ.get("PAYLOAD") or "tests")
     ap.add_argument("--pytest-args", default=os.environ.get("VM_PYTEST_ARGS")
                     or DEFAULT_PYTEST_ARGS, help="arguments for the guest's pytest (default: %(default)s)")
@@ -68,7 +108,9 @@ def main() -> int:
     # ("Oops: int3" in __schedule, 6.12.118, in one run of four).
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("VM_JOBS", "2")),
                     help="guests booted at the same time (default: %(default)s)")
-    ap.add_argument("--mem", default="3G")
+    ap.add_argument("--mem", default="3G", help="guest memory (default: %(default)s)")
+    ap.add_argument("--mem-claude", default="5G",
+                    help="memory of a guest that holds Claude Code releases (default: %(default)s)")
     ap.add_argument("--smp", type=int, default=int(os.environ.get("VM_SMP", "1")),
                     help="vCPUs per guest (default: %(default)s)")
     ap.add_argument("--keep", action="store_true", help="keep each guest's logs (always kept on failure)")
@@ -81,7 +123,10 @@ def main() -> int:
         sys.exit("vm-test: run as root (debootstrap, chroot)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # so that `finally` stops the guests
     t_start = time.time()
-    ensure_host_tools()
+    matrix = parse_matrix(a.kernels.split())
+    claude = parse_claude(a.claude)
+    arches = sorted({m[1] for m in matrix}, key=lambda x: x.name)
+    ensure_host_tools(arches)
     a.cache.mkdir(parents=True, exist_ok=True)
     lockf = open(a.cache / ".lock", "w")
     try:
@@ -89,19 +134,24 @@ def main() -> int:
     except BlockingIOError:
         log(f"waiting for another vm-test run using {a.cache}")
         fcntl.flock(lockf, fcntl.LOCK_EX)
-    apt = Apt(a.cache / "apt")
+    apt = Apt(a.cache / "apt", [x.name for x in arches])
     apt.update(a.lists_max_age)
-    guests = resolve_matrix(apt, a.kernels.split())
+    guests = resolve_matrix(apt, matrix)
     for g in guests:
         k = g.kernel
-        log(f"matrix {g.name}: {g.userspace} userspace, kernel {k.release} ({k.image_pkg} {k.version}, {k.suite})")
+        log(f"matrix {g.name}: {g.arch.name} {g.userspace} userspace, kernel {k.release} "
+            f"({k.image_pkg} {k.version}, {k.suite})"
+            + "".join(f", Claude Code {v}" for v in claude.get(g.arch.name, [])))
     if a.list:
         return 0
 
     runs = a.cache / "runs"
-    payload = runs / "payload.cpio"
     runs.mkdir(parents=True, exist_ok=True)
-    build_payload(payload, a.payload, a.pytest_args)
+    payloads = {}
+    for x in arches:
+        payloads[x.name] = runs / f"payload-{x.name}.cpio"
+        versions = claude.get(x.name, [])
+        build_payload(payloads[x.name], a.payload, guest_pytest_args(a.pytest_args, versions), x, versions)
 
     # Images are built in matrix order by this thread (downloads, debootstrap: mostly I/O) while the
     # guests whose images are ready already boot (CPU): a cold run overlaps the two.
@@ -110,8 +160,8 @@ def main() -> int:
 
     def report(g: Guest, rundir: Path | None) -> None:
         with out_lock:
-            print(f"KERNEL {g.kernel.release} {g.result} {g.seconds:.0f}s  ({g.name}, {g.userspace} userspace)",
-                  flush=True)
+            print(f"KERNEL {g.kernel.release} {g.result} {g.seconds:.0f}s  ({g.name}, {g.arch.name} "
+                  f"{g.userspace} userspace)", flush=True)
             for d in g.details:
                 print(f"    {d}", flush=True)
             if rundir and g.result == "FAIL":
@@ -123,25 +173,36 @@ def main() -> int:
         while (item := ready.get()) is not None:
             g, vmlinuz, layers = item
             rundir = runs / g.name
-            boot(g, vmlinuz, layers, rundir, a.timeout, a.mem, a.smp)
+            boot(g, vmlinuz, layers, rundir, a.timeout, a.mem if not claude.get(g.arch.name) else a.mem_claude,
+                 a.smp)
             report(g, rundir)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, a.jobs))]
     for t in threads:
         t.start()
-    bases: dict[str, tuple[Path, Path] | str] = {}
+    bases: dict[tuple[str, str], list[Path] | str] = {}
     kernels: dict[str, tuple[Path, Path]] = {}
+    extras: dict[str, list[Path] | str] = {}
     try:
         for g in guests:
+            us = (g.userspace, g.arch.name)
             try:
-                if g.userspace not in bases:
+                if us not in bases:
                     try:
-                        rootfs, base, key = build_base(a.cache, g.userspace)
-                        bases[g.userspace] = (base, build_venv(a.cache, g.userspace, rootfs, key))
+                        rootfs, base, key = build_base(a.cache, g.userspace, g.arch)
+                        bases[us] = [base, build_venv(a.cache, g.userspace, g.arch, rootfs, key)]
                     except (SystemExit, subprocess.CalledProcessError) as e:
-                        bases[g.userspace] = f"building the {g.userspace} userspace failed: {e}"
-                if isinstance(bases[g.userspace], str):
-                    raise SystemExit(bases[g.userspace])
+                        bases[us] = f"building the {g.userspace} {g.arch.name} userspace failed: {e}"
+                if isinstance(bases[us], str):
+                    raise SystemExit(bases[us])
+                if g.arch.name not in extras:
+                    try:
+                        extras[g.arch.name] = [build_claude(a.cache, g.arch, v)
+                                               for v in claude.get(g.arch.name, [])]
+                    except (SystemExit, subprocess.CalledProcessError) as e:
+                        extras[g.arch.name] = f"copying Claude Code into the {g.arch.name} guests failed: {e}"
+                if isinstance(extras[g.arch.name], str):
+                    raise SystemExit(extras[g.arch.name])
                 if g.kernel.release not in kernels:
                     kernels[g.kernel.release] = build_kernel(a.cache, apt, g.kernel)
             except (SystemExit, subprocess.CalledProcessError) as e:
@@ -149,7 +210,7 @@ def main() -> int:
                 report(g, None)
                 continue
             vmlinuz, hdr = kernels[g.kernel.release]
-            ready.put((g, vmlinuz, [*bases[g.userspace], hdr, payload]))
+            ready.put((g, vmlinuz, [*bases[us], hdr, *extras[g.arch.name], payloads[g.arch.name]]))
         log(f"images ready in {time.time() - t_start:.0f}s")
         for _ in threads:
             ready.put(None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,20 +30,15 @@ def sha(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-
-def ensure_host_tools() -> None:
-    need = {"qemu-system-x86_64": "qemu-system-x86", "debootstrap": "debootstrap", "cpio": "cpio"}
-    missing = [pkg for exe, pkg in need.items() if shutil.which(exe) is None]
-    if not missing:
-        return
+def apt_install(packages: list[str]) -> None:
+    """Install Debian packages on the host (the runner's own tools), updating the lists if needed."""
     if os.geteuid() != 0:
-        sys.exit(f"vm-test: need root to install {' '.join(missing)}")
-    log(f"apt-get install {' '.join(missing)}")
+        sys.exit(f"vm-test: need root to install {' '.join(packages)}")
+    log(f"apt-get install {' '.join(packages)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     lock = ["-o", "DPkg::Lock::Timeout=900"]
-    if run(["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", *missing],
+    if run(["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", *packages],
            env=env, check=False, stdout=subprocess.DEVNULL).returncode != 0:
         run(["apt-get", *lock, "update", "-q"], env=env, stdout=subprocess.DEVNULL)
-        run(["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", *missing],
+        run(["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", *packages],
             env=env, stdout=subprocess.DEVNULL)
-
