@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""Run BoringSSL discovery over every Claude Code linux-x64 release (and optionally Bun releases).
+"""Run BoringSSL discovery over every native Claude Code release of a platform (or any package).
 
-    .venv/bin/python bench/locate_releases.py [--from 2.1.110] [--to LATEST] [--keep 2.1.113,2.1.332]
+    .venv/bin/python bench/locate_releases.py [--platform x64|arm64|x64-musl|arm64-musl]
+                                              [--from 2.1.110] [--to LATEST] [--keep 2.1.113,2.1.332]
                                               [--json OUT.json] [VERSION ...]
+    .venv/bin/python bench/locate_releases.py --package @oven/bun-linux-aarch64 1.3.14
+
+Discovery reads the binary's own architecture (ELF e_machine), so every platform runs on any host.
 
 For each release: download (cached, tracer.testing.releases), evict the binary from the page cache
 (fsync + POSIX_FADV_DONTNEED) so the first discovery is cold, run discovery without the build-id
@@ -25,9 +29,8 @@ from elftools.elf.elffile import ELFFile  # noqa: E402
 
 from tracer.probes.boringssl import analyze_path  # noqa: E402
 from tracer.probes.locate import LocateError, build_id  # noqa: E402
+from _util import machine  # noqa: E402
 from tracer.testing import releases  # noqa: E402
-
-CLAUDE = "@anthropic-ai/claude-code-linux-x64"
 
 
 def vkey(v: str):
@@ -82,12 +85,17 @@ def one(package: str, version: str, keep: bool) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("versions", nargs="*")
-    ap.add_argument("--package", default=CLAUDE)
+    ap.add_argument("--platform", default="x64", choices=releases.CLAUDE_CODE_PLATFORMS,
+                    help="native Claude Code platform (default: %(default)s)")
+    ap.add_argument("--package", default="", help="any npm package instead (e.g. @oven/bun-linux-x64)")
     ap.add_argument("--from", dest="vfrom", default="2.1.110")
     ap.add_argument("--to", dest="vto", default="")
     ap.add_argument("--keep", default="", help="comma-separated versions to keep unpacked")
     ap.add_argument("--json", dest="json_out", default="")
     args = ap.parse_args()
+    args.package = args.package or releases.claude_code_package(args.platform)
+    print(machine())
+    print("package: %s" % args.package, flush=True)
     versions = args.versions or [
         v for v in releases.npm_versions(args.package)
         if vkey(v) >= vkey(args.vfrom) and (not args.vto or vkey(v) <= vkey(args.vto))]
@@ -111,6 +119,7 @@ def main() -> int:
         cold = sorted(r["cold_s"] for r in ok)
         print("\n%d/%d ok; cold discovery median %.2f s, max %.2f s" % (
             len(ok), len(rows), cold[len(cold) // 2], cold[-1]))
+    print(machine())
     return 0 if len(ok) == len(rows) else 1
 
 

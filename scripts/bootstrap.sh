@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SYS_PY=/usr/bin/python3
-APT_PKGS=(python3-bpfcc python3-venv python3-pip curl ca-certificates openssl nodejs)
+# binutils-aarch64-linux-gnu: the AArch64 locator's synthetic tests assemble and link arm64 programs.
+APT_PKGS=(python3-bpfcc python3-venv python3-pip curl ca-certificates openssl nodejs binutils-aarch64-linux-gnu)
 EXTRA_PKGS=("$@")
 
 need_apt=()
