@@ -6,6 +6,8 @@ fire with HTTP plaintext (needs root + BCC).
     sudo .venv/bin/python bench/verify_locate_uprobe.py bun 1.4.5
     sudo .venv/bin/python bench/verify_locate_uprobe.py --binary PATH --kind claude|bun
 
+Runs on the machine the binaries are built for (x86-64, or arm64 e.g. inside an arm64 vm-test guest:
+`make vm-test KERNELS=arm64-bookworm-6.12 PAYLOAD=verify VM_CLAUDE="arm64:2.1.220 ..."`).
 For each binary: run discovery (no cache), attach a uprobe at SSL_write (captures the first bytes of
 the plaintext buffer) and a uprobe+uretprobe pair at SSL_read (captures what was read), start the
 mock Anthropic server (tracer.mock) and drive real TLS traffic through the binary:
@@ -28,9 +30,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tracer.probes.boringssl import analyze_path  # noqa: E402
-from tracer.testing.releases import fetch_npm_release  # noqa: E402
+from tracer.testing.releases import claude_code_package, fetch_npm_release  # noqa: E402
 
-PACKAGES = {"claude": "@anthropic-ai/claude-code-linux-x64", "bun": "@oven/bun-linux-x64"}
+# this machine's builds: the uprobes fire only where the binary runs natively
+PACKAGES = {"claude": claude_code_package(),
+            "bun": "@oven/bun-linux-" + {"aarch64": "aarch64"}.get(os.uname().machine, "x64")}
 
 BPF = r"""
 #include <uapi/linux/ptrace.h>
