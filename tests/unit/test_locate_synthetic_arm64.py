@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from tracer.probes.boringssl import METHOD, BoringSSLStrategy, analyze_path
+from tests.unit.synthetic_locate import check_stripped_build, symbols
+from tracer.probes.boringssl import BoringSSLStrategy, analyze_path
 from tracer.probes.locate import LocateError, locate
 
 AS, LD = "aarch64-linux-gnu-as", "aarch64-linux-gnu-ld"
@@ -32,26 +33,21 @@ SRC = r"""
     .ifdef OLD_ABI
         adrp x2, file
         add x2, x2, :lo12:file
-        mov w0, #LIB
         mov w1, #\reason
         mov w3, #\line
     .else
-    .ifdef REASON_FIRST
+        .ifdef REASON_FIRST
         mov w2, #\reason
+        .endif
         adrp x3, file
         add x3, x3, :lo12:file
-        mov w0, #LIB
         mov w1, wzr
-        mov w4, #\line
-    .else
-        adrp x3, file
-        add x3, x3, :lo12:file
-        mov w0, #LIB
-        mov w1, wzr
+        .ifndef REASON_FIRST
         mov w2, #\reason
+        .endif
         mov w4, #\line
     .endif
-    .endif
+        mov w0, #LIB
     .endm
 
     .ifndef LIB
@@ -96,7 +92,7 @@ ssl_read_impl:
     ldp x29, x30, [sp], #32
     ret
 
-SSL_read:
+    .macro READ_FN line
     stp x29, x30, [sp, #-16]!
     mov x29, sp
     ldr x8, [x0]
@@ -104,27 +100,18 @@ SSL_read:
     bl ssl_read_impl
     ldp x29, x30, [sp], #16
     ret
-1:  SITE 0x42, 1010
+1:  SITE 0x42, \line
     bl ERR_put_error
     mov w0, #-1
     ldp x29, x30, [sp], #16
     ret
+    .endm
 
+SSL_read:
+    READ_FN 1010
     .ifdef WITH_PEEK
-SSL_peek:
-    stp x29, x30, [sp, #-16]!
-    mov x29, sp
-    ldr x8, [x0]
-    cbnz x8, 1f
-    bl ssl_read_impl
-    add w0, w0, #1
-    ldp x29, x30, [sp], #16
-    ret
-1:  SITE 0x42, 1020
-    bl ERR_put_error
-    mov w0, #-1
-    ldp x29, x30, [sp], #16
-    ret
+SSL_peek:                   // the same shape: two SSL_read candidates
+    READ_FN 1020
     .endif
 
 SSL_write:
@@ -222,12 +209,6 @@ def _build(d: Path, name: str, *defs: str) -> tuple[Path, Path]:
     return full, stripped
 
 
-def _symbols(path: Path) -> dict[str, int]:
-    with open(path, "rb") as f:
-        symtab = ELFFile(f).get_section_by_name(".symtab")
-        return {s.name: s["st_value"] for s in symtab.iter_symbols() if s.name}
-
-
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
     d = tmp_path_factory.mktemp("synthetic-arm64")
@@ -245,23 +226,12 @@ def builds(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["new", "old_abi", "reason_first"])
 def test_stripped_build_matches_symbols(builds, kind):
-    full, stripped = builds[kind]
-    syms = _symbols(full)
-    with open(stripped, "rb") as f:
-        elf = ELFFile(f)
-        assert elf.header.e_machine == "EM_AARCH64"
-        assert elf.get_section_by_name(".symtab") is None   # really stripped
-    res = locate(str(stripped), use_cache=False)
-    assert res is not None and res.library == "boringssl"
-    assert {n: f.address for n, f in res.functions.items()} == {
-        "SSL_read": syms["SSL_read"], "SSL_write": syms["SSL_write"]}
-    assert {f.method for f in res.functions.values()} == {METHOD}
-    assert res.build_id and len(res.build_id) == 40
+    check_stripped_build(*builds[kind], "EM_AARCH64")
 
 
 def test_fingerprint_details(builds):
     full, stripped = builds["new"]
-    syms = _symbols(full)
+    syms = symbols(full)
     an = analyze_path(str(stripped))
     assert an.internal == {"ssl_read_impl": syms["ssl_read_impl"]}
     assert an.functions[syms["SSL_write"]] == {0x42, 0xE2, 0x6F, 0xD7}
@@ -272,42 +242,25 @@ def test_fingerprint_details(builds):
     assert an.references == 10          # 9 library-16 sites + other_library's
 
 
-def test_two_ssl_read_candidates_is_an_error_not_a_guess(builds):
-    _, stripped = builds["peek"]
-    with pytest.raises(LocateError) as ei:
+@pytest.mark.parametrize("kind,error", [
+    ("peek", r"expected exactly one SSL_read candidate, found 2"),     # SSL_peek has SSL_read's shape
+    ("nobadlen", r"SSL_write candidate, found 0"),         # no function has the SSL_write set
+    ("otherlib", r"none decodes as ERR_put_error\(ERR_LIB_SSL"),     # library 20 only
+    # SSL_write reached only through a pointer is no bl target: its sites must not be credited
+    # to the function before it (the prologue after that function's ret is a boundary)
+    ("indirect", r"SSL_write candidate, found 0"),
+])
+def test_unsafe_shapes_raise_instead_of_guessing(builds, kind, error):
+    _, stripped = builds[kind]
+    with pytest.raises(LocateError, match=error) as ei:
         locate(str(stripped), use_cache=False)
-    assert str(stripped) in str(ei.value) and "SSL_read" in str(ei.value) and "found 2" in str(ei.value)
+    assert str(stripped) in str(ei.value)
 
 
-def test_missing_fingerprint_is_an_error(builds):
-    _, stripped = builds["nobadlen"]
-    with pytest.raises(LocateError, match=r"SSL_write candidate, found 0"):
-        locate(str(stripped), use_cache=False)
-
-
-def test_function_without_direct_caller_is_not_merged_into_its_neighbour(builds):
-    """SSL_write only reached through a pointer is no bl target: its sites must not be credited to
-    the function before it (the prologue after that function's ret marks the boundary)."""
-    full, stripped = builds["indirect"]
-    syms = _symbols(full)
-    an = None
-    with pytest.raises(LocateError, match=r"SSL_write candidate, found 0"):
-        an = analyze_path(str(stripped))
-    assert an is None
-    assert syms["SSL_write"] > syms["SSL_read"]
-
-
-def test_without_file_string_strategy_does_not_apply(builds):
+def test_string_without_boringssl_path_is_not_boringssl(builds):
     _, stripped = builds["nostring"]
     with open(stripped, "rb") as f:
         assert BoringSSLStrategy().locate(str(stripped), ELFFile(f)) is None
-    assert locate(str(stripped), use_cache=False) is None
-
-
-def test_sites_of_another_library_are_an_error(builds):
-    _, stripped = builds["otherlib"]
-    with pytest.raises(LocateError, match=r"none decodes as ERR_put_error\(ERR_LIB_SSL"):
-        locate(str(stripped), use_cache=False)
 
 
 def test_unknown_machine_is_not_read(builds, tmp_path):
@@ -325,7 +278,7 @@ def test_cli_locates_arm64_binary(builds):
     """`tracer locate` on an arm64 binary from this host."""
     import sys
     full, stripped = builds["new"]
-    syms = _symbols(full)
+    syms = symbols(full)
     out = subprocess.run([sys.executable, "-m", "tracer.cli", "locate", "--no-cache", "--json", str(stripped)],
                          capture_output=True, text=True, check=True).stdout
     import json
