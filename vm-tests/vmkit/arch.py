@@ -21,8 +21,8 @@ class Arch:
     qemu_args: tuple[str, ...]
     console: str              # the kernel's serial console device
     # The device /init writes the payload's output to: a second UART where the machine has one
-    # (x86's ttyS1), else the console itself (the arm64 virt board has one PL011), in which case
-    # the runner reads the verdict from the console log.
+    # (x86's ttyS1), else "console" (the arm64 virt board has one PL011), in which case the
+    # runner reads the verdict from the console log.
     result_tty: str
     user_static: str = ""     # qemu-user binary that runs this arch's programs on another host
 
@@ -32,7 +32,7 @@ class Arch:
 
     @property
     def two_serials(self) -> bool:
-        return self.result_tty != self.console
+        return self.result_tty != "console"
 
 
 ARCHES = {
@@ -42,7 +42,7 @@ ARCHES = {
     # much cheaper to emulate than the architected QARMA (the guest cannot tell the difference).
     "arm64": Arch("arm64", "aarch64", "qemu-system-aarch64", "qemu-system-arm",
                   ("-accel", "tcg,thread=multi", "-M", "virt", "-cpu", "max,pauth-impdef=on"),
-                  "ttyAMA0", "ttyAMA0", user_static="qemu-aarch64-static"),
+                  "ttyAMA0", "console", user_static="qemu-aarch64-static"),
 }
 
 _BINFMT = Path("/proc/sys/fs/binfmt_misc")

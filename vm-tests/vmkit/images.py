@@ -31,7 +31,7 @@ BASE_PACKAGES = (
     "iproute2", "nodejs",
 )
 # Bumped whenever the way a layer is built changes (the cache key includes it).
-LAYER_FORMAT = {"base": 3, "venv": 3, "kernel": 2}
+LAYER_FORMAT = {"base": 3, "venv": 4, "kernel": 2}
 
 
 class Cpio:
@@ -116,10 +116,11 @@ ln -sf /proc/self/fd /dev/fd 2>/dev/null
 ip link set lo up
 hostname vmguest
 OUT=/dev/$(cat /payload/result-tty)
-echo "VMTEST-BOOTED $(uname -r) $(cut -d' ' -f1 /proc/uptime)s" | tee /dev/console > $OUT
+note() { echo "$1" > $OUT; [ $OUT = /dev/console ] || echo "$1" > /dev/console; }
+note "VMTEST-BOOTED $(uname -r) $(cut -d' ' -f1 /proc/uptime)s"
 cd /payload
 sh /payload/run.sh > $OUT 2>&1 < /dev/null
-echo "VMTEST-EXIT $? $(cut -d' ' -f1 /proc/uptime)s" | tee /dev/console > $OUT
+note "VMTEST-EXIT $? $(cut -d' ' -f1 /proc/uptime)s"
 sync
 echo o > /proc/sysrq-trigger
 sleep 30
@@ -196,7 +197,8 @@ def build_venv(cache: Path, suite: str, arch: Arch, rootfs: Path, base_key: str)
     shutil.rmtree(venv, ignore_errors=True)
     pyver = os.readlink(rootfs / "usr/bin/python3").removeprefix("python")      # "3.11"
     # Wheels are fetched by the host's pip (its index, proxy and CA configuration), for the guest's
-    # python and glibc, then installed offline inside the chroot.
+    # python, glibc and architecture, then installed offline inside the chroot (same architecture)
+    # or by the host's pip into a venv laid out by hand (another architecture).
     wheels = cache / "wheels" / f"{name}-py{pyver}"
     wheels.mkdir(parents=True, exist_ok=True)
     host_py = REPO / ".venv/bin/python"
@@ -205,24 +207,43 @@ def build_venv(cache: Path, suite: str, arch: Arch, rootfs: Path, base_key: str)
                 text=True).stdout.split()[-1]                                     # "2.36"
     plats = [f"manylinux{tag}_{arch.machine}" for tag in ("2014", "2010", "1")] + [
         f"manylinux_2_{n}_{arch.machine}" for n in range(5, int(glibc.split(".")[1]) + 1)]
-    r = run([host_py, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
-         "--python-version", pyver, "--implementation", "cp", "--abi", "cp" + pyver.replace(".", ""),
-         "--abi", "abi3", "--abi", "none", *[x for p in plats for x in ("--platform", p)],
-         "-d", str(wheels), *deps], capture_output=True, text=True, check=False)
+    target = ["--only-binary=:all:", "--python-version", pyver, "--implementation", "cp",
+              "--abi", "cp" + pyver.replace(".", ""), "--abi", "abi3", "--abi", "none",
+              *[x for p in plats for x in ("--platform", p)]]
+    r = run([host_py, "-m", "pip", "download", "-q", "--disable-pip-version-check", *target,
+             "-d", str(wheels), *deps], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         sys.exit(f"vm-test: pip download failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
-    mnt = rootfs / "wheels"
-    mnt.mkdir(exist_ok=True)
-    run(["mount", "--bind", str(wheels), str(mnt)])
-    try:
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
-        run(["chroot", str(rootfs), "python3", "-m", "venv", "--system-site-packages", "/opt/venv"], env=env)
-        run(["chroot", str(rootfs), "/opt/venv/bin/pip", "install", "-q", "--disable-pip-version-check",
-             "--no-index", "--find-links", "/wheels", "--no-cache-dir", *deps], env=env)
-        run(["chroot", str(rootfs), "/opt/venv/bin/python", "-c", "import bcc, numpy, orjson, pytest"], env=env)
-    finally:
-        run(["umount", str(mnt)])
-        mnt.rmdir()
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+    if arch.native:
+        mnt = rootfs / "wheels"
+        mnt.mkdir(exist_ok=True)
+        run(["mount", "--bind", str(wheels), str(mnt)])
+        try:
+            run(["chroot", str(rootfs), "python3", "-m", "venv", "--system-site-packages", "/opt/venv"], env=env)
+            run(["chroot", str(rootfs), "/opt/venv/bin/pip", "install", "-q", "--disable-pip-version-check",
+                 "--no-index", "--find-links", "/wheels", "--no-cache-dir", *deps], env=env)
+        finally:
+            run(["umount", str(mnt)])
+            mnt.rmdir()
+    else:
+        # A foreign userspace runs under qemu-user here: pip inside it takes minutes. The venv is
+        # laid out by hand instead and the host's pip installs the guest's wheels into it.
+        site = venv / "lib" / f"python{pyver}" / "site-packages"
+        site.mkdir(parents=True)
+        (venv / "lib64").symlink_to("lib")
+        (venv / "bin").mkdir()
+        for exe in ("python", "python3", f"python{pyver}"):
+            (venv / "bin" / exe).symlink_to(f"/usr/bin/python{pyver}")
+        (venv / "pyvenv.cfg").write_text(f"home = /usr/bin\ninclude-system-site-packages = true\n"
+                                         f"version = {pyver}\nexecutable = /usr/bin/python{pyver}\n")
+        host_ver = run([host_py, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                       capture_output=True, text=True).stdout.strip()
+        run([host_py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-index",
+             "--find-links", str(wheels), *target, "--target", str(site),
+             *([] if host_ver == pyver else ["--no-compile"]), *deps], capture_output=True)
+        shutil.rmtree(site / "bin", ignore_errors=True)         # console scripts for the host's python
+    run(["chroot", str(rootfs), "/opt/venv/bin/python", "-c", "import bcc, numpy, orjson, pytest"], env=env)
     # Not needed at run time, and every megabyte costs boot time (the guest unpacks it in TCG).
     site = next((venv / "lib").glob("python3*/site-packages"))
     for junk in ("pip", "setuptools", "pkg_resources", "_distutils_hack", "distutils-precedence.pth"):
