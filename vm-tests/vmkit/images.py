@@ -382,9 +382,12 @@ def build_claude(cache: Path, arch: Arch, version: str) -> Path:
 
 PAYLOADS = {
     "smoke": "python3 /payload/repo/vm-tests/smoke.py",
-    "tests": "python -m pytest -p no:cacheprovider -q -rfE --color=no --durations=5 {pytest_args}",
+    # The BPF program is compiled once first (`tracer run -- true` fills the bytecode cache, like a
+    # user's first run): under TCG the compile takes 1-2 minutes, longer than a test's own timeout.
+    "tests": "python -m tracer.cli run --quiet --no-html -o /tmp/vmtest-warm -- /bin/true\n"
+             "python -m pytest -p no:cacheprovider -q -rfE --color=no --durations=5 {pytest_args}",
     # uprobes at the located SSL_write/SSL_read of each copied Claude Code release (--claude)
-    "verify": "python bench/verify_locate_uprobe.py {claude}",
+    "verify": "python bench/verify_locate_uprobe.py --timeout 900 {claude}",
 }
 
 
