@@ -395,7 +395,8 @@ def build_payload(path: Path, payload: str, pytest_args: str, arch: Arch, claude
     files = run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True).stdout.split(b"\0")
     cmd = PAYLOADS[payload].format(pytest_args=pytest_args, claude=" ".join(f"claude {v}" for v in claude))
     # CI=1: the integration tests fail (rather than skip) when eBPF is unusable in the guest.
-    script = ("set -u\ncd /payload/repo\nexport CI=1\n"
+    # TRACER_COMPILE_TIMEOUT: a BCC compile under TCG on a busy host can take minutes.
+    script = ("set -u\ncd /payload/repo\nexport CI=1 TRACER_COMPILE_TIMEOUT=1800\n"
               "echo \"+ " + cmd.replace('"', '\\"') + "\"\n" + cmd + "\n")
     with open(path, "wb") as f:
         c = Cpio(f)

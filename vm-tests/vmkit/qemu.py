@@ -42,6 +42,11 @@ def boot(g: Guest, vmlinuz: Path, layers: list[Path], rundir: Path, timeout: int
     # The concatenated initrd (~650 MB) goes to RAM when there is room: writing it to disk costs seconds.
     shm = Path("/dev/shm")
     total = sum(l.stat().st_size for l in layers)
+    if total >= (1 << 31) - (1 << 12):     # QEMU reads the initrd with one read(), capped at 2 GiB
+        g.details.append(f"the initramfs is {total >> 20} MB; QEMU loads at most 2 GB: copy fewer "
+                         f"Claude Code releases (--claude) into one guest")
+        g.result = "FAIL"
+        return
     tmpdir = shm if shm.is_dir() and shutil.disk_usage(shm).free > 3 * total else rundir
     # Unlinked at once and handed to qemu as an open descriptor: nothing is left behind in RAM even
     # if the runner is killed.
