@@ -25,6 +25,7 @@ class Arch:
     # runner reads the verdict from the console log.
     result_tty: str
     user_static: str = ""     # qemu-user binary that runs this arch's programs on another host
+    timeout: int = 600        # default seconds before a guest is killed (emulated arm64 is slower)
 
     @property
     def native(self) -> bool:
@@ -42,7 +43,7 @@ ARCHES = {
     # much cheaper to emulate than the architected QARMA (the guest cannot tell the difference).
     "arm64": Arch("arm64", "aarch64", "qemu-system-aarch64", "qemu-system-arm",
                   ("-accel", "tcg,thread=multi", "-M", "virt", "-cpu", "max,pauth-impdef=on"),
-                  "ttyAMA0", "console", user_static="qemu-aarch64-static"),
+                  "ttyAMA0", "console", user_static="qemu-aarch64-static", timeout=2700),
 }
 
 _BINFMT = Path("/proc/sys/fs/binfmt_misc")

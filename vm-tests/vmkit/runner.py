@@ -27,12 +27,14 @@ from vmkit.util import log
 # preferring packages built for that userspace's release (+deb12 / +deb13 / 6.1.0-N) and falling back
 # to any suite (7.x lives in trixie-backports). An exact kernel release ("6.1.0-41",
 # "6.12.117+deb12") pins one.
-DEFAULT_MATRIX = ("bookworm-6.1", "bookworm-6.12", "bookworm-7", "trixie-6.12")
+# One arm64 guest runs in CI (an arm64 TCG guest takes several x86 guests' time); the 6.1 arm64
+# kernel is one KERNELS entry away: KERNELS="arm64-bookworm-6.1 arm64-bookworm-6.12".
+DEFAULT_MATRIX = ("bookworm-6.1", "bookworm-6.12", "bookworm-7", "trixie-6.12", "arm64-bookworm-6.12")
 
 # Claude Code releases copied into the guests of an architecture (ARCH:VERSION): its native
 # `claude -p` round trip (tests/integration/test_claude_code.py) then runs there too. The guest has
 # no network: the release comes from the host's npm download cache (tracer.testing.releases).
-DEFAULT_CLAUDE = ""
+DEFAULT_CLAUDE = "arm64:2.1.250"
 
 # What runs in each guest: the integration tests of `tracer run` / `tracer attach` with the curl,
 # CPython (ssl), httpx (h2) and Node clients (HTTP/1.1 and HTTP/2) against the mock server.
@@ -70,6 +72,8 @@ def parse_claude(spec: str) -> dict[str, list[str]]:
     """"arm64:2.1.220 arm64:2.1.332" -> {"arm64": ["2.1.220", "2.1.332"]}."""
     out: dict[str, list[str]] = {}
     for item in spec.replace(",", " ").split():
+        if item == "none":
+            continue
         arch, _, version = item.partition(":")
         if arch not in ARCHES or not re.fullmatch(r"\d+\.\d+\.\d+", version):
             sys.exit(f"vm-test: bad --claude item {item!r} (want ARCH:VERSION, e.g. arm64:2.1.220)")
@@ -91,17 +95,18 @@ def main() -> int:
                     help="space-separated matrix entries [ARCH-]USERSPACE-KERNEL, e.g. 'bookworm-6.1 "
                          "trixie-6.12 bookworm-7 arm64-bookworm-6.12' or an exact release '6.1.0-41' "
                          "(default: %(default)s)")
-    ap.add_argument("--claude", default=os.environ.get("VM_CLAUDE", DEFAULT_CLAUDE),
+    ap.add_argument("--claude", default=os.environ.get("VM_CLAUDE") or DEFAULT_CLAUDE,
                     help="Claude Code releases (ARCH:VERSION, space-separated) copied into that "
                          "architecture's guests, whose tests then include the native `claude -p` round "
                          "trip; the 'verify' payload checks their located SSL_read/SSL_write with "
-                         "uprobes (default: %(default)r)")
+                         "uprobes; 'none' copies none (default: %(default)r)")
     ap.add_argument("--payload", choices=sorted(PAYLOADS), default=os.environ.get("PAYLOAD") or "tests")
     ap.add_argument("--pytest-args", default=os.environ.get("VM_PYTEST_ARGS")
                     or DEFAULT_PYTEST_ARGS, help="arguments for the guest's pytest (default: %(default)s)")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("VM_CACHE", "/var/cache/tracer/vm")))
-    ap.add_argument("--timeout", type=int, default=int(os.environ.get("VM_TIMEOUT", "600")),
-                    help="seconds before a guest is killed (default: %(default)s)")
+    ap.add_argument("--timeout", type=int, default=int(os.environ.get("VM_TIMEOUT") or 0) or None,
+                    help="seconds before a guest is killed (default: 600 for amd64 guests, 2700 for "
+                         "arm64 ones, whose TCG emulation is several times slower)")
     # One vCPU per guest, two guests at a time: measured 1.5x faster than one 2-vCPU guest at a time
     # on this 2-core host (a guest mostly keeps one vCPU busy), and it avoids a QEMU 7.2 multi-threaded
     # TCG fault seen with -smp 2: a vCPU executing a stale int3 left by the kernel's text patching
@@ -173,8 +178,8 @@ def main() -> int:
         while (item := ready.get()) is not None:
             g, vmlinuz, layers = item
             rundir = runs / g.name
-            boot(g, vmlinuz, layers, rundir, a.timeout, a.mem if not claude.get(g.arch.name) else a.mem_claude,
-                 a.smp)
+            mem = a.mem_claude if claude.get(g.arch.name) else a.mem
+            boot(g, vmlinuz, layers, rundir, a.timeout or g.arch.timeout, mem, a.smp)
             report(g, rundir)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, a.jobs))]
