@@ -87,6 +87,8 @@ def boot(g: Guest, vmlinuz: Path, layers: list[Path], rundir: Path, timeout: int
     summary = re.findall(r"^=*\s*(\d+ (?:passed|failed|error|skipped|deselected).* in [\d.]+s)", text, re.M)
     if summary:
         g.details.append(summary[-1].strip("= "))
+    # the verify payload's one line per checked binary
+    g.details += [l for l in text.splitlines() if re.match(r"(OK  |FAIL) \S+ \S+: ", l)]
     vacuous = summary and not re.search(r"\d+ passed", summary[-1])
     if m and m.group(1) == "0" and not timed_out and not vacuous:
         g.result = "PASS"
