@@ -11,8 +11,8 @@ import time
 import pytest
 
 from tests.integration.conftest import (assert_pair_matches, client_env, curl_body, curl_client,
-                                        node_client, py_client, read_log, run_traced, start_attach,
-                                        tracer_cmd, wait_for)
+                                        node_client, py_client, read_log, run_traced, scaled,
+                                        start_attach, tracer_cmd, wait_for)
 
 
 def _ids(out: str) -> list[str]:
@@ -113,7 +113,7 @@ def test_attach(mock, tmp_path, client):
             f.write(curl_body(True))
     else:
         go.touch()
-    out, _ = target.communicate(timeout=60)
+    out, _ = target.communicate(timeout=scaled(60))
     err = tr.stderr.read()
     assert tr.wait(timeout=30) == 0, "".join(head) + err
     recs = read_log(tmp_path / "log")

@@ -26,6 +26,7 @@ class Arch:
     result_tty: str
     user_static: str = ""     # qemu-user binary that runs this arch's programs on another host
     timeout: int = 600        # default seconds before a guest is killed (emulated arm64 is slower)
+    time_scale: int = 1       # TRACER_TEST_TIME_SCALE: how much longer the tests' own waits may be
 
     @property
     def native(self) -> bool:
@@ -43,7 +44,8 @@ ARCHES = {
     # much cheaper to emulate than the architected QARMA (the guest cannot tell the difference).
     "arm64": Arch("arm64", "aarch64", "qemu-system-aarch64", "qemu-system-arm",
                   ("-accel", "tcg,thread=multi", "-M", "virt", "-cpu", "max,pauth-impdef=on"),
-                  "ttyAMA0", "console", user_static="qemu-aarch64-static", timeout=2700),
+                  "ttyAMA0", "console", user_static="qemu-aarch64-static", timeout=2700,
+                  time_scale=4),
 }
 
 _BINFMT = Path("/proc/sys/fs/binfmt_misc")

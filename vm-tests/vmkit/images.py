@@ -396,7 +396,8 @@ def build_payload(path: Path, payload: str, pytest_args: str, arch: Arch, claude
     cmd = PAYLOADS[payload].format(pytest_args=pytest_args, claude=" ".join(f"claude {v}" for v in claude))
     # CI=1: the integration tests fail (rather than skip) when eBPF is unusable in the guest.
     # TRACER_COMPILE_TIMEOUT: a BCC compile under TCG on a busy host can take minutes.
-    script = ("set -u\ncd /payload/repo\nexport CI=1 TRACER_COMPILE_TIMEOUT=1800\n"
+    script = ("set -u\ncd /payload/repo\nexport CI=1 TRACER_COMPILE_TIMEOUT=1800 "
+              f"TRACER_TEST_TIME_SCALE={arch.time_scale}\n"
               "echo \"+ " + cmd.replace('"', '\\"') + "\"\n" + cmd + "\n")
     with open(path, "wb") as f:
         c = Cpio(f)
