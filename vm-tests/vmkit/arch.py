@@ -25,7 +25,7 @@ class Arch:
     # runner reads the verdict from the console log.
     result_tty: str
     user_static: str = ""     # qemu-user binary that runs this arch's programs on another host
-    timeout: int = 600        # default seconds before a guest is killed (emulated arm64 is slower)
+    timeout: int = 900        # default seconds before a guest is killed (emulated arm64 is slower)
     time_scale: int = 1       # TRACER_TEST_TIME_SCALE: how much longer the tests' own waits may be
 
     @property

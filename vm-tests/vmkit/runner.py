@@ -105,7 +105,7 @@ def main() -> int:
                     or DEFAULT_PYTEST_ARGS, help="arguments for the guest's pytest (default: %(default)s)")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("VM_CACHE", "/var/cache/tracer/vm")))
     ap.add_argument("--timeout", type=int, default=int(os.environ.get("VM_TIMEOUT") or 0) or None,
-                    help="seconds before a guest is killed (default: 600 for amd64 guests, 2700 for "
+                    help="seconds before a guest is killed (default: 900 for amd64 guests, 2700 for "
                          "arm64 ones, whose TCG emulation is several times slower)")
     # One vCPU per guest, two guests at a time: measured 1.5x faster than one 2-vCPU guest at a time
     # on this 2-core host (a guest mostly keeps one vCPU busy), and it avoids a QEMU 7.2 multi-threaded
