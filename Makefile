@@ -31,9 +31,11 @@ unit: bootstrap
 	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # eBPF tests inside QEMU guests on several Debian kernels (see vm-tests/README.md).
-# KERNELS="bookworm-6.1 trixie-6.12" picks a subset; PAYLOAD=smoke runs vm-tests/smoke.py instead.
+# KERNELS="bookworm-6.1 trixie-6.12 arm64-bookworm-6.1" picks a subset (arm64-: qemu-system-aarch64);
+# PAYLOAD=smoke runs vm-tests/smoke.py instead; VM_CLAUDE="arm64:VERSION ..." the Claude Code releases
+# copied into those guests (PAYLOAD=verify: uprobe check of their located SSL_read/SSL_write).
 vm-test:
-	@KERNELS="$(KERNELS)" PAYLOAD="$(PAYLOAD)" python3 vm-tests/vmtest.py
+	@KERNELS="$(KERNELS)" PAYLOAD="$(PAYLOAD)" VM_CLAUDE="$(VM_CLAUDE)" python3 vm-tests/vmtest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

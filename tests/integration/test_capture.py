@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import (assert_pair_matches, client_env, curl_body, curl_client,
-                                        node_client, py_client, read_log, run_traced, start_attach,
-                                        tracer_cmd, wait_for)
+                                        node_client, py_client, read_log, run_traced, scaled,
+                                        start_attach, tracer_cmd, wait_for)
 
 
 def _ids(out: str) -> list[str]:
@@ -116,7 +116,7 @@ def test_attach(mock, tmp_path, client):
             f.write(curl_body(True))
     else:
         go.touch()
-    out, _ = target.communicate(timeout=60)
+    out, _ = target.communicate(timeout=scaled(60))
     err = tr.stderr.read()
     assert tr.wait(timeout=30) == 0, "".join(head) + err
     recs = read_log(tmp_path / "log")

@@ -35,6 +35,18 @@ from tracer.probes import kheaders
 from tracer.probes.program import MAP_NAMES, PROGRAMS, Program, referenced_map_fds
 
 COMPILE_TIMEOUT = 180
+# Seconds the compile child may take before tracer falls back to BCC in-process. Emulated or very
+# slow machines need more (an arm64 QEMU TCG guest on a busy host: several minutes). Only a number
+# is taken from the environment.
+COMPILE_TIMEOUT_ENV = "TRACER_COMPILE_TIMEOUT"
+
+
+def compile_timeout() -> float:
+    try:
+        v = float(os.environ.get(COMPILE_TIMEOUT_ENV, ""))
+    except ValueError:
+        return COMPILE_TIMEOUT
+    return v if 0 < v < 86400 else COMPILE_TIMEOUT
 CHILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -214,10 +226,11 @@ def child_command(pages: int, copy_limit: int, choice: kheaders.HeaderChoice) ->
 
 
 def compile_isolated(pages: int, copy_limit: int, choice: kheaders.HeaderChoice,
-                     timeout: float = COMPILE_TIMEOUT) -> dict:
+                     timeout: float | None = None) -> dict:
     """Compile in the isolated child; its description of the programs and maps (see `describe`).
     Raises CompileError (BCC said no) or RuntimeError (the child failed otherwise)."""
     trust.check_root_can_trust()
+    timeout = timeout or compile_timeout()
     cmd = child_command(pages, copy_limit, choice)
     try:
         p = subprocess.run(cmd, env=CHILD_ENV, cwd="/", capture_output=True, timeout=timeout,

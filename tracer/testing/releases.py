@@ -38,6 +38,23 @@ class ReleaseError(RuntimeError):
     """A release could not be downloaded or unpacked."""
 
 
+# npm's platform names for the native Claude Code packages: @anthropic-ai/claude-code-linux-<platform>
+CLAUDE_CODE_PLATFORMS = ("x64", "arm64", "x64-musl", "arm64-musl")
+_NPM_CPU = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def claude_code_package(platform_name: str | None = None) -> str:
+    """The native Claude Code package for a platform ("x64", "arm64", "arm64-musl", ...), by
+    default this machine's (glibc)."""
+    if platform_name is None:
+        import platform
+        platform_name = _NPM_CPU.get(platform.machine(), platform.machine())
+    if platform_name not in CLAUDE_CODE_PLATFORMS:
+        raise ReleaseError("no native Claude Code package for platform %r (known: %s)"
+                           % (platform_name, ", ".join(CLAUDE_CODE_PLATFORMS)))
+    return "@anthropic-ai/claude-code-linux-" + platform_name
+
+
 def release_dir(package: str, version: str) -> Path:
     """Directory holding the unpacked release (``<dir>/package/...``)."""
     safe = package.lstrip("@").replace("/", "+")
