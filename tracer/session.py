@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -19,7 +19,9 @@ from tracer.capture.pipeline import Capture
 from tracer.capture.ring import DropCounters, Ring
 from tracer.probes.attach import TRACEFS, Probes
 from tracer.probes.load import load_program
-from tracer.probes.targets import Locator, mapped_objects
+from tracer.probes.targets import Locator
+from tracer.processes.prober import Prober
+from tracer.processes.table import Proc, ProcessTable
 from tracer.protocols.base import Exchange
 from tracer.sinks.jsonl import JsonlWriter, make_log_dir
 from tracer.sinks.record import Clock, Filter, build_record
@@ -41,14 +43,6 @@ class Options:
     status: bool = True
     summary_json: Path | None = None
     watch_interval: float = 0.25
-
-
-@dataclass
-class Target:
-    pid: int
-    attached: set = field(default_factory=set)     # (dev, inode) of files with probes
-    files: list = field(default_factory=list)      # (path, library, methods)
-    alive: bool = True
 
 
 def ensure_tracefs() -> str:
@@ -141,7 +135,8 @@ class Session:
         self.filter = Filter(include_all=opts.include_all)
         self.clock = Clock()
         self.locator = Locator()
-        self.targets: dict[int, Target] = {}
+        self.procs = ProcessTable()
+        self.follower = None                      # tracer/processes/follower.py, when following
         self.pairs_seen = 0
         self.pairs_logged = 0
         self.pairs_filtered = 0
@@ -162,7 +157,8 @@ class Session:
             self.log_path = new_log_path(opts)
             self.writer = JsonlWriter(self.log_path, batch_size=opts.batch_size, flush_ms=opts.flush_ms,
                                       durable=opts.durable, stderr=self.stderr)
-            self.capture = Capture(self._on_exchange, deferred=opts.deferred)
+            self.prober = Prober(self.probes, self.locator, stderr=self.stderr)
+            self.capture = Capture(self._on_exchange, deferred=opts.deferred, on_process=self._on_process)
             self.ring = Ring(self.prog.map_fd("events"), self.capture.feed)
         except BaseException:
             self.prog.close()
@@ -178,6 +174,8 @@ class Session:
         while not self._stop.is_set():
             self.ring.poll(self.POLL_MS)
             self.ring.consume()
+            if self.follower is not None:
+                self.follower.kernel.heartbeat()    # the kernel side holds processes only while we live
             with self._cycle_cv:
                 self._cycles += 1
                 self._cycle_cv.notify_all()
@@ -200,61 +198,64 @@ class Session:
             return
         if ex.incomplete:
             self.pairs_incomplete += 1
-        self.writer.submit(build_record(ex, self.clock, redact=self.opts.redact))
+        rec = build_record(ex, self.clock, redact=self.opts.redact)
+        info = self.procs.record_info(ex.conn.pid)
+        if info is not None:
+            rec["tracer"]["process"] = info
+            self.procs.procs[ex.conn.pid].pairs += 1
+        self.writer.submit(rec)
         self.pairs_logged += 1
 
+    def _on_process(self, raw: bytes):
+        if self.follower is not None:
+            self.follower.on_record(raw)
+
     # -- targets -------------------------------------------------------------------------------
-    def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None) -> Target:
-        tgt = self.targets.setdefault(pid, Target(pid))
+    def follow(self, *, uid: int, gid: int, allow_other_users: bool = False):
+        """Follow processes from now on (tracer/processes/follower.py): the kernel side adds the
+        children of followed processes and holds new programs until their probes are in place."""
+        from tracer.processes.follower import Follower
+        from tracer.processes.kernel import KernelSide
+        self.follower = Follower(self, KernelSide(self.prog, self.probes), uid=uid, gid=gid,
+                                 allow_other_users=allow_other_users, stderr=self.stderr)
+        self.follower.start()
+        return self.follower
+
+    def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None,
+                   origin: str = "attached") -> Proc:
+        """Probe one process (not following its children): the TLS code it maps, and `extra_files`
+        it may load later."""
+        proc = self.procs.add(pid, origin=origin)
         env = env if env is not None else read_environ(pid)
         if env.get("ANTHROPIC_BASE_URL"):
             self.filter.add_base_url(env["ANTHROPIC_BASE_URL"])
-        for path in extra_files:
-            self._attach_file(tgt, path)
-        self.refresh_target(tgt)
-        return tgt
-
-    def _attach_file(self, tgt: Target, path: str) -> bool:
         try:
-            st = os.stat(path)
+            self.prober.probe(proc, extra=list(extra_files))
         except OSError:
-            return False
-        key = (st.st_dev, st.st_ino)
-        if key in tgt.attached:
-            return False
-        loc = self.locator.locate_file(path)
-        tgt.attached.add(key)   # located or not, do not look at this file again
-        if loc is None:
-            return False
-        self.probes.attach(tgt.pid, path, loc)
-        tgt.files.append((path, loc.library, {n: f.method for n, f in loc.functions.items()}))
-        return True
+            pass
+        return proc
 
-    def refresh_target(self, tgt: Target) -> int:
+    def refresh_target(self, proc: Proc) -> int:
         """Attach to TLS objects newly mapped by the target (dlopen, late loading)."""
-        n = 0
+        from tracer.processes.procinfo import read_exe
+        if proc.exe and read_exe(proc.pid) not in ("", proc.exe):
+            self.procs.reread(proc)           # it exec'd (tracer run's launcher: the command)
         try:
-            objs = mapped_objects(tgt.pid)
+            return self.prober.probe(proc)
         except OSError:
             return 0
-        for mo in objs:
-            if (mo.dev, mo.inode) in tgt.attached:
-                continue
-            if self._attach_file(tgt, mo.host_path):
-                n += 1
-        return n
 
     def target_exited(self, pid: int, reason: str = "target exited"):
-        tgt = self.targets.get(pid)
-        if tgt is None or not tgt.alive:
+        proc = self.procs.get(pid)
+        if proc is None or not proc.alive:
             return
-        tgt.alive = False
+        proc.alive = False
         self.wait_ring_drained()   # its last records are in the ring already: let them through first
         self.capture.close_pid(pid, reason)
         self.probes.detach_pid(pid)
 
     def live_targets(self) -> list[int]:
-        return [p for p, t in self.targets.items() if t.alive]
+        return [p.pid for p in self.procs.procs.values() if p.alive and p.traced]
 
     # -- status and the end --------------------------------------------------------------------
     def status_line(self) -> str:
@@ -265,16 +266,18 @@ class Session:
                 f"drops {drops.get('events', 0)}")
 
     def finish(self) -> dict:
+        if self.follower is not None:
+            self.follower.close()          # nothing held any more, before the ring stops
         self._stop.set()
         if self._poller:
             self._poller.join(timeout=5)
-        for pid in self.live_targets():
-            self.targets[pid].alive = False
         self.capture.close_all("tracer stopped")
         self.capture.stop()
         self.writer.flush()
         self.writer.close()
         summary = self.summary()
+        if self.follower is not None and self.follower.shared is not None:
+            self.follower.shared.close()
         self.probes.close()
         self.ring.close()
         self.drops.close()
@@ -289,7 +292,10 @@ class Session:
         return {
             "log": str(self.log_path),
             "duration_s": round(time.monotonic() - self.started, 3),
-            "targets": {str(pid): [f[0] for f in t.files] for pid, t in self.targets.items()},
+            "targets": {str(p.pid): [f.path for f in p.files.values()] for p in self.procs.all()},
+            "processes": self.procs.summary(),
+            "process_tree": self.procs.tree_lines(),
+            "following": self.follower.stats() if self.follower is not None else None,
             "pairs_seen": self.pairs_seen,
             "pairs_logged": self.pairs_logged,
             "pairs_filtered_out": self.pairs_filtered,
@@ -308,11 +314,10 @@ class Session:
             "non_http_connections": p.not_http,
             "h2_connections": c.h2_connections,
             "unknown_header_blocks": p.unknown_header_blocks,
-            "worker_errors": c.worker_errors,
-            "last_worker_error": self.capture.last_error,
+            "worker_errors": c.worker_errors + (self.follower.errors if self.follower else 0),
+            "last_worker_error": self.capture.last_error or (self.follower.last_error if self.follower else ""),
             "records_written": w.records,
             "records_lost": w.lost_records,
             "write_errors": w.write_errors,
             "queue_peak": c.queue_peak,
         }
-

@@ -182,20 +182,56 @@ def _start_session(opts: Options) -> Session:
         _fail(f"cannot open the log in {opts.output_dir}: {e.strerror or e}", 1)
 
 
+def _invoking_ids() -> tuple[int, int]:
+    """(uid, gid) of the user tracer works for (the sudo caller, else tracer's own)."""
+    uid = _invoking_uid()
+    gid = _sudo_id("SUDO_GID") if "SUDO_UID" in os.environ else None
+    if gid is None:
+        try:
+            gid = pwd.getpwuid(uid).pw_gid if uid != os.getuid() else os.getgid()
+        except KeyError:
+            gid = uid
+    return uid, gid
+
+
+def _show(text: str) -> str:
+    """Text from a target (paths, command lines) with control characters made visible."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def _say_probed(proc, prefix: str = "") -> None:
+    for f in proc.files.values():
+        where = "" if f.mapped else ", when loaded"
+        click.echo(f"tracer: {prefix}probes on {_show(f.path)} ({f.library}{where})", err=True)
+    for why in proc.problems:
+        click.echo(f"tracer: {prefix}TLS code NOT probed: {_show(why)}", err=True)
+
+
 @click.command("attach")
-@click.option("--pid", "-p", "pids", type=int, multiple=True, required=True,
+@click.option("--pid", "-p", "pids", type=int, multiple=True,
               help="Process to trace (repeat for several).")
+@click.option("--children", is_flag=True,
+              help="Also trace the processes below each --pid: those running now and those they "
+                   "start later (fork, exec), at any depth. A new program is held stopped for the "
+                   "moment its probes take, so its first request is captured too.")
+@click.option("--cgroup", "cgroup_path", metavar="PATH",
+              help="Trace every process in this cgroup v2 directory and below it, present and future "
+                   "(e.g. a Docker container's or a systemd unit's cgroup; absolute, or relative to "
+                   "the cgroup2 mount). Runs until Ctrl-C, --duration or the cgroup is removed.")
 @click.option("--allow-other-users", is_flag=True,
               help="Allow tracing a process owned by another user than the one who invoked sudo.")
 @capture_options
-def attach_cmd(pids, allow_other_users, **kw):
+def attach_cmd(pids, children, cgroup_path, allow_other_users, **kw):
     """Trace running processes' TLS traffic until Ctrl-C, until they all exit, or --duration.
 
     Finds every mapped object that carries TLS functions (libssl, node, Bun/Claude Code) and puts
-    uprobes on them for these pids only. Connections that were already open are picked up at their
-    next message boundary.
+    uprobes on them for these pids only, reaching each file through the process' own mount
+    namespace (containers). Connections that were already open are picked up at their next
+    message boundary.
     """
     opts = _options(kw)
+    if not pids and not cgroup_path:
+        _fail("say what to trace: --pid PID (with --children for its process tree) or --cgroup PATH")
     me = _invoking_uid()
     for pid in pids:
         if not _alive(pid):
@@ -204,38 +240,70 @@ def attach_cmd(pids, allow_other_users, **kw):
         if not allow_other_users and me != 0 and owner != me:
             _fail(f"pid {pid} belongs to uid {owner}, not to you (uid {me}); "
                   "pass --allow-other-users to trace it anyway")
+    cgroup_dir = None
+    if cgroup_path:
+        from tracer.processes import cgroup as cg
+        try:
+            cgroup_dir = cg.resolve(cgroup_path)
+        except TracerError as e:
+            _fail(str(e))
     stopper = _Stopper()
     stopper.install()
     session = _start_session(opts)
+    follow = children or cgroup_dir is not None
     try:
-        for pid in pids:
-            tgt = session.add_target(pid)
-            if not tgt.files:
+        if follow:
+            uid, gid = _invoking_ids()
+            follower = session.follow(uid=uid, gid=gid, allow_other_users=allow_other_users)
+            roots = [follower.add_tree(pid) if children else follower.add_root(pid, "attached", children=False)
+                     for pid in pids]
+            if cgroup_dir is not None:
+                roots += follower.follow_cgroup(cgroup_dir)
+            shown = roots if not children else [p for p in session.procs.all()]
+        else:
+            shown = [session.add_target(pid) for pid in pids]
+        for proc in shown:
+            if not proc.traced:
+                click.echo(f"tracer: pid {proc.pid} ({_show(proc.command)}): not traced: {proc.why_not}",
+                           err=True)
+                continue
+            if not proc.files and not proc.problems:
                 errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
-                click.echo(f"tracer: pid {pid}: no TLS library found yet in its mappings"
-                           + (f" ({errs})" if errs else "") + "; watching for one to be loaded", err=True)
-            for path, lib, methods in tgt.files:
-                click.echo(f"tracer: pid {pid}: probes on {path} ({lib})", err=True)
+                click.echo(f"tracer: pid {proc.pid}: no TLS library found yet in its mappings"
+                           + (f" ({_show(errs)})" if errs else "") + "; watching for one to be loaded",
+                           err=True)
+            _say_probed(proc, f"pid {proc.pid}: ")
     except TracerError as e:
         session.finish()
         _fail(str(e), 1)
-    click.echo(f"tracer: tracing {len(pids)} process(es); log {session.log_path}; Ctrl-C to stop",
-               err=True)
+    what = f"{len(pids)} process(es)" + (" and their children" if children else "")
+    if cgroup_dir is not None:
+        what = (what + " and " if pids else "") + f"every process in cgroup {_show(cgroup_dir)}"
+    click.echo(f"tracer: tracing {what}; log {session.log_path}; Ctrl-C to stop", err=True)
     tick = _status_printer(session, opts.status)
     deadline = time.monotonic() + kw["duration"] if kw["duration"] else None
     while not stopper.event.is_set():
         if deadline and time.monotonic() >= deadline:
             break
-        for pid in session.live_targets():
-            if not _alive(pid):
-                session.target_exited(pid)
-            else:
-                try:
-                    session.refresh_target(session.targets[pid])
-                except TracerError as e:
-                    click.echo(f"tracer: {e}", err=True)
-        if not session.live_targets():
-            break
+        if follow:
+            if cgroup_dir is not None:
+                from tracer.processes import cgroup as cg
+                if not cg.exists(cgroup_dir):
+                    click.echo(f"tracer: cgroup {_show(cgroup_dir)} is gone", err=True)
+                    break
+            elif not session.follower.live():
+                break
+        else:
+            for pid in session.live_targets():
+                if not _alive(pid):
+                    session.target_exited(pid)
+                else:
+                    try:
+                        session.refresh_target(session.procs.get(pid))
+                    except TracerError as e:
+                        click.echo(f"tracer: {e}", err=True)
+            if not session.live_targets():
+                break
         tick()
         stopper.event.wait(opts.watch_interval)
     tick(final=True)
@@ -261,17 +329,24 @@ def _child_credentials():
 
 
 @click.command("run", context_settings={"ignore_unknown_options": False})
+@click.option("--no-children", is_flag=True,
+              help="Trace only COMMAND's own process, not the processes it starts.")
 @capture_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run_cmd(command, **kw):
+def run_cmd(command, no_children, **kw):
     """Start COMMAND with probes attached before its first TLS call; trace it until it exits.
 
     \b
     Example:  sudo tracer run -- claude -p "hello"
-    The command runs as the user who invoked sudo (not root), with its stdin/stdout/stderr untouched;
-    tracer's own messages go to stderr. tracer exits with the command's exit code.
+              sudo tracer run -- python my_agent.py     (the Claude Code it starts is traced too)
+    Every process COMMAND starts is traced as well, at any depth (--no-children: only COMMAND).
+    Each new program is held stopped until its probes are in place, so even a request sent right
+    after exec is captured. The command runs as the user who invoked sudo (not root), with its
+    stdin/stdout/stderr untouched; tracer's own messages go to stderr. tracer exits with the
+    command's exit code.
     """
     opts = _options(kw)
+    follow = not no_children
     env = dict(os.environ)
     creds = _child_credentials()
     if creds:
@@ -301,19 +376,27 @@ def run_cmd(command, **kw):
         _fail(f"cannot start {command[0]}: {e}", 127)
     os.close(r)
     try:
-        session.add_target(child.pid, extra_files=files + ssl_library_candidates(), env=env)
+        if follow:
+            uid, gid = _invoking_ids()
+            follower = session.follow(uid=uid, gid=gid)
+            # the launcher runs tracer's own Python: probed after it execs the command, which the
+            # kernel side holds until then
+            follower.add_root(child.pid, "command", probe=False, check=False, env=env)
+            tgt = None
+        else:
+            tgt = session.add_target(child.pid, extra_files=files + ssl_library_candidates(), env=env,
+                                     origin="command")
     except TracerError as e:
         child.kill()
         session.finish()
         _fail(str(e), 1)
-    tgt = session.targets[child.pid]
-    if not kw["quiet"]:
-        for path, lib, _m in tgt.files:
-            click.echo(f"tracer: probes on {path} ({lib})", err=True)
-    if not tgt.files:
-        errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
-        click.echo(f"tracer: no TLS library found for {command[0]} yet"
-                   + (f" ({errs})" if errs else "") + "; watching its mappings", err=True)
+    if tgt is not None:
+        if not kw["quiet"]:
+            _say_probed(tgt)
+        if not tgt.files:
+            errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
+            click.echo(f"tracer: no TLS library found for {_show(command[0])} yet"
+                       + (f" ({_show(errs)})" if errs else "") + "; watching its mappings", err=True)
     os.write(w, b"x")      # release the command
     os.close(w)
     tick = _status_printer(session, opts.status)
@@ -330,16 +413,20 @@ def run_cmd(command, **kw):
         if deadline and time.monotonic() >= deadline:
             child.terminate()
             deadline = None
-        try:
-            session.refresh_target(tgt)
-        except TracerError as e:
-            click.echo(f"tracer: {e}", err=True)
+        if tgt is not None:
+            try:
+                session.refresh_target(tgt)
+            except TracerError as e:
+                click.echo(f"tracer: {e}", err=True)
         tick()
         try:
             child.wait(timeout=opts.watch_interval)
         except subprocess.TimeoutExpired:
             pass
-    session.target_exited(child.pid)
+    if follow:
+        session.wait_ring_drained()
+    else:
+        session.target_exited(child.pid)
     tick(final=True)
     _finish(session, opts)
     rc = child.returncode

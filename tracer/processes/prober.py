@@ -1,0 +1,169 @@
+"""Locate and attach the TLS probes of one process, on the files it maps (or will load), reached
+through its own view of the file system (tracer/processes/resolve.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+from tracer.errors import TracerError
+from tracer.probes.located import FunctionLocation, Located
+from tracer.probes.program import FORK_RETURN
+from tracer.processes import resolve
+from tracer.processes.table import Probed, Proc
+
+TLS_LIBRARIES = ("libssl.so*",)
+LIBC = re.compile(r"(?:^|/)(?:libc\.so[.\d]*|libc-[\d.]+\.so|ld-musl-[^/]*\.so[.\d]*)$")
+LIBC_CANDIDATES = ("libc.so.6", "ld-musl-*.so.1")
+
+
+class Prober:
+    def __init__(self, probes, locator, *, stderr=None):
+        self.probes = probes          # tracer/probes/attach.py Probes: one uprobe per probe
+        self.attacher = probes        # who makes uprobes: `probes`, or shared.SharedUprobes
+        self.locator = locator
+        self.stderr = stderr
+        self._fork_addr: dict[tuple[int, int, int], int | None] = {}
+        self._errors: dict[tuple[int, int], str] = {}
+        self._lock = threading.Lock()
+
+    # -- one process ----------------------------------------------------------------------------
+    def probe(self, proc: Proc, *, candidates: bool = False, env: dict | None = None,
+              extra: list[str] = ()) -> int:
+        """Attach to TLS code the process maps and has not been probed yet; with `candidates` also
+        to the TLS libraries it may load later (looked up in its library directories). Returns the
+        number of files newly probed. OSError when the process is gone."""
+        n = 0
+        for mf in resolve.mapped_files(proc.pid):
+            key = (mf.dev, mf.inode)
+            if key in proc.files:
+                proc.files[key].mapped = True
+                continue
+            if key in proc.looked_at:
+                continue
+            proc.looked_at.add(key)
+            if not mf.reach:
+                proc.problems.append(f"{mf.path}: {mf.error}")
+                continue
+            n += self._attach_file(proc, mf.path, mf.reach, key, mapped=True, deleted=mf.deleted)
+        for path in extra:
+            n += self._attach_path(proc, path)
+        if candidates:
+            for c in resolve.find_libraries(proc.pid, TLS_LIBRARIES, env):
+                key = (c.dev, c.inode)
+                if key in proc.looked_at:
+                    continue
+                proc.looked_at.add(key)
+                n += self._attach_file(proc, c.path, c.reach, key, mapped=False)
+        return n
+
+    def _attach_path(self, proc: Proc, path: str) -> int:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return 0
+        key = (st.st_dev, st.st_ino)
+        if key in proc.looked_at:
+            return 0
+        proc.looked_at.add(key)
+        return self._attach_file(proc, path, path, key, mapped=False)
+
+    def _attach_file(self, proc: Proc, path: str, reach: str, key, *, mapped: bool,
+                     deleted: bool = False) -> int:
+        loc = self.locator.locate_file(reach)
+        if loc is None:
+            why = self.locator.errors.get(reach) or self._errors.get(key)
+            if why:                     # it looked like TLS code but could not be located
+                self._errors[key] = why
+                (proc.problems if mapped else proc.notes).append(f"{path}: {why}")
+            return 0
+        try:
+            try:
+                self.attacher.attach(proc.pid, reach, loc)
+            except TracerError:
+                if self.attacher is self.probes:
+                    raise
+                self.probes.attach(proc.pid, reach, loc)    # one uprobe per probe, as without sharing
+        except TracerError as e:
+            if mapped:
+                proc.problems.append(f"{path}: {e}")
+            else:
+                proc.notes.append(f"{path}: {e}")
+            return 0
+        try:
+            host = os.stat(path)
+            own = (host.st_dev, host.st_ino) != key
+        except OSError:
+            own = True
+        proc.files[key] = Probed(path, reach, loc.library,
+                                 {n: f.method for n, f in loc.functions.items()}, mapped,
+                                 key[0], key[1], own and not deleted, deleted)
+        return 1
+
+    # -- stopping forked children ------------------------------------------------------------------
+    def fork_return(self, proc: Proc) -> bool:
+        """The return probe on libc's fork() for a process with TLS probes (on code it maps or may
+        load), so that its forked children are stopped before they run (bpf/tracer.bpf.c
+        proc_fork_return). On the libc it maps, or - just after exec, before the dynamic loader
+        has mapped it - the libc its library directories hold."""
+        if proc.fork_keys or not proc.files:
+            return bool(proc.fork_keys)
+        targets: list[tuple[str, str, tuple[int, int]]] = []
+        try:
+            for mf in resolve.mapped_files(proc.pid):
+                if mf.reach and LIBC.search(mf.path):
+                    targets.append((mf.path, mf.reach, (mf.dev, mf.inode)))
+        except OSError:
+            return False
+        if not targets:
+            targets = [(c.path, c.reach, (c.dev, c.inode))
+                       for c in resolve.find_libraries(proc.pid, LIBC_CANDIDATES, limit=2)]
+        for path, reach, key in targets:
+            if key in proc.fork_keys:
+                continue
+            addr = self._fork_address(reach)
+            if not addr:
+                continue
+            loc = Located(path=reach, library="libc", functions={"fork": FunctionLocation("fork", addr, "dynamic symbol table")})
+            try:
+                self.attacher.attach_probes(proc.pid, reach, loc, [("uretprobe", addr, FORK_RETURN)])
+            except TracerError as e:
+                proc.notes.append(f"fork() of {path}: {e}")
+                continue
+            proc.fork_keys.add(key)
+        note = ("no libc fork() in its mappings: its forked children are probed as soon as tracer "
+                "sees them, not before they run")
+        if not proc.fork_keys and note not in proc.notes:
+            proc.notes.append(note)
+        return bool(proc.fork_keys)
+
+    def _fork_address(self, path: str) -> int | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        with self._lock:
+            if key in self._fork_addr:
+                return self._fork_addr[key]
+        addr = None
+        try:
+            from elftools.elf.elffile import ELFFile
+            with open(path, "rb") as f:
+                elf = ELFFile(f)
+                sec = elf.get_section_by_name(".dynsym")
+                if sec is not None:
+                    for name in ("fork", "__libc_fork"):
+                        for sym in sec.get_symbol_by_name(name) or ():
+                            if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF" \
+                                    and sym["st_value"]:
+                                addr = int(sym["st_value"])
+                                break
+                        if addr:
+                            break
+        except Exception:
+            addr = None
+        with self._lock:
+            self._fork_addr[key] = addr
+        return addr
