@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SYS_PY=/usr/bin/python3
-APT_PKGS=(python3-bpfcc python3-venv python3-pip curl ca-certificates openssl nodejs)
+APT_PKGS=(python3-bpfcc python3-venv python3-pip curl ca-certificates openssl nodejs
+          gcc libc6-dev libssl-dev)   # the last three: C test clients (tests/integration/clients/*.c)
 EXTRA_PKGS=("$@")
 
 need_apt=()
