@@ -20,6 +20,7 @@ from tracer.capture.ring import DropCounters, Ring
 from tracer.probes.attach import TRACEFS, Probes
 from tracer.probes.load import load_program
 from tracer.probes.targets import Locator
+from tracer.processes.procinfo import read_environ
 from tracer.processes.prober import Prober
 from tracer.processes.table import Proc, ProcessTable
 from tracer.protocols.base import Exchange
@@ -101,19 +102,6 @@ def command_files(argv0: str, env: dict) -> list[str]:
             if interp:
                 files.append(os.path.realpath(interp))
     return files
-
-
-def read_environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    env = {}
-    for item in raw.split(b"\0"):
-        if b"=" in item:
-            k, v = item.split(b"=", 1)
-            env[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
-    return env
 
 
 def new_log_path(opts: Options) -> Path:

@@ -31,8 +31,8 @@ import threading
 
 from tracer.errors import TracerError
 from tracer.probes.attach import (PERF_ATTR_SIZE_VER5, PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF,
-                                  PERF_TYPE_TRACEPOINT, Attachment, _ioctl, file_offset, perf_event_open,
-                                  probe_list)
+                                  PERF_TYPE_TRACEPOINT, Attachment, _close_quietly, _ioctl, file_offset,
+                                  perf_event_open, probe_list)
 from tracer.probes.program import TRACEFS
 
 GROUP_PREFIX = "tracer_"
@@ -161,11 +161,7 @@ class SharedUprobes:
 
     @staticmethod
     def _detach(att) -> None:
-        for fd in att.fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _close_quietly(att.fds)
         att.fds.clear()
         att.probes.clear()
 
@@ -200,11 +196,7 @@ class SharedUprobes:
             except OSError:
                 child = -1
             if child > 0:               # the parent: drop its references, leave the rest
-                for ev in events:
-                    try:
-                        os.close(ev.holder)
-                    except OSError:
-                        pass
+                _close_quietly(ev.holder for ev in events)
                 return
         try:
             if child == 0:
@@ -217,11 +209,7 @@ class SharedUprobes:
                             os.close(fd)
                         except OSError:
                             pass
-            for ev in events:
-                try:
-                    os.close(ev.holder)
-                except OSError:
-                    pass
+            _close_quietly(ev.holder for ev in events)
             for ev in events:
                 try:
                     _write(self.root, f"-:{self.group}/{ev.name}")

@@ -38,20 +38,6 @@ REFRESH_S = 0.25        # re-read mappings of live processes (libraries loaded l
 SWEEP_S = 0.5           # compare the kernel's map with what we know (lost records)
 
 
-def _read_environ(pid: int) -> dict[str, str]:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            raw = f.read(1 << 20)
-    except OSError:
-        return {}
-    env = {}
-    for item in raw.split(b"\0"):
-        if b"=" in item:
-            a, b = item.split(b"=", 1)
-            env[a.decode("utf-8", "replace")] = b.decode("utf-8", "replace")
-    return env
-
-
 class Follower:
     def __init__(self, session, kernel: k.KernelSide, *, uid: int, gid: int,
                  allow_other_users: bool = False, stderr=None, verbose: bool = False):
@@ -272,7 +258,7 @@ class Follower:
         """Probe the process' TLS code; `candidates`: also the TLS libraries it may load later
         (default: when its program could load one, resolve.may_load_tls)."""
         t0 = time.monotonic()
-        env = env if env is not None else _read_environ(proc.pid)
+        env = env if env is not None else procinfo.read_environ(proc.pid)
         try:
             if candidates is None:
                 candidates = resolve.may_load_tls(proc.pid, f"/proc/{proc.pid}/exe", env)
@@ -391,7 +377,7 @@ class Follower:
                 proc.why_not = f"exec'd {e.filename or proc.exe}: {proc.why_not}"
             self._release(e.pid, force=True, stopped=e.stop == 1)
             return
-        env = _read_environ(e.pid)
+        env = procinfo.read_environ(e.pid)
         if self.session.filter is not None and env.get("ANTHROPIC_BASE_URL"):
             self.session.filter.add_base_url(env["ANTHROPIC_BASE_URL"])
         self._probe(proc, env=env)

@@ -102,15 +102,6 @@ class KernelSide:
         self.attached = False
 
 
-def stopped_state(pid: int) -> bool:
-    """The process sits in a stop (job-control stop, state T)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"T"
-    except (OSError, IndexError):
-        return False
-
-
 def resume(pidfd: int | None, pid: int) -> bool:
     """SIGCONT through the pidfd (no pid-reuse race) or, without one, the pid."""
     import signal

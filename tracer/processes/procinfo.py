@@ -62,6 +62,21 @@ def read_exe(pid: int) -> str:
         return ""
 
 
+def read_environ(pid: int) -> dict[str, str]:
+    """The process' environment as it was at exec (empty when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read(1 << 20)
+    except OSError:
+        return {}
+    env = {}
+    for item in raw.split(b"\0"):
+        if b"=" in item:
+            k, v = item.split(b"=", 1)
+            env[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
+    return env
+
+
 def children(pid: int) -> list[int]:
     """Direct child processes (thread-group leaders whose parent is `pid`)."""
     out: set[int] = set()
