@@ -70,23 +70,47 @@ def syscall_ns(exe: Path) -> float:
     return float(subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout)
 
 
-def start_tracer_tree(script: str, out: Path, env: dict) -> subprocess.Popen:
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def start_tracer_tree(script: str, out: Path, env: dict) -> tuple[subprocess.Popen, int]:
+    """`tracer run -- sh -c SCRIPT`, returned once the command runs (its launcher has exec'd)."""
     p = subprocess.Popen(tracer_cmd("run", "-o", str(out), "--quiet", "--no-html", "--", "sh", "-c", script),
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
-    time.sleep(4)                  # loaded, following, the tree running
-    if p.poll() is not None:
-        raise SystemExit("tracer run exited early:\n" + p.stderr.read())
-    return p
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
+                         start_new_session=True)      # its tree in one process group, killed at the end
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise SystemExit("tracer run exited early:\n" + p.stderr.read())
+        for c in _children(p.pid):
+            try:
+                exe = os.readlink(f"/proc/{c}/exe")
+            except OSError:
+                continue
+            if not exe.startswith(sys.executable.rsplit("/", 1)[0]) and "python" not in exe:
+                time.sleep(1)          # the tree settles (its first clients probed)
+                return p, c
+        time.sleep(0.1)
+    raise SystemExit("tracer run did not start its command in 120 s")
 
 
-def stop(p: subprocess.Popen) -> str:
+def stop(p: subprocess.Popen, child: int) -> str:
+    """SIGTERM to tracer (it passes it on to its command), then the rest of the tree goes."""
     p.send_signal(signal.SIGTERM)
     try:
-        _, err = p.communicate(timeout=120)
+        p.wait(timeout=120)
     except subprocess.TimeoutExpired:
         p.kill()
-        _, err = p.communicate()
-    return err
+    try:
+        os.killpg(p.pid, signal.SIGKILL)   # the command's own children (sh does not pass SIGTERM on)
+    except OSError:
+        pass
+    return p.stderr.read()
 
 
 def untraced_side(args, srv, tmp: Path, sysloop: Path) -> None:
@@ -98,13 +122,13 @@ def untraced_side(args, srv, tmp: Path, sysloop: Path) -> None:
                ("tracer following a busy tree", f"while :; do {curl}; sleep 0.1; done")]
     rows = []
     for name, script in configs:
-        tr = start_tracer_tree(script, tmp / f"out-{len(rows)}", env) if script else None
+        tr, child = start_tracer_tree(script, tmp / f"out-{len(rows)}", env) if script else (None, 0)
         try:
             fe = statistics.median(fork_exec_rate(args.execs) for _ in range(3))
             wr = statistics.median(wrk_rate(srv.url, args.seconds) for _ in range(3))
             sc = statistics.median(syscall_ns(sysloop) for _ in range(3))
         finally:
-            err = stop(tr) if tr else ""
+            err = stop(tr, child) if tr else ""
         rows.append((name, fe, wr, sc))
         if tr and "losses: none" not in err and "pairs:" in err:
             print(f"  ({name}: {err.splitlines()[2] if len(err.splitlines()) > 2 else err.strip()})")
