@@ -166,7 +166,7 @@ def test_attach_children_of_a_running_shell(mock, tmp_path):
     sh = subprocess.Popen(["sh", "-c", script], env=client_env(mock), stdout=subprocess.PIPE, text=True)
     t0 = time.time()
     try:
-        tr, _ = start_attach(sh.pid, tmp_path / "log", "--children")
+        tr, _, _ = start_attach(sh.pid, tmp_path / "log", "--children")
         with open(fifo, "w") as f:
             f.write("go\n")
         sh.wait(timeout=60)
@@ -216,7 +216,7 @@ def test_deleted_library_is_still_probed(tmp_path):
                             text=True)
     try:
         assert proc.stdout.readline() == "ok\n"
-        tr, lines = start_attach(proc.pid, tmp_path / "log")
+        tr, _, lines = start_attach(proc.pid, tmp_path / "log")
         proc.stdin.close()
         proc.wait(timeout=30)
         _, err = tr.communicate(timeout=60)
@@ -372,7 +372,7 @@ def test_interactive_shell_jobs_are_not_shown_stopped(mock, tmp_path):
     try:
         pump(b"PROMPT$ ")
         t0 = time.time()
-        tr, _ = start_attach(pid, tmp_path / "log", "--children")
+        tr, _, _ = start_attach(pid, tmp_path / "log", "--children")
         cmd = " ".join(py_client(mock, "--json"))
         os.write(fd, f"/bin/echo hello; {cmd}; echo after-$((40+2))\n".encode())
         pump(b"after-42")
@@ -424,7 +424,7 @@ def test_cgroup_processes_present_and_future(mock, tmp_path):
     try:
         (cg / "cgroup.procs").write_text(f"{inside.pid}\n")
         t0 = time.time()
-        tr, lines = start_attach([], tmp_path / "log", "--cgroup", str(cg))
+        tr, _, lines = start_attach([], tmp_path / "log", "--cgroup", str(cg))
         for fifo in (fifo_in, fifo_out):
             with open(fifo, "w") as f:
                 f.write("go\n")

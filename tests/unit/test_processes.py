@@ -9,7 +9,7 @@ import pytest
 
 from tracer.processes import cgroup, resolve
 from tracer.processes.table import Probed, Proc, ProcessTable, redact_argv, short_command
-from tracer.session import format_summary, process_problems
+from tracer.sinks.summary import format_summary, process_problems
 
 
 @pytest.mark.parametrize("argv,secret", [
