@@ -150,26 +150,23 @@ def traced_side(args, srv, tmp: Path) -> None:
     plain = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, check=True)
     base_true, base_curl = (int(x) / 1e6 for x in plain.stdout.split())
     t0 = time.monotonic()
-    p = subprocess.run(tracer_cmd("run", "-o", str(tmp / "traced"), "--no-html", "--", "sh", "-c", script),
-                       capture_output=True, text=True, env=dict(env, TRACER_DEBUG_FOLLOW="1"), cwd=str(ROOT))
+    sj = tmp / "traced-summary.json"
+    p = subprocess.run(tracer_cmd("run", "-o", str(tmp / "traced"), "--no-html", "--summary-json", str(sj),
+                                  "--", "sh", "-c", script),
+                       capture_output=True, text=True, env=env, cwd=str(ROOT))
     wall = time.monotonic() - t0
     if p.returncode != 0:
         raise SystemExit(p.stderr[-3000:])
     tr_true, tr_curl = (int(x) / 1e6 for x in p.stdout.split())
-    held = []
-    for line in p.stderr.splitlines():
-        if "release " in line and "stopped=True" in line:
-            held.append(line)
-    # the hold time of each process: from the kernel's record to SIGCONT, measured by the follower
-    ms = [float(l.split("(+")[1].split(" ms")[0]) for l in p.stderr.splitlines()
-          if l.startswith("tracer[follow") and " EXEC " in l and "(+" in l]
-    logged = sum(1 for _ in (tmp / "traced").glob("*.jsonl") for _ in open(next((tmp / "traced").glob("*.jsonl"))))
+    s = json.loads(sj.read_text())
+    f = s["following"]
     print(f"traced shell, {n} x /bin/true: {tr_true:.2f} ms per exec traced vs {base_true:.2f} ms untraced "
           f"(+{tr_true - base_true:.2f} ms)")
-    print(f"traced shell, {n // 10} x curl: {tr_curl:.2f} ms per request traced vs {base_curl:.2f} ms untraced "
-          f"(+{tr_curl - base_curl:.2f} ms); {logged} of {n // 10} pairs logged")
-    print(f"exec records reached the follower after: median {pct(ms, 50):.1f} ms, p95 {pct(ms, 95):.1f} ms "
-          f"(queueing behind earlier records included); {len(held)} processes held; whole run {wall:.1f} s")
+    print(f"traced shell, {n // 10} x curl: {tr_curl:.2f} ms per request traced vs {base_curl:.2f} ms "
+          f"untraced (+{tr_curl - base_curl:.2f} ms); {s['pairs_logged']} of {n // 10} pairs logged, "
+          f"losses: {'none' if 'losses: none' in p.stderr else 'see summary'}")
+    print(f"held until probed: {f['held']} processes, median {f['held_ms_median']} ms, max {f['held_ms_max']} ms "
+          f"(exec to SIGCONT); whole run {wall:.1f} s")
 
 
 def removal(tmp: Path) -> None:

@@ -189,7 +189,7 @@ class SharedUprobes:
         self.detach_attachments(atts)
         if not events:
             return
-        child = 0
+        child = -1                      # -1: not forked (this process does it all)
         if background:
             try:
                 child = os.fork()
