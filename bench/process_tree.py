@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import ROOT, machine, pct, tracer_cmd  # noqa: E402
+from _util import ROOT, machine, tracer_cmd  # noqa: E402
 
 from tracer.mock import MockServerProcess  # noqa: E402
 
