@@ -447,3 +447,17 @@ def test_cgroup_processes_present_and_future(mock, tmp_path):
     assert logged_ids(recs) == [str(inside_id)], (inside_id, outside_id, err)
     assert recs[0]["tracer"]["process"]["chain"][0]["pid"] == inside.pid
     assert f"every process in cgroup {cg}" in "".join(lines)
+
+
+def test_no_children_traces_the_command_only(mock, tmp_path):
+    """`--no-children`: the command's own calls are logged, its children's are not."""
+    curl = " ".join("'" + a + "'" if " " in a or "{" in a else a for a in curl_client(mock))
+    py = " ".join(py_client(mock, "--json"))
+    script = f"{curl}\nexec {py}"          # curl is a child; python replaces the shell (same process)
+    t0 = time.time()
+    p, recs = run_traced(["sh", "-c", script], tmp_path / "log", env=client_env(mock), extra=("--no-children",))
+    assert p.returncode == 0, p.stderr[-3000:]
+    served = served_since(mock, t0)
+    assert len(served) == 3
+    assert len(recs) == 1 and recs[0]["tracer"]["process"]["exe"].startswith("/usr/bin/python3")
+    assert len(tree(p.stderr)) == 1, p.stderr

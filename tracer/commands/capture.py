@@ -362,8 +362,10 @@ def run_cmd(command, no_children, **kw):
     stopper.install()
     session = _start_session(opts)
     r, w = os.pipe()
+    # the launcher waits for the go byte; if tracer dies first, the command does not run untraced
     launcher = ("import os,sys\n"
-                "fd=int(sys.argv[1]); os.read(fd,1); os.close(fd)\n"
+                "fd=int(sys.argv[1]); go=os.read(fd,1); os.close(fd)\n"
+                "go==b'x' or sys.exit('tracer: tracer ended before the command could start')\n"
                 "os.execvp(sys.argv[2], sys.argv[2:])\n")
     popen_kw = {}
     if creds:
