@@ -461,3 +461,22 @@ def test_no_children_traces_the_command_only(mock, tmp_path):
     assert len(served) == 3
     assert len(recs) == 1 and recs[0]["tracer"]["process"]["exe"].startswith("/usr/bin/python3")
     assert len(tree(p.stderr)) == 1, p.stderr
+
+
+def test_held_program_killed_before_tracer_resumes_it(tmp_path):
+    """A held program that is killed (SIGKILL works on a stopped process) is simply gone: tracer
+    takes its exit, says so, and ends with its exit status."""
+    tr, fifo, sh = _held_child_setup(tmp_path, "never printed")
+    try:
+        os.kill(tr.pid, signal.SIGSTOP)
+        with open(fifo, "w") as f:
+            f.write("go\n")
+        assert _wait_state(sh, "T"), "the exec'd program was not held"
+        os.kill(sh, signal.SIGKILL)
+        os.kill(tr.pid, signal.SIGCONT)
+        out, err = tr.communicate(timeout=60)
+    finally:
+        _kill_tree(tr)
+    assert tr.returncode == 128 + signal.SIGKILL, err
+    assert "never printed" not in out
+    assert re.search(rf"{sh} .*\(.*exited\)", line_of(err, sh)), err
