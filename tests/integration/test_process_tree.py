@@ -94,9 +94,10 @@ def test_shell_script_with_python_node_and_curl(mock, tmp_path):
         assert proc["chain"][0]["command"].startswith("sh -c set -e")
         assert proc["chain"][-1]["pid"] == proc["pid"] and len(proc["chain"]) == 2
         assert proc["chain_text"].startswith("sh -c set -e") and " → " in proc["chain_text"]
-        by_comm.setdefault(os.path.basename(proc["exe"]), []).append(r)
-    assert sorted(by_comm) == ["curl", "node", "python3.11"], sorted(by_comm)
-    assert "py_client.py" in by_comm["python3.11"][0]["tracer"]["process"]["command"]
+        exe = os.path.basename(proc["exe"])
+        by_comm.setdefault("python3" if exe.startswith("python3") else exe, []).append(r)
+    assert sorted(by_comm) == ["curl", "node", "python3"], sorted(by_comm)
+    assert "py_client.py" in by_comm["python3"][0]["tracer"]["process"]["command"]
     assert "node_client.mjs" in by_comm["node"][0]["tracer"]["process"]["command"]
     # the key on curl's command line is redacted like a header value
     curl_cmd = by_comm["curl"][0]["tracer"]["process"]["command"]
