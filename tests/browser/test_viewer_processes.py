@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import copy
 
-from tests.browser.test_viewer_browser import probe, pytestmark  # noqa: F401  (the skip rule)
+from tests.browser.test_viewer_browser import pytestmark  # noqa: F401  (the skip rule)
+from tests.browser.test_viewer_features import features
 from tracer.sinks.html import write_html
 from tracer.viewer.processes import ProcessTree
 from tracer.viewer.synth import claude_code_session, write_jsonl
@@ -29,11 +30,10 @@ def test_panel_shows_the_tree_with_calls(tmp_path):
     records = _with_processes(claude_code_session().records)
     path = tmp_path / "tree.jsonl"
     write_jsonl(records, path)
-    out = probe(write_html(path), script="processes.mjs")
-    assert out["consoleErrors"] == [] and out["pageErrors"] == [] and out["requests"] == []
+    out = features(write_html(path), "--processes")
     n_helper = sum(1 for i in range(len(records)) if i % 3 == 0)
-    assert out["summary"] == "3 processes (2 with calls)"
-    assert out["lines"] == [
+    assert out["procSummary"] == "3 processes (2 with calls)"
+    assert out["procLines"] == [
         {"depth": 1, "text": f"4100 {AGENT['command']} no calls"},         # (as text, never markup)
         {"depth": 2, "text": f"4200 {HELPER['command']} {n_helper} call{'s' if n_helper > 1 else ''}"},
         {"depth": 2, "text": f"4123 {CLAUDE['command']} {len(records) - n_helper} calls"},
@@ -44,7 +44,7 @@ def test_one_process_no_panel(tmp_path):
     records = claude_code_session().records
     path = tmp_path / "one.jsonl"
     write_jsonl(records, path)
-    out = probe(write_html(path), script="processes.mjs")
+    out = features(write_html(path), "--processes")
     assert out["panels"] == 0
 
 
