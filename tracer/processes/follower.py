@@ -328,6 +328,8 @@ class Follower:
         if e.state == k.SHARED:
             proc.shares_memory = True
             return
+        if parent is not None and not parent.files and not parent.problems:
+            return      # a copy of a parent without TLS code (a shell before exec): nothing to probe
         # the child's memory is a copy of its parent's: the same files, and the same libraries
         # still to come if the parent had some
         self._probe(proc, candidates=parent is None or any(not f.mapped for f in parent.files.values()))

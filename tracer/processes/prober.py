@@ -147,22 +147,9 @@ class Prober:
         with self._lock:
             if key in self._fork_addr:
                 return self._fork_addr[key]
-        addr = None
         try:
-            from elftools.elf.elffile import ELFFile
-            with open(path, "rb") as f:
-                elf = ELFFile(f)
-                sec = elf.get_section_by_name(".dynsym")
-                if sec is not None:
-                    for name in ("fork", "__libc_fork"):
-                        for sym in sec.get_symbol_by_name(name) or ():
-                            if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF" \
-                                    and sym["st_value"]:
-                                addr = int(sym["st_value"])
-                                break
-                        if addr:
-                            break
-        except Exception:
+            addr = resolve.function_address(path, ("fork", "__libc_fork"))
+        except Exception:           # a malformed ELF must not stop the trace
             addr = None
         with self._lock:
             self._fork_addr[key] = addr

@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import os
 import stat as statmod
+import time
 from dataclasses import dataclass
 
 MAX_LINKS = 40
@@ -186,10 +187,53 @@ class Candidate:
     inode: int
 
 
+_found: dict[tuple, tuple[float, list[tuple[str, int, int]]]] = {}
+FOUND_TTL = 1.0          # seconds a lookup is reused for other processes with the same view
+
+
+def _view(pid: int) -> tuple[int, int, int] | None:
+    """What a lookup inside the process' root depends on: its mount namespace and root directory."""
+    try:
+        ns = os.stat(f"/proc/{pid}/ns/mnt")
+        root = os.stat(f"/proc/{pid}/root")
+    except OSError:
+        return None
+    return ns.st_ino, root.st_dev, root.st_ino
+
+
 def find_libraries(pid: int, patterns: tuple[str, ...], env: dict[str, str] | None = None,
                    limit: int = 32) -> list[Candidate]:
     """Distinct files matching `patterns` (globs, e.g. 'libssl.so*') in the process' library
-    directories, reached inside its root."""
+    directories, reached inside its root. A lookup is reused for a second (a shell running one
+    program after another asks the same question for each) by processes with the same mount
+    namespace, root and LD_LIBRARY_PATH, each hit checked by device and inode."""
+    view = _view(pid)
+    key = (view, tuple(patterns), (env or {}).get("LD_LIBRARY_PATH", ""), limit)
+    now = time.monotonic()
+    hit = _found.get(key) if view is not None else None
+    if hit is not None and now - hit[0] < FOUND_TTL:
+        out = []
+        for path, dev, ino in hit[1]:
+            reach = f"/proc/{pid}/root{path}"
+            try:
+                st = os.stat(reach)
+            except OSError:
+                break
+            if (st.st_dev, st.st_ino) != (dev, ino):
+                break
+            out.append(Candidate(path, reach, dev, ino))
+        else:
+            return out
+    out = _find_libraries(pid, patterns, env, limit)
+    if view is not None:
+        if len(_found) > 256:
+            _found.clear()
+        _found[key] = (now, [(c.path, c.dev, c.inode) for c in out])
+    return out
+
+
+def _find_libraries(pid: int, patterns: tuple[str, ...], env: dict[str, str] | None,
+                    limit: int) -> list[Candidate]:
     root = f"/proc/{pid}/root"
     out: list[Candidate] = []
     seen: set[tuple[int, int]] = set()
@@ -260,29 +304,53 @@ def dyn_info(path: str) -> DynInfo | None:
     return info
 
 
-def _imports(elf, symsec, names: set[str]) -> bool:
-    """Does the symbol table have an undefined (imported) symbol of one of these names?"""
+def symbols_named(elf, symsec, names: set[str]) -> list[tuple[int, int, int]]:
+    """(st_info, st_shndx, st_value) of every symbol called one of `names` (numpy over the raw
+    table for 64-bit little-endian objects: pyelftools' per-symbol parsing takes ~0.1 s for a libc).
+    Names may be tails of longer strings (string table merging)."""
     strtab = elf.get_section(symsec["sh_link"])
-    if strtab is None or strtab["sh_type"] != "SHT_STRTAB":
-        return False
+    if strtab is None or strtab["sh_type"] != "SHT_STRTAB" or symsec["sh_type"] == "SHT_NOBITS":
+        return []
     strings = strtab.data()
     offsets = set()
-    for n in names:          # names may be tails of longer strings (string table merging)
+    for n in names:
         needle = n.encode() + b"\0"
         pos = strings.find(needle)
         while pos >= 0:
             offsets.add(pos)
             pos = strings.find(needle, pos + 1)
     if not offsets:
-        return False
+        return []
     if elf.elfclass == 64 and elf.little_endian and symsec["sh_entsize"] == 24:
         import numpy as np
         syms = np.frombuffer(symsec.data(), dtype=np.dtype([("name", "<u4"), ("info", "u1"),
                                                             ("other", "u1"), ("shndx", "<u2"),
                                                             ("value", "<u8"), ("size", "<u8")]))
-        hit = np.isin(syms["name"], np.fromiter(offsets, dtype=np.uint32))
-        return bool((syms["shndx"][hit] == 0).any())
-    return any(s.name in names and s["st_shndx"] == "SHN_UNDEF" for s in symsec.iter_symbols())
+        hit = syms[np.isin(syms["name"], np.fromiter(offsets, dtype=np.uint32))]
+        return [(int(x["info"]), int(x["shndx"]), int(x["value"])) for x in hit]
+    return [(2 if s["st_info"]["type"] == "STT_FUNC" else 0,          # other ELF flavours: pyelftools
+             0 if s["st_shndx"] == "SHN_UNDEF" else 1, int(s["st_value"]))
+            for s in symsec.iter_symbols() if s.name in names]
+
+
+def _imports(elf, symsec, names: set[str]) -> bool:
+    """Does the symbol table have an undefined (imported) symbol of one of these names?"""
+    return any(shndx == 0 for _info, shndx, _v in symbols_named(elf, symsec, names))
+
+
+def function_address(path: str, names: tuple[str, ...]) -> int | None:
+    """The address of the first of `names` the object's .dynsym defines as a function."""
+    from elftools.elf.elffile import ELFFile
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        sec = elf.get_section_by_name(".dynsym")
+        if sec is None or sec["sh_size"] > os.fstat(f.fileno()).st_size:
+            return None
+        found = symbols_named(elf, sec, set(names))
+    for info, shndx, value in found:
+        if info & 0xF == 2 and shndx != 0 and value:        # STT_FUNC, defined
+            return value
+    return None
 
 
 def may_load_tls(pid: int, exe_reach: str, env: dict[str, str] | None = None,
