@@ -24,7 +24,8 @@ fuzz: bootstrap
 
 # Benchmarks (minutes; untraced vs traced in the same run; results in BENCHMARKS.md).
 bench: bootstrap
-	@for b in latency throughput concurrency large_stream cpu attach_time per_call bpf_loader redaction; do \
+	@for b in latency throughput concurrency large_stream cpu attach_time per_call bpf_loader redaction \
+	          process_tree; do \
 	  echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 
 unit: bootstrap

@@ -9,8 +9,9 @@ SYS_PY=/usr/bin/python3
 # nginx: a real h2 server for the integration tests (started by the tests themselves, on 127.0.0.1 with
 # their own config; the package's service is never started, see below).
 # binutils-aarch64-linux-gnu: the AArch64 locator's synthetic tests assemble and link arm64 programs.
+# gcc, libc6-dev, libssl-dev: the C test clients (tests/integration/clients/*.c).
 APT_PKGS=(python3-bpfcc python3-venv python3-pip curl ca-certificates openssl nodejs nginx
-          binutils-aarch64-linux-gnu)
+          binutils-aarch64-linux-gnu gcc libc6-dev libssl-dev)
 EXTRA_PKGS=("$@")
 
 need_apt=()

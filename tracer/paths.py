@@ -7,6 +7,7 @@ Caches (all under one root, ``$TRACER_CACHE_DIR`` when set, else ``/var/cache/tr
     locate/     TLS function addresses found in big binaries
     kheaders/   merged kernel header trees for BCC
     npm/        client releases downloaded by tests and benchmarks
+    pypi/       virtualenvs of PyPI packages tests run (claude-agent-sdk), one per requirement
 
 The BPF sources (the repository's top-level ``bpf/``) are package data: ``tracer/bpf`` in the wheel
 (in a checkout, a symlink to ``../bpf``), found through ``importlib.resources``.

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -23,9 +23,10 @@ from tracer.invoker import InvokingUser, invoking_user
 from tracer.probes.attach import TRACEFS, Probes
 from tracer.probes.kcreds import CredGuard
 from tracer.probes.load import load_program
-from tracer.probes.locate import LocateError, open_regular
-from tracer.probes.targets import Locator, mapped_objects
-from tracer.probes.verify import check_before_attach
+from tracer.probes.targets import Locator
+from tracer.processes.procinfo import read_environ
+from tracer.processes.prober import Prober
+from tracer.processes.table import Proc, ProcessTable
 from tracer.protocols.base import Exchange
 from tracer.sinks.jsonl import JsonlWriter
 from tracer.sinks.record import Clock, Filter, build_record
@@ -51,15 +52,6 @@ class Options:
     watch_interval: float = 0.25
     user: InvokingUser | None = None       # who tracer works for (default: tracer.invoker.invoking_user())
     allow_other_users: bool = False        # targets need not pass the ptrace rule for `user`
-
-
-@dataclass
-class Target:
-    pid: int
-    attached: set = field(default_factory=set)     # (dev, inode) of files with probes
-    files: list = field(default_factory=list)      # (path, library, methods)
-    alive: bool = True
-    pin: PinnedProcess | None = None
 
 
 # Programs tracer itself runs as root come from the system's directories only, never from the PATH of
@@ -132,19 +124,6 @@ def command_files(argv0: str, env: dict) -> list[str]:
     return files
 
 
-def read_environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    env = {}
-    for item in raw.split(b"\0"):
-        if b"=" in item:
-            k, v = item.split(b"=", 1)
-            env[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
-    return env
-
-
 class Session:
     def __init__(self, opts: Options, *, stderr=None):
         self.opts = opts
@@ -152,7 +131,8 @@ class Session:
         self.filter = Filter(include_all=opts.include_all)
         self.clock = Clock()
         self.locator = Locator()
-        self.targets: dict[int, Target] = {}
+        self.procs = ProcessTable()
+        self.follower = None                      # tracer/processes/follower.py, when following
         self.notes: list[str] = []             # shown in the summary (e.g. a target that lost access)
         self.user = opts.user or invoking_user()
         self.pairs_seen = 0
@@ -178,7 +158,9 @@ class Session:
                 self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
                 self.guard = CredGuard(self.prog.map_fd("cred_layout"), self.prog.map_fd("target_ids"))
                 self._open_log(opts, out_dir)
-                self.capture = Capture(self._on_exchange, deferred=opts.deferred, failures=self.failures)
+                self.prober = Prober(self.probes, self.locator, stderr=self.stderr)
+                self.capture = Capture(self._on_exchange, deferred=opts.deferred, failures=self.failures,
+                                       on_process=self._on_process)
                 self.ring = Ring(self.prog.map_fd("events"), self.capture.feed)
             except BaseException:
                 self.prog.close()
@@ -214,6 +196,8 @@ class Session:
         while not self._stop.is_set():
             self.ring.poll(self.POLL_MS)
             self.ring.consume()
+            if self.follower is not None:
+                self.follower.kernel.heartbeat()    # the kernel side holds processes only while we live
             with self._cycle_cv:
                 self._cycles += 1
                 self._cycle_cv.notify_all()
@@ -237,52 +221,96 @@ class Session:
             return
         if ex.incomplete:
             self.pairs_incomplete += 1
-        self.writer.submit(build_record(ex, self.clock, redact=self.opts.redact,
-                                        api_call=self.filter.is_api_call(ex)))
+        rec = build_record(ex, self.clock, redact=self.opts.redact, api_call=self.filter.is_api_call(ex))
+        info = self.procs.record_info(ex.conn.pid)
+        if info is not None:
+            rec["tracer"]["process"] = info
+            self.procs.procs[ex.conn.pid].pairs += 1
+        self.writer.submit(rec)
         self.pairs_logged += 1
 
+    def _on_process(self, raw: bytes):
+        if self.follower is not None:
+            self.follower.on_record(raw)
+
     # -- targets -------------------------------------------------------------------------------
-    def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None) -> Target:
-        """Start tracing ``pid``: pinned by a pidfd, checked against the ptrace rule for the invoking
-        user (tracer/access.py), probes attached, and the pin checked again afterwards (the pid was
-        not reused in between)."""
-        try:
-            pin = PinnedProcess(pid)
-        except OSError:
-            raise TracerError(f"no such process: {pid}") from None
+    def follow(self):
+        """Follow processes from now on (tracer/processes/follower.py): the kernel side adds the
+        children of followed processes and holds new programs until their probes are in place; each
+        process is admitted through `admit()` like a target of `add_target()`."""
+        from tracer.processes.follower import Follower
+        from tracer.processes.kernel import KernelSide
+        self.follower = Follower(self, KernelSide(self.prog, self.probes), stderr=self.stderr)
+        self.follower.start()
+        return self.follower
+
+    def admit(self, pid: int) -> tuple[bool, str]:
+        """May tracer copy ``pid``'s data for the invoking user? The ptrace rule (tracer/access.py)
+        now, then the kernel-side half of it: the credential guard approves the process
+        (bpf/tracer.bpf.c may_copy), with its ids checked at every copy when tracer works for
+        another user. Every process tracer traces - an attached pid, the command of `run`, a child,
+        an exec'd program, a cgroup member - passes here; nothing of a process is copied before."""
         ok, why = may_trace(pid, self.user, allow_other_users=self.opts.allow_other_users)
         if not ok:
-            pin.close()
-            raise TracerError(why)
-        tgt = self.targets.setdefault(pid, Target(pid))
-        tgt.pin = pin
-        # the kernel-side half of the rule (bpf/tracer.bpf.c may_copy): only while its ids stay these
+            return False, why
         check = self.user.acting_for_other and not self.opts.allow_other_users
-        if not self.guard.approve(pid, self.user.uid, self.user.gid, check) and check:
+        try:
+            enforced = self.guard.approve(pid, self.user.uid, self.user.gid, check)
+        except TracerError as e:
+            return False, str(e)
+        if check and not enforced:
             note = ("no kernel BTF: a traced process that exec's a setuid program is noticed by polling "
                     f"only (up to {self.opts.watch_interval:g} s of its traffic may be logged)")
             if note not in self.notes:
                 self.notes.append(note)
                 print(f"tracer: {note}", file=self.stderr)
+        return True, ""
+
+    def release(self, pid: int) -> None:
+        """The guard forgets ``pid`` (gone, or no longer traced); what it refused is noted."""
+        denied = self.guard.denied(pid)
+        if denied and not any(n.startswith(f"pid {pid}: ") for n in self.notes):
+            self.notes.append(f"pid {pid}: {denied} TLS call(s) not logged: the process was not approved "
+                              "at the time (it exec'd a setuid/setgid program, changed its ids, or ran a "
+                              "new program before tracer had checked it)")
+        self.guard.forget(pid)
+
+    def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None,
+                   origin: str = "attached") -> Proc:
+        """Start tracing ``pid`` (not its children): pinned by a pidfd, admitted (the ptrace rule
+        for the invoking user, the guard's approval), probes attached on the TLS code it maps and
+        on ``extra_files`` it may load later, and the pin checked again afterwards (the pid was not
+        reused in between)."""
+        try:
+            pin = PinnedProcess(pid)
+        except OSError:
+            raise TracerError(f"no such process: {pid}") from None
+        ok, why = self.admit(pid)
+        if not ok:
+            pin.close()
+            raise TracerError(why)
+        proc = self.procs.add(pid, origin=origin)
+        proc.pin = pin
         env = env if env is not None else read_environ(pid)
         if env.get("ANTHROPIC_BASE_URL"):
             self.filter.add_base_url(env["ANTHROPIC_BASE_URL"])
-        for path in extra_files:
-            self._attach_file(tgt, path)
-        self.refresh_target(tgt)
+        try:
+            self.prober.probe(proc, extra=list(extra_files))
+        except OSError:
+            pass
         if not pin.same():
             self.stop_target(pid, "it exited while probes were being attached")
             raise TracerError(f"pid {pid} exited while tracer was attaching to it")
-        return tgt
+        return proc
 
     def recheck_target(self, pid: int) -> str:
         """The ptrace rule again for a live target (it may have exec'd a setuid program, or changed
         credentials); when it fails, the target stops being traced and the reason is returned."""
-        tgt = self.targets.get(pid)
-        if tgt is None or not tgt.alive:
+        proc = self.procs.get(pid)
+        if proc is None or not proc.alive or not proc.traced:
             return ""
         ok, why = may_trace(pid, self.user, allow_other_users=self.opts.allow_other_users)
-        if ok and (tgt.pin is None or tgt.pin.same()):
+        if ok and (proc.pin is None or proc.pin.same()):
             return ""
         if ok:
             why = "its pid now names another process"
@@ -291,77 +319,38 @@ class Session:
 
     def stop_target(self, pid: int, why: str) -> None:
         """Detach from a target that may no longer be traced; the summary says why."""
-        tgt = self.targets.get(pid)
-        if tgt is None or not tgt.alive:
+        proc = self.procs.get(pid)
+        if proc is None or not proc.alive:
             return
         self.notes.append(f"pid {pid}: tracing stopped: {why}")
+        proc.traced = False
+        proc.why_not = why
         self.target_exited(pid, f"tracing stopped: {why}")
 
-    def _attach_file(self, tgt: Target, path: str) -> bool:
-        """Locate, verify and attach to one file, all through one descriptor of it: the file the
-        kernel puts the probes on is the file that was located and checked (tracer/probes/verify.py),
-        whatever happens to ``path`` meanwhile."""
-        try:
-            fd = open_regular(path)
-        except OSError:
-            return False
-        try:
-            st = os.fstat(fd)
-            key = (st.st_dev, st.st_ino)
-            if key in tgt.attached:
-                return False
-            fd_path = f"/proc/self/fd/{fd}"
-            loc = self.locator.locate_file(fd_path, display=path)
-            tgt.attached.add(key)   # located or not, do not look at this file again
-            if loc is None:
-                return False
-            try:
-                check_before_attach(fd, loc, display=path)
-            except LocateError as e:
-                self.locator.errors[path] = str(e)
-                return False
-            try:
-                self.probes.attach(tgt.pid, fd_path, loc)
-            except TracerError as e:
-                raise TracerError(str(e).replace(fd_path, path)) from None
-        finally:
-            os.close(fd)
-        tgt.files.append((path, loc.library, {n: f.method for n, f in loc.functions.items()}))
-        return True
-
-    def refresh_target(self, tgt: Target) -> int:
+    def refresh_target(self, proc: Proc) -> int:
         """Attach to TLS objects newly mapped by the target (dlopen, late loading)."""
-        n = 0
+        from tracer.processes.procinfo import read_exe
+        if proc.exe and read_exe(proc.pid) not in ("", proc.exe):
+            self.procs.reread(proc)           # it exec'd (tracer run's launcher: the command)
         try:
-            objs = mapped_objects(tgt.pid)
+            return self.prober.probe(proc)
         except OSError:
             return 0
-        for mo in objs:
-            if (mo.dev, mo.inode) in tgt.attached:
-                continue
-            if self._attach_file(tgt, mo.host_path):
-                n += 1
-        return n
 
     def target_exited(self, pid: int, reason: str = "target exited"):
-        tgt = self.targets.get(pid)
-        if tgt is None or not tgt.alive:
+        proc = self.procs.get(pid)
+        if proc is None or not proc.alive:
             return
-        tgt.alive = False
+        proc.alive = False
         self.wait_ring_drained()   # its last records are in the ring already: let them through first
         self.capture.close_pid(pid, reason)
         self.probes.detach_pid(pid)
-        denied = self.guard.denied(pid)
-        if denied and not any(n.startswith(f"pid {pid}: ") for n in self.notes):
-            self.notes.append(f"pid {pid}: {denied} TLS call(s) not logged: the process ran with other "
-                              "credentials than the ones it was traced with (it exec'd a setuid/setgid "
-                              "program, or changed its ids)")
-        self.guard.forget(pid)
-        if tgt.pin is not None:
-            tgt.pin.close()
+        self.release(pid)
+        if proc.pin is not None:
+            proc.pin.close()
 
     def live_targets(self) -> list[int]:
-        return [p for p, t in self.targets.items() if t.alive]
+        return [p.pid for p in self.procs.procs.values() if p.alive and p.traced]
 
     # -- status and the end --------------------------------------------------------------------
     def status_line(self) -> str:
@@ -372,16 +361,18 @@ class Session:
                 f"drops {drops.get('events', 0)}")
 
     def finish(self) -> dict:
+        if self.follower is not None:
+            self.follower.close()          # nothing held any more, before the ring stops
         self._stop.set()
         if self._poller:
             self._poller.join(timeout=5)
-        for pid in self.live_targets():
-            self.targets[pid].alive = False
         self.capture.close_all("tracer stopped")
         self.capture.stop()
         self.writer.flush()
         self.writer.close()
         summary = self.summary()
+        if self.follower is not None and self.follower.shared is not None:
+            self.follower.shared.close()
         self.probes.close()
         self.ring.close()
         self.drops.close()
@@ -396,7 +387,10 @@ class Session:
         return {
             "log": str(self.log_path),
             "duration_s": round(time.monotonic() - self.started, 3),
-            "targets": {str(pid): [f[0] for f in t.files] for pid, t in self.targets.items()},
+            "targets": {str(p.pid): [f.path for f in p.files.values()] for p in self.procs.all()},
+            "processes": self.procs.summary(),
+            "process_tree": self.procs.tree_lines(),
+            "following": self.follower.stats() if self.follower is not None else None,
             "pairs_seen": self.pairs_seen,
             "pairs_logged": self.pairs_logged,
             "pairs_filtered_out": self.pairs_filtered,
@@ -416,8 +410,8 @@ class Session:
             "non_http_connections": p.not_http,
             "h2_connections": c.h2_connections,
             "unknown_header_blocks": p.unknown_header_blocks,
-            "worker_errors": c.worker_errors,
-            "last_worker_error": self.capture.last_error,
+            "worker_errors": c.worker_errors + (self.follower.errors if self.follower else 0),
+            "last_worker_error": self.capture.last_error or (self.follower.last_error if self.follower else ""),
             "records_written": w.records,
             "records_lost": w.lost_records,
             "records_raw_body": w.raw_body_records,

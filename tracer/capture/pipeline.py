@@ -56,8 +56,10 @@ class CaptureStats:
 
 class Capture:
     def __init__(self, on_exchange: Callable[[Exchange], None], *, deferred: bool = True,
-                 max_decoded_body: int = 512 << 20, failures: ThreadFailures | None = None):
+                 max_decoded_body: int = 512 << 20, failures: ThreadFailures | None = None,
+                 on_process: Callable[[bytes], None] | None = None):
         self.on_exchange = on_exchange
+        self.on_process = on_process        # process records (fork/exec/exit), on the poll thread
         self.failures = failures if failures is not None else ThreadFailures()
         self.dead = False                  # the worker thread died: records are counted, not queued
         self.deferred = deferred
@@ -80,6 +82,11 @@ class Capture:
         """One ring-buffer record: queued for the worker (deferred parsing) or processed now."""
         if self.dump is not None:
             self.dump.write(len(record).to_bytes(4, "little") + record)
+        if self.on_process is not None and ev.record_type(record) in ev.PROC_TYPES:
+            self.on_process(record)       # a held process waits on it: not behind the parser
+            if ev.record_type(record) not in (ev.EV_EXEC, ev.EV_EXIT):
+                return
+            # exec and exit also end the process' connections, in order with its data records
         if self.deferred:
             if self.dead:
                 self.stats.unprocessed_records += 1
@@ -147,6 +154,10 @@ class Capture:
             elif e.type == ev.EV_CLOSE:
                 self.stats.close_events += 1
                 self._close_conn((e.pid, e.conn), "SSL_free", e.ts_ns)
+            elif e.type in (ev.EV_EXEC, ev.EV_EXIT):
+                why = "process exec'd" if e.type == ev.EV_EXEC else "process exited"
+                for key in [k for k in self.conns if k[0] == e.pid]:
+                    self._close_conn(key, why, e.ts_ns)
         except Exception as exc:  # a bug must not stop the capture; it is counted and shown
             self.stats.worker_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"

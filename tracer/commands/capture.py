@@ -180,27 +180,45 @@ def _watch_targets(session: Session) -> None:
             _say(f"pid {pid}: stopped tracing it: {why}")
             continue
         try:
-            session.refresh_target(session.targets[pid])
+            session.refresh_target(session.procs.get(pid))
         except TracerError as e:
             _say(str(e))
 
 
+def _say_probed(proc, prefix: str = "") -> None:
+    for f in proc.files.values():
+        where = "" if f.mapped else ", when loaded"
+        _say(f"{prefix}probes on {f.path} ({f.library}{where})")
+    for why in proc.problems:
+        _say(f"{prefix}TLS code NOT probed: {why}")
+
+
 @click.command("attach")
-@click.option("--pid", "-p", "pids", type=int, multiple=True, required=True,
+@click.option("--pid", "-p", "pids", type=int, multiple=True,
               help="Process to trace (repeat for several).")
+@click.option("--children", is_flag=True,
+              help="Also trace the processes below each --pid: those running now and those they "
+                   "start later (fork, exec), at any depth. A new program is held stopped for the "
+                   "moment its probes take, so its first request is captured too.")
+@click.option("--cgroup", "cgroup_path", metavar="PATH",
+              help="Trace every process in this cgroup v2 directory and below it, present and future "
+                   "(e.g. a Docker container's or a systemd unit's cgroup; absolute, or relative to "
+                   "the cgroup2 mount). Runs until Ctrl-C, --duration or the cgroup is removed.")
 @click.option("--allow-other-users", is_flag=True,
               help="Trace processes whatever user they run as. This lets the caller read every user's "
                    "TLS traffic (root's included): without it a pid must pass the kernel's ptrace "
                    "rule for the user who invoked sudo (same real/effective/saved/fs uid and gid, "
                    "dumpable).")
 @capture_options
-def attach_cmd(pids, allow_other_users, **kw):
+def attach_cmd(pids, children, cgroup_path, allow_other_users, **kw):
     """Trace running processes' TLS traffic until Ctrl-C, until they all exit, or --duration.
 
     Finds every mapped object that carries TLS functions (libssl, node, Bun/Claude Code) and puts
-    uprobes on them for these pids only. Connections that were already open are picked up at their
-    next message boundary. Under sudo, only processes the invoking user could ptrace are accepted;
-    a traced process that exec's a setuid/setgid program stops being traced (noted in the summary).
+    uprobes on them for these pids only, reaching each file through the process' own mount
+    namespace (containers). Connections that were already open are picked up at their next
+    message boundary. Under sudo, only processes the invoking user could ptrace are traced (with
+    --children and --cgroup: each one as tracer finds it); a traced process that exec's a
+    setuid/setgid program stops being traced (noted in the summary).
 
     Exit status: 0; 70 when tracer itself failed (one of its threads died: the summary says which
     and what stopped working); 1 or 2 when it could not start.
@@ -209,6 +227,8 @@ def attach_cmd(pids, allow_other_users, **kw):
 
     user = _user()
     opts = _options(kw, user, allow_other_users)
+    if not pids and not cgroup_path:
+        _fail("say what to trace: --pid PID (with --children for its process tree) or --cgroup PATH")
     for pid in pids:
         if not _alive(pid):
             _fail(f"no such process: {pid}")
@@ -216,30 +236,60 @@ def attach_cmd(pids, allow_other_users, **kw):
         if not ok:
             _fail(f"{why}; pass --allow-other-users to trace it anyway (that lets you read every "
                   "user's TLS traffic)")
+    cgroup_dir = None
+    if cgroup_path:
+        from tracer.processes import cgroup as cg
+        try:
+            cgroup_dir = cg.resolve(cgroup_path)
+        except TracerError as e:
+            _fail(str(e))
     stopper = _Stopper()
     stopper.install()
     session = _start_session(opts)
+    follow = children or cgroup_dir is not None
     try:
-        for pid in pids:
-            tgt = session.add_target(pid)
-            if not tgt.files:
+        if follow:
+            follower = session.follow()
+            roots = [follower.add_tree(pid) if children else follower.add_root(pid, "attached", children=False)
+                     for pid in pids]
+            if cgroup_dir is not None:
+                roots += follower.follow_cgroup(cgroup_dir)
+            shown = roots if not children else [p for p in session.procs.all()]
+        else:
+            shown = [session.add_target(pid) for pid in pids]
+        for proc in shown:
+            if not proc.traced:
+                _say(f"pid {proc.pid} ({proc.command}): not traced: {proc.why_not}")
+                continue
+            if not proc.files and not proc.problems:
                 errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
-                _say(f"pid {pid}: no TLS library found yet in its mappings"
+                _say(f"pid {proc.pid}: no TLS library found yet in its mappings"
                      + (f" ({errs})" if errs else "") + "; watching for one to be loaded")
-            for path, lib, methods in tgt.files:
-                _say(f"pid {pid}: probes on {path} ({lib})")
+            _say_probed(proc, f"pid {proc.pid}: ")
     except TracerError as e:
         session.finish()
         _fail(str(e), 1)
-    _say(f"tracing {len(pids)} process(es); log {session.log_path}; Ctrl-C to stop")
+    what = f"{len(pids)} process(es)" + (" and their children" if children else "")
+    if cgroup_dir is not None:
+        what = (what + " and " if pids else "") + f"every process in cgroup {cgroup_dir}"
+    _say(f"tracing {what}; log {session.log_path}; Ctrl-C to stop")
     tick = _status_printer(session, opts.status)
     deadline = time.monotonic() + kw["duration"] if kw["duration"] else None
     while not stopper.event.is_set():
         if deadline and time.monotonic() >= deadline:
             break
-        _watch_targets(session)
-        if not session.live_targets():
-            break
+        if follow:           # the follower watches its processes (tracer/processes/follower.py)
+            if cgroup_dir is not None:
+                from tracer.processes import cgroup as cg
+                if not cg.exists(cgroup_dir):
+                    _say(f"cgroup {cgroup_dir} is gone")
+                    break
+            elif not session.follower.live():
+                break
+        else:
+            _watch_targets(session)
+            if not session.live_targets():
+                break
         tick()
         stopper.event.wait(opts.watch_interval)
     tick(final=True)
@@ -255,16 +305,22 @@ def _child_credentials(user: InvokingUser):
 
 
 @click.command("run", context_settings={"ignore_unknown_options": False})
+@click.option("--no-children", is_flag=True,
+              help="Trace only COMMAND's own process, not the processes it starts.")
 @capture_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run_cmd(command, **kw):
+def run_cmd(command, no_children, **kw):
     """Start COMMAND with probes attached before its first TLS call; trace it until it exits.
 
     \b
     Example:  sudo tracer run -- claude -p "hello"
-    The command runs as the user who invoked sudo (not root), with its stdin/stdout/stderr untouched;
-    tracer's own messages go to stderr. If the command exec's a setuid/setgid program, nothing from
-    that program is logged and its tracing stops (noted in the summary).
+              sudo tracer run -- python my_agent.py     (the Claude Code it starts is traced too)
+    Every process COMMAND starts is traced as well, at any depth (--no-children: only COMMAND).
+    Each new program is held stopped until its probes are in place, so even a request sent right
+    after exec is captured. The command runs as the user who invoked sudo (not root), with its
+    stdin/stdout/stderr untouched; tracer's own messages go to stderr. A process that exec's a
+    setuid/setgid program has nothing logged from that program and stops being traced (noted in
+    the summary).
 
     \b
     Exit status: the command's (128+N when signal N ended it), unless tracer
@@ -274,6 +330,7 @@ def run_cmd(command, **kw):
     """
     user = _user()
     opts = _options(kw, user)
+    follow = not no_children
     env = dict(os.environ)
     creds = _child_credentials(user)
     if creds:
@@ -290,8 +347,10 @@ def run_cmd(command, **kw):
     stopper.install()
     session = _start_session(opts)
     r, w = os.pipe()
+    # the launcher waits for the go byte; if tracer dies first, the command does not run untraced
     launcher = ("import os,sys\n"
-                "fd=int(sys.argv[1]); os.read(fd,1); os.close(fd)\n"
+                "fd=int(sys.argv[1]); go=os.read(fd,1); os.close(fd)\n"
+                "go==b'x' or sys.exit('tracer: tracer ended before the command could start')\n"
                 "os.execvp(sys.argv[2], sys.argv[2:])\n")
     popen_kw = {}
     if creds:
@@ -304,19 +363,28 @@ def run_cmd(command, **kw):
         _fail(f"cannot start {command[0]}: {e}", 127)
     os.close(r)
     try:
-        session.add_target(child.pid, extra_files=files + ssl_library_candidates(), env=env)
+        if follow:
+            follower = session.follow()
+            # the launcher runs tracer's own Python (as the user): admitted now, probed after it
+            # execs the command, which the kernel side holds until then
+            root = follower.add_root(child.pid, "command", probe=False, env=env)
+            if not root.traced:
+                raise TracerError(f"cannot trace {command[0]}: {root.why_not}")
+            tgt = None
+        else:
+            tgt = session.add_target(child.pid, extra_files=files + ssl_library_candidates(), env=env,
+                                     origin="command")
     except TracerError as e:
         child.kill()
         session.finish()
         _fail(str(e), 1)
-    tgt = session.targets[child.pid]
-    if not kw["quiet"]:
-        for path, lib, _m in tgt.files:
-            _say(f"probes on {path} ({lib})")
-    if not tgt.files:
-        errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
-        _say(f"no TLS library found for {command[0]} yet"
-             + (f" ({errs})" if errs else "") + "; watching its mappings")
+    if tgt is not None:
+        if not kw["quiet"]:
+            _say_probed(tgt)
+        if not tgt.files:
+            errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
+            _say(f"no TLS library found for {command[0]} yet"
+                 + (f" ({errs})" if errs else "") + "; watching its mappings")
     os.write(w, b"x")      # release the command
     os.close(w)
     tick = _status_printer(session, opts.status)
@@ -333,14 +401,17 @@ def run_cmd(command, **kw):
         if deadline and time.monotonic() >= deadline:
             child.terminate()
             deadline = None
-        if tgt.alive:
+        if tgt is not None and tgt.alive:
             _watch_targets(session)
         tick()
         try:
             child.wait(timeout=opts.watch_interval)
         except subprocess.TimeoutExpired:
             pass
-    session.target_exited(child.pid)
+    if follow:
+        session.wait_ring_drained()
+    else:
+        session.target_exited(child.pid)
     tick(final=True)
     summary = _finish(session, opts)
     rc = child.returncode

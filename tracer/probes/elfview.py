@@ -12,7 +12,8 @@ every count and size checked against the file before anything is allocated:
   * a section's bytes are read only for sections that have bytes in the file (not ``SHT_NOBITS``,
     not ``SHF_COMPRESSED``), whose ``sh_offset + sh_size`` lies inside the file, and up to a caller's
     limit;
-  * notes are walked inside their section with every name/descriptor size checked.
+  * notes are walked inside their section with every name/descriptor size checked;
+  * the dynamic section's DT_NEEDED entries are read inside it, their names inside its string table.
 
 Allocation is therefore bounded by the size of the file itself (and for a section's bytes by the
 caller's limit), never by a number the file states. pyelftools' `ELFFile` is still used for the ELF
@@ -31,6 +32,9 @@ SHT_SYMTAB = 2
 SHT_STRTAB = 3
 SHT_NOTE = 7
 SHT_DYNSYM = 11
+SHT_DYNAMIC = 6
+PT_INTERP = 3
+DT_NEEDED = 1
 SHF_COMPRESSED = 0x800
 PT_LOAD = 1
 PF_X = 1
@@ -223,3 +227,26 @@ def build_id(elf) -> str:
                 return data[name_end:name_end + descsz].hex()
             pos = desc_end
     return ""
+
+
+def needed(elf, limit: int = 256) -> list[str]:
+    """DT_NEEDED names of the dynamic section (at most ``limit``), every size checked; [] if none."""
+    end, is64 = _fmt(elf)
+    secs = sections(elf)
+    dyn = next((s for s in secs if s.type == SHT_DYNAMIC), None)
+    if dyn is None or not 0 < dyn.link < len(secs) or secs[dyn.link].type != SHT_STRTAB:
+        return []
+    data = section_bytes(elf, dyn, 1 << 20)
+    strings = section_bytes(elf, secs[dyn.link], 16 << 20)
+    fmt, step = (end + "qQ", 16) if is64 else (end + "iI", 8)
+    out: list[str] = []
+    for pos in range(0, len(data) - step + 1, step):
+        tag, val = struct.unpack_from(fmt, data, pos)
+        if tag == 0:                            # DT_NULL ends the table
+            break
+        if tag == DT_NEEDED and val < len(strings):
+            e = strings.find(b"\0", val)
+            out.append(strings[val:e if e >= 0 else len(strings)].decode("latin-1"))
+            if len(out) >= limit:
+                break
+    return out

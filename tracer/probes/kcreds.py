@@ -10,8 +10,10 @@ Two maps:
     ``task_struct``/``cred``/``mm_struct``. Read from the kernel's own BTF
     (/sys/kernel/btf/vmlinux) through libbpf's BTF API: the headers BCC compiles against can be
     another kernel's (tracer/probes/kheaders.py), so the offsets cannot come from them.
-  * ``target_ids`` (key: tgid): the approved ids, and whether to check at all (not when root itself
-    invoked tracer or the caller passed --allow-other-users: then any process may be traced).
+  * ``target_ids`` (key: tgid): the approved ids, and flags: whether to check the ids at all (not
+    when root itself invoked tracer or the caller passed --allow-other-users: then any process may be
+    traced), and - set by the kernel side when a followed process exec's - that the approval is
+    withdrawn until user space has checked the new program and approves it again.
 
 `CredGuard.approve(pid, ...)` must be called for a process before its probes are attached (and by
 anything that starts tracing a new process, e.g. a fork/exec follower, after `tracer.access.may_trace`
@@ -32,6 +34,7 @@ from tracer import libbpf
 from tracer.errors import TracerError
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+GUARD_CHECK, GUARD_EXECED = 0x1, 0x2       # struct tracer_target_ids.flags (bpf/tracer_event.h)
 BTF_KIND_STRUCT, BTF_KIND_UNION = 4, 5
 
 
@@ -134,18 +137,22 @@ class CredGuard:
         return self.layout is not None
 
     def approve(self, pid: int, uid: int, gid: int, check: bool) -> bool:
-        """Let the probes copy ``pid``'s data (while its ids stay uid/gid, when ``check``). Returns
-        whether the kernel will check (False: no BTF layout, checked in user space only)."""
+        """Let the probes copy ``pid``'s data (while its ids stay uid/gid, when ``check``); also after
+        an exec (it clears TRACER_GUARD_EXECED: call it only once the new program passed the ptrace
+        rule). The process' count of refused calls is kept. Returns whether the kernel will check the
+        ids (False: no BTF layout, checked in user space only)."""
         check = check and self.enforcing
+        key = struct.pack("<I", pid)
         try:
-            libbpf.map_update(self.targets_fd, struct.pack("<I", pid),
-                              struct.pack("<IIII", uid, gid, int(check), 0))
+            libbpf.map_update(self.targets_fd, key, struct.pack(
+                "<IIII", uid, gid, GUARD_CHECK if check else 0, self.denied(pid)))
         except OSError as e:        # e.g. E2BIG: more traced processes than the map holds
             raise TracerError(f"cannot approve pid {pid} for tracing: {e.strerror or e}") from None
         return check
 
     def denied(self, pid: int) -> int:
-        """SSL calls of ``pid`` whose data the kernel did not copy (credentials changed)."""
+        """SSL calls of ``pid`` whose data the guard did not copy (its ids changed, or it exec'd and
+        was not approved anew yet)."""
         raw = libbpf.map_lookup(self.targets_fd, struct.pack("<I", pid), 16)
         return struct.unpack("<IIII", raw)[3] if raw else 0
 

@@ -47,19 +47,20 @@ class SymbolStrategy:
 
     def locate(self, path: str, elf: ELFFile) -> Located | None:
         found: dict[str, FunctionLocation] = {}
-        for secname, sectype, method in ((".dynsym", elfview.SHT_DYNSYM, "dynamic symbol table"),
-                                         (".symtab", elfview.SHT_SYMTAB, "symbol table")):
+        for secname, sectype, method in SYMBOL_TABLES:
             missing = [n for n in ALL_FUNCS if n not in found]
             if not missing:
                 break
-            tables = _symbol_tables(elf, secname, sectype)
-            if tables is None:
-                continue
-            for name, value in _find_symbols(elf, *tables, missing).items():
+            for name, value in defined_functions(elf, secname, sectype, missing).items():
                 found[name] = FunctionLocation(name, value, method)
         if not found:
             return None
         return Located(path=path, build_id=build_id(elf), library="openssl", functions=found)
+
+
+SYMBOL_TABLES = ((".dynsym", elfview.SHT_DYNSYM, "dynamic symbol table"),
+                 (".symtab", elfview.SHT_SYMTAB, "symbol table"))
+STT_FUNC = 2
 
 
 def _symbol_tables(elf: ELFFile, secname: str, sectype: int) -> tuple[bytes, bytes] | None:
@@ -90,24 +91,34 @@ def _sym_dtype(elf: ELFFile) -> np.dtype:
                      ("other", "u1"), ("shndx", e + "u2")])
 
 
-def _find_symbols(elf: ELFFile, symdata: bytes, strings: bytes, names: list[str]) -> dict[str, int]:
-    """Defined STT_FUNC symbols among `names` -> st_value."""
-    out: dict[str, int] = {}
-    offsets = {}
+def symbols_named(elf: ELFFile, secname: str, sectype: int, names) -> list[tuple[str, int, int, int]]:
+    """(name, st_info, st_shndx, st_value) of every entry of one symbol table (read through elfview)
+    whose name is one of `names`. A name may be the tail of a longer string (linkers merge string
+    tables: "fork" can start inside "__libc_fork"), so every place the string ends counts."""
+    tables = _symbol_tables(elf, secname, sectype)
+    if tables is None:
+        return []
+    symdata, strings = tables
+    offsets: dict[int, str] = {}
     for n in names:
-        needle = b"\0" + n.encode() + b"\0"
+        needle = n.encode() + b"\0"
         pos = strings.find(needle)
         while pos >= 0:
-            offsets.setdefault(pos + 1, n)
+            offsets.setdefault(pos, n)
             pos = strings.find(needle, pos + 1)
     if not offsets:
-        return out
+        return []
     syms = np.frombuffer(symdata, dtype=_sym_dtype(elf))
-    hit = np.isin(syms["name"], np.fromiter(offsets, dtype=np.uint32))
-    for sym in syms[hit]:
-        name = offsets[int(sym["name"])]
-        if (sym["info"] & 0xF) == 2 and sym["shndx"] != 0 and sym["value"] and name not in out:
-            out[name] = int(sym["value"])
+    hit = syms[np.isin(syms["name"], np.fromiter(offsets, dtype=np.uint32))]
+    return [(offsets[int(x["name"])], int(x["info"]), int(x["shndx"]), int(x["value"])) for x in hit]
+
+
+def defined_functions(elf: ELFFile, secname: str, sectype: int, names) -> dict[str, int]:
+    """Defined STT_FUNC symbols among `names` in one symbol table -> st_value (the first of each)."""
+    out: dict[str, int] = {}
+    for name, info, shndx, value in symbols_named(elf, secname, sectype, names):
+        if info & 0xF == STT_FUNC and shndx != 0 and value and name not in out:
+            out[name] = value
     return out
 
 

@@ -38,6 +38,13 @@ Bedrock calls carry the conversation, which is the point of the log, and are nev
 Bodies over the inline limit (16 MiB), streamed into the log line, and multipart bodies are not
 rewritten.
 
+Command lines (``tracer.process``, the summary's process tree; `redact_argv`): the value after an option
+named like a credential (``--api-key X``, ``--token=X``, ``--password X``), header arguments whose name
+is a secret header's by the rule above (``-H 'x-api-key: X'``), ``NAME=value`` words whose name is in
+`SECRET_HEADERS` or ends like a credential option (``ANTHROPIC_API_KEY=``, ``GH_TOKEN=``; not ``KEYBOARD=``),
+``name: value`` / ``name=value`` inside longer arguments (``sh -c`` scripts, JSON), and key-shaped words
+(``sk-...``, ``AKIA...``, JWTs), each shortened like a header value.
+
 Cost: header names and query names are classified once (a precompiled regex) and remembered in a
 bounded dict, so a pair's headers cost one dict lookup each; bodies are only walked for the pairs
 and content types above, on the object the record builder parsed anyway (bench/redaction.py).
@@ -191,3 +198,68 @@ def redact_json(obj, oauth: bool = False):
 
 def form_has_grant_type(text: str) -> bool:
     return text.startswith("grant_type=") or "&grant_type=" in text
+
+
+# -- command lines (tracer.process in records, the summary's process tree) -----------------------
+
+_TOKENISH = re.compile(r"^(?:sk-[A-Za-z0-9_-]{16,}|(?:ghp|gho|xox[abpr])[-_][A-Za-z0-9_-]{10,}|"
+                       r"AKIA[0-9A-Z]{16}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\..*)$")
+_SECRET_WORD = r"(?:[a-z0-9]+[_-])*(?:api[_-]?key|key|token|secret|passw(?:or)?d|authorization|auth|cookie|credentials?)"
+_SECRET_OPT = re.compile(r"(?i)^--?" + _SECRET_WORD + "$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_HEADER_ARG = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*:\s*(.*)$", re.S)
+
+
+_SECRET_IN_TEXT = re.compile(
+    r"(?i)(\b" + _SECRET_WORD + r"[\"']?\s*[:=]\s*[\"']?)((?:bearer|basic)\s+)?([^\s'\";&|,}]+)")
+_TOKEN_IN_TEXT = re.compile(r"\b(sk-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16})\b")
+
+
+def _redact_text(text: str) -> str:
+    """Secrets inside a longer argument (a shell script given to sh -c, a JSON option)."""
+    text = _SECRET_IN_TEXT.sub(lambda m: m.group(1) + (m.group(2) or "") + redact_value(m.group(3)), text)
+    return _TOKEN_IN_TEXT.sub(lambda m: redact_value(m.group(1)), text)
+
+
+def _redact_word(word: str) -> str:
+    if _TOKENISH.match(word):
+        return redact_value(word)
+    m = re.match(r"(?i)^(bearer|basic)\s+(\S+)$", word)
+    if m:
+        return f"{m.group(1)} {redact_value(m.group(2))}"
+    return word
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line as logged (a process' argv): values of secret-looking options (--api-key X,
+    --token=X), header arguments whose name is a secret header's (-H 'x-api-key: X'), NAME=value
+    words named like a credential, secrets inside longer arguments and key-shaped words are
+    redacted the way header values are."""
+    out: list[str] = []
+    secret_next = False
+    for a in argv:
+        if secret_next:
+            out.append(redact_value(a))
+            secret_next = False
+            continue
+        if "=" in a and a.startswith("-"):
+            name, value = a.split("=", 1)
+            if _SECRET_OPT.match(name):
+                out.append(f"{name}={redact_value(value)}")
+                continue
+        if _SECRET_OPT.match(a):
+            out.append(a)
+            secret_next = True
+            continue
+        m = _HEADER_ARG.match(a)
+        if m and header_is_secret(m.group(1).lower()):
+            out.append(f"{m.group(1)}: {redact_header_value(m.group(1).lower(), m.group(2).strip())}")
+            continue
+        if "=" in a and not a.startswith("-"):
+            name, value = a.split("=", 1)
+            if _ENV_NAME.fullmatch(name) and (name.lower() in SECRET_HEADERS or _SECRET_OPT.match("--" + name)):
+                out.append(f"{name}={redact_value(value)}")
+                continue
+        a = " ".join(_redact_word(w) for w in a.split(" ")) if " " in a else _redact_word(a)
+        out.append(_redact_text(a))
+    return out

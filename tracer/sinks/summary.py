@@ -28,9 +28,33 @@ LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
 
 
 def losses(s: dict) -> str:
-    """Every non-zero loss counter with its meaning, or "none"."""
+    """Every non-zero loss counter with its meaning, and every process whose TLS traffic may be
+    missing, or "none"."""
     found = [f"{label}: {s[key]}" for key, label in LOSSES if s.get(key)]
+    found += process_problems(s.get("processes") or [])
     return "; ".join(found) if found else "none"
+
+
+def process_problems(procs: list[dict]) -> list[str]:
+    """Processes whose TLS traffic may be missing from the log (tracer/processes/table.py summary)."""
+    out = []
+    unprobed = [p for p in procs if p["traced"] and p["problems"]]
+    if unprobed:
+        out.append(f"TLS code not probed in {len(unprobed)} process(es): " + ", ".join(
+            f"pid {p['pid']} ({p['problems'][0]})" for p in unprobed[:5]))
+    late = [p for p in procs if p["traced"] and p["late"] and any(t["mapped"] for t in p["tls"])]
+    if late:
+        out.append(f"probed after they started running: {len(late)} process(es) ("
+                   + ", ".join(f"pid {p['pid']}" for p in late[:5]) + ")")
+    ran = [p for p in procs if p.get("unprobed")]
+    if ran:
+        out.append(f"ran before tracer could probe them: {len(ran)} process(es): " + ", ".join(
+            f"pid {p['pid']} ({p['unprobed']})" for p in ran[:5]))
+    dropped = [p for p in procs if not p["traced"] and "exited before" not in p["why_not"]]
+    if dropped:
+        out.append(f"not traced: {len(dropped)} process(es): " + ", ".join(
+            f"pid {p['pid']} ({p['why_not']})" for p in dropped[:5]))
+    return out
 
 
 def format_summary(s: dict) -> str:
@@ -48,6 +72,10 @@ def format_summary(s: dict) -> str:
         lines.append(f"last internal error: {s['last_worker_error']}")
     if s.get("last_serialization_error"):
         lines.append(f"last serialisation error: {s['last_serialization_error']}")
+    if s.get("process_tree"):
+        n = sum(1 for p in s["processes"] if p["traced"])
+        lines.append(f"processes ({n} traced):")
+        lines += s["process_tree"]
     lines.append(f"log: {s['log']}")
     return "\n".join(lines)
 
