@@ -64,3 +64,34 @@ def test_tiny_crafted_elf_allocates_nothing_it_claims(tmp_path):
         _, _, ru = os.wait4(proc.pid, 0)
         rss[what] = ru.ru_maxrss
     assert rss["crafted"] - rss["baseline"] < 8 * 1024, rss      # KiB
+
+
+@pytest.mark.parametrize("name", sorted(crafted_elf.ALL))
+def test_process_tree_readers_refuse_cleanly(tmp_path, name):
+    """What following a process reads of the files it maps or may load (DT_NEEDED, an imported
+    dlopen, libc's fork()) goes through the same bounded reader: no exception, no inflated section."""
+    from tracer.processes import resolve
+    p = tmp_path / name
+    p.write_bytes(crafted_elf.ALL[name]())
+    info = resolve.dyn_info(str(p))
+    assert info is None or isinstance(info.needed, tuple)
+    assert resolve.function_address(str(p), ("fork", "__libc_fork")) is None
+
+
+def test_process_tree_readers_never_open_a_fifo(tmp_path):
+    """A FIFO named like a library in a directory the traced user controls: opening it for reading
+    would block tracer (root) for good."""
+    from tracer.processes import resolve
+    fifo = tmp_path / "libssl.so.3"
+    os.mkfifo(fifo)
+    assert resolve.dyn_info(str(fifo)) is None
+    assert resolve.function_address(str(fifo), ("fork",)) is None
+
+
+def test_process_tree_readers_on_real_files():
+    from tracer.processes import resolve
+    libc = next(p for p in ("/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6",
+                            "/usr/lib/x86_64-linux-gnu/libc.so.6") if os.path.exists(p))
+    assert resolve.function_address(libc, ("fork", "__libc_fork"))
+    info = resolve.dyn_info("/usr/bin/curl")
+    assert info is not None and info.dynamic and any(n.startswith("libcurl") for n in info.needed)

@@ -53,3 +53,11 @@ def test_decode_roundtrip():
     assert (e.pid, e.tid, e.conn, e.stream_off, e.data, e.comm) == (42, 43, 0xABC, 100, b"xyz", "curl")
     raw = ev.EVENT_STRUCT.pack(5, 1, 0, 1, 1, 9, 0, 9, ev.EV_DATA, 0, ev.F_COPY_FAIL, b"x")
     assert ev.decode(raw).data == b""
+
+
+def test_guard_flags_match_the_header():
+    """tracer/probes/kcreds.py writes struct tracer_target_ids.flags with the header's values."""
+    from tracer.capture import event as ev
+    from tracer.probes import kcreds
+    assert kcreds.GUARD_CHECK == ev.CONST["TRACER_GUARD_CHECK"]
+    assert kcreds.GUARD_EXECED == ev.CONST["TRACER_GUARD_EXECED"]

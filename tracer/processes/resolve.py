@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from elftools.elf.elffile import ELFFile
 
 from tracer.probes import elfview
-from tracer.probes.locate import defined_functions, open_regular, symbols_named
+from tracer.probes.locate import LocateError, defined_functions, open_regular, symbols_named
 
 MAX_LINKS = 40
 
@@ -324,7 +324,10 @@ def function_address(path: str, names: tuple[str, ...]) -> int | None:
         return None
     f, elf, _key = opened
     with f:
-        found = defined_functions(elf, ".dynsym", elfview.SHT_DYNSYM, names)
+        try:
+            found = defined_functions(elf, ".dynsym", elfview.SHT_DYNSYM, names)
+        except (LocateError, elfview.ELFBoundsError):       # headers that lie: no address
+            return None
     return next((found[n] for n in names if n in found), None)
 
 
