@@ -270,9 +270,10 @@ class Session:
         """The guard forgets ``pid`` (gone, or no longer traced); what it refused is noted."""
         denied = self.guard.denied(pid)
         if denied and not any(n.startswith(f"pid {pid}: ") for n in self.notes):
-            self.notes.append(f"pid {pid}: {denied} TLS call(s) not logged: the process was not approved "
-                              "at the time (it exec'd a setuid/setgid program, changed its ids, or ran a "
-                              "new program before tracer had checked it)")
+            self.notes.append(f"pid {pid}: {denied} TLS call(s) not logged: the process ran with other "
+                              "credentials than the ones it was traced with (it exec'd a setuid/setgid "
+                              "program, or changed its ids), or ran a new program tracer had not checked "
+                              "yet")
         self.guard.forget(pid)
 
     def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None,

@@ -234,6 +234,9 @@ def test_setuid_exec_is_not_traced(mock, tmp_path):
     program runs: its probes go, its request is not logged, the summary says why; the same program
     without the setuid bit is traced."""
     shared = Path(tempfile.mkdtemp(prefix="tracer-suid-"))
+    # tracer creates the log as the invoking user (tracer/userfiles.py): a directory of theirs
+    out = Path(tempfile.mkdtemp(prefix="tracer-suid-out-"))
+    os.chown(out, 65534, 65534)
     try:
         os.chmod(shared, 0o755)
         suid = shared / "curl-suid"
@@ -250,18 +253,20 @@ def test_setuid_exec_is_not_traced(mock, tmp_path):
         script = f"set -e\n{suid} {plain[len('curl '):]}\n{plain}\n"
         env = client_env(mock, SUDO_UID="65534", SUDO_GID="65534", SUDO_USER="nobody")
         t0 = time.time()
-        p = subprocess.run(tracer_cmd("run", "-o", str(tmp_path / "log"), "--quiet", "--no-html", "--",
+        p = subprocess.run(tracer_cmd("run", "-o", str(out / "log"), "--quiet", "--no-html", "--",
                                       "sh", "-c", script), env=env, capture_output=True, text=True,
                            timeout=120, cwd="/")
+        assert p.returncode == 0, p.stderr[-3000:]
+        served = served_since(mock, t0)
+        assert len(served) == 2
+        recs = read_log(out / "log")
     finally:
         shutil.rmtree(shared, ignore_errors=True)
-    assert p.returncode == 0, p.stderr[-3000:]
-    served = served_since(mock, t0)
-    assert len(served) == 2
-    recs = read_log(tmp_path / "log")
+        shutil.rmtree(out, ignore_errors=True)
     assert len(recs) == 1, [r["tracer"]["process"]["command"] for r in recs]
     assert recs[0]["tracer"]["process"]["exe"] == shutil.which("curl")
-    assert re.search(r"not traced: exec'd \S*curl-suid: it runs with uids 65534 0 0 0", p.stderr), p.stderr
+    assert re.search(r"not traced: exec'd \S*curl-suid: pid \d+ runs with uids 65534 0 0 0", p.stderr), p.stderr
+    assert re.search(r"pid \d+: tracing stopped: exec'd \S*curl-suid", p.stderr), p.stderr
     assert "losses: not traced: 1 process(es)" in p.stderr
 
 

@@ -387,6 +387,7 @@ class Follower:
                 proc.unprobed = f"exec'd {e.filename or proc.exe} and ended before tracer could probe it"
             else:
                 proc.why_not = f"exec'd {e.filename or proc.exe}: {proc.why_not}"
+                self.session.notes.append(f"pid {proc.pid}: tracing stopped: {proc.why_not}")
             self._release(e.pid, force=True, stopped=e.stop == 1)
             return
         env = procinfo.read_environ(e.pid)
