@@ -24,7 +24,8 @@ fuzz: bootstrap
 
 # Benchmarks (minutes; untraced vs traced in the same run; results in BENCHMARKS.md).
 bench: bootstrap
-	@for b in latency throughput concurrency large_stream cpu attach_time per_call bpf_loader; do \
+	@for b in latency throughput concurrency large_stream cpu attach_time per_call bpf_loader redaction \
+	          process_tree; do \
 	  echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 	@for c in python curl; do \
 	  echo "== bench/large_stream.py --client $$c (60 KB deltas at loopback speed, 5 runs)"; \
@@ -34,9 +35,11 @@ unit: bootstrap
 	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # eBPF tests inside QEMU guests on several Debian kernels (see vm-tests/README.md).
-# KERNELS="bookworm-6.1 trixie-6.12" picks a subset; PAYLOAD=smoke runs vm-tests/smoke.py instead.
+# KERNELS="bookworm-6.1 trixie-6.12 arm64-bookworm-6.1" picks a subset (arm64-: qemu-system-aarch64);
+# PAYLOAD=smoke runs vm-tests/smoke.py instead; VM_CLAUDE="arm64:VERSION ..." the Claude Code releases
+# copied into those guests (PAYLOAD=verify: uprobe check of their located SSL_read/SSL_write).
 vm-test:
-	@KERNELS="$(KERNELS)" PAYLOAD="$(PAYLOAD)" python3 vm-tests/vmtest.py
+	@KERNELS="$(KERNELS)" PAYLOAD="$(PAYLOAD)" VM_CLAUDE="$(VM_CLAUDE)" python3 vm-tests/vmtest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -185,6 +185,7 @@ def _turns(traced, rings: dict, wsize: int, total: int, rounds: int, work: Path,
     pump, go = start_pump(work, total, wsize=wsize, rounds=rounds * len(names))
     runs: dict[str, list[dict]] = {r: [] for r in names}
     try:
+        traced.approve(pump.pid)
         for mo, located in tls_objects(pump.pid, work / "lib"):
             traced.attach(pump.pid, mo.host_path, located)
         for i in range(rounds * len(names)):

@@ -113,7 +113,7 @@ def one_run(args, srv, tmp: Path, tag: str, env) -> dict:
             "cpu_tracer": fw.tracer_cpu, "cpu_parser": fw.helper_cpu,
             "drops": s["ring_drops_events"], "drop_bytes": s["ring_drops_bytes"], "skipped": s["skipped_bytes"],
             "losses": s["losses"], "spool_peak_mb": round(s.get("spool_peak_backlog_bytes", 0) / 1e6, 1),
-            "parse_after_s": s.get("parse_after_capture_s"), "failed": s.get("internal_failures"),
+            "parse_after_s": s.get("parse_after_capture_s"), "failed": s.get("thread_failures"),
             "ring_fill_pct": round(100 * s.get("ring_peak_fill", 0)),
             "drain_gap_ms": round(s.get("ring_max_drain_interval_ms", 0)), "stderr": err}
 

@@ -256,7 +256,7 @@ def saturation(args, tmp: Path, url: str) -> None:
                       f"spool peak {log.get('spool_peak_backlog_bytes', 0) / 1e6:.0f} MB, ring at most "
                       f"{100 * log.get('ring_peak_fill', 0):.0f} % full; VmHWM {log['hwm_mb']:.0f} MB "
                       f"{log['hwm_parts']}; losses: {log['losses']} ({load_line()})", flush=True)
-                for f in log.get("internal_failures") or ():
+                for f in log.get("thread_failures") or ():
                     print(f"    FAILED: {f}")
             rps[m].append(res["rps"])
     b, e, t = (median(rps[m]) for m in modes)

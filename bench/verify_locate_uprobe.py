@@ -6,6 +6,8 @@ fire with HTTP plaintext (needs root + BCC).
     sudo .venv/bin/python bench/verify_locate_uprobe.py bun 1.4.5
     sudo .venv/bin/python bench/verify_locate_uprobe.py --binary PATH --kind claude|bun
 
+Runs on the machine the binaries are built for (x86-64, or arm64 e.g. inside an arm64 vm-test guest:
+`make vm-test KERNELS=arm64-bookworm-6.12 PAYLOAD=verify VM_CLAUDE="arm64:2.1.220 ..."`).
 For each binary: run discovery (no cache), attach a uprobe at SSL_write (captures the first bytes of
 the plaintext buffer) and a uprobe+uretprobe pair at SSL_read (captures what was read), start the
 mock Anthropic server (tracer.mock) and drive real TLS traffic through the binary:
@@ -27,10 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _util import machine  # noqa: E402
 from tracer.probes.boringssl import analyze_path  # noqa: E402
-from tracer.testing.releases import fetch_npm_release  # noqa: E402
+from tracer.testing.releases import claude_code_package, fetch_npm_release  # noqa: E402
 
-PACKAGES = {"claude": "@anthropic-ai/claude-code-linux-x64", "bun": "@oven/bun-linux-x64"}
+# this machine's builds: the uprobes fire only where the binary runs natively
+PACKAGES = {"claude": claude_code_package(),
+            "bun": "@oven/bun-linux-" + {"aarch64": "aarch64"}.get(os.uname().machine, "x64")}
 
 BPF = r"""
 #include <uapi/linux/ptrace.h>
@@ -63,32 +68,49 @@ int on_read_ret(struct pt_regs *ctx) {
 """
 
 
-def verify(binary: str, kind: str) -> tuple[bool, str]:
-    from bcc import BPF as _BPF
+class Ev(ctypes.Structure):
+    _fields_ = [("pid", ctypes.c_uint32), ("kind", ctypes.c_uint32), ("ret", ctypes.c_int64),
+                ("data", ctypes.c_char * 48)]
 
-    from tracer.probes import kheaders
-    kheaders.apply(kheaders.choose())
 
+class Probes:
+    """The BPF program, compiled once (a minute or two under TCG) and attached to one binary at a time."""
+
+    def __init__(self):
+        from bcc import BPF as _BPF
+
+        from tracer.probes import kheaders
+        kheaders.apply(kheaders.choose())
+        self.b = _BPF(text=BPF)
+        self.seen: list[tuple[int, int, bytes]] = []
+
+        def cb(cpu, data, size):
+            e = ctypes.cast(data, ctypes.POINTER(Ev)).contents
+            self.seen.append((e.kind, e.ret, bytes(e.data)))
+
+        self.b["events"].open_perf_buffer(cb)
+
+    def attach(self, binary: str, w: int, r: int) -> None:
+        self.seen.clear()
+        self.b.attach_uprobe(name=binary, addr=w, fn_name="on_write")
+        self.b.attach_uprobe(name=binary, addr=r, fn_name="on_read")
+        self.b.attach_uretprobe(name=binary, addr=r, fn_name="on_read_ret")
+
+    def detach(self, binary: str, w: int, r: int) -> None:
+        self.b.detach_uprobe(name=binary, addr=w)
+        self.b.detach_uprobe(name=binary, addr=r)
+        self.b.detach_uretprobe(name=binary, addr=r)
+
+
+def verify(probes: Probes, binary: str, kind: str, timeout: float = 120) -> tuple[bool, str]:
     from tracer.mock import MockServer
 
     an = analyze_path(binary)
     if an is None:
         return False, "no BoringSSL found"
     w, r = an.found["SSL_write"], an.found["SSL_read"]
-    b = _BPF(text=BPF)
-    b.attach_uprobe(name=binary, addr=w, fn_name="on_write")
-    b.attach_uprobe(name=binary, addr=r, fn_name="on_read")
-    b.attach_uretprobe(name=binary, addr=r, fn_name="on_read_ret")
-    seen: list[tuple[int, int, bytes]] = []
-
-    def cb(cpu, data, size):
-        class Ev(ctypes.Structure):
-            _fields_ = [("pid", ctypes.c_uint32), ("kind", ctypes.c_uint32), ("ret", ctypes.c_int64),
-                        ("data", ctypes.c_char * 48)]
-        e = ctypes.cast(data, ctypes.POINTER(Ev)).contents
-        seen.append((e.kind, e.ret, bytes(e.data)))
-
-    b["events"].open_perf_buffer(cb)
+    probes.attach(binary, w, r)
+    b, seen = probes.b, probes.seen
     with MockServer() as srv, tempfile.TemporaryDirectory() as home:
         env = dict(os.environ, HOME=home, NODE_EXTRA_CA_CERTS=str(srv.cert_path), DISABLE_TELEMETRY="1",
                    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", ANTHROPIC_API_KEY="sk-test",
@@ -103,12 +125,12 @@ def verify(binary: str, kind: str) -> tuple[bool, str]:
                    "max_tokens: 10, messages: [{role: 'user', content: 'hi'}]})}); "
                    "console.log(r.status, (await r.text()).length)" % srv.port]
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, env=env, cwd=home, capture_output=True, timeout=120,
+        proc = subprocess.run(cmd, env=env, cwd=home, capture_output=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
         dt = time.monotonic() - t0
         for _ in range(5):
             b.perf_buffer_poll(timeout=200)
-    b.cleanup()
+    probes.detach(binary, w, r)
     writes = [d for k, _, d in seen if k == 1]
     reads = [d for k, ret, d in seen if k == 2 and ret > 0]
     req = [d for d in writes if d[:5] in (b"POST ", b"HEAD ", b"GET /")]
@@ -128,6 +150,7 @@ def main() -> int:
     ap.add_argument("pairs", nargs="*", help="KIND VERSION pairs (kind: claude or bun)")
     ap.add_argument("--binary")
     ap.add_argument("--kind", default="claude")
+    ap.add_argument("--timeout", type=float, default=120, help="seconds per client run (default: %(default)s)")
     args = ap.parse_args()
     jobs = []
     if args.binary:
@@ -136,10 +159,13 @@ def main() -> int:
     for kind, version in zip(it, it):
         jobs.append((str(fetch_npm_release(PACKAGES[kind], version)), kind, "%s %s" % (kind, version)))
     bad = 0
+    probes = Probes()
     for binary, kind, label in jobs:
-        ok, detail = verify(binary, kind)
+        ok, detail = verify(probes, binary, kind, args.timeout)
         bad += not ok
         print("%s %s: %s" % ("OK  " if ok else "FAIL", label, detail), flush=True)
+    probes.b.cleanup()
+    print("%d/%d confirmed; %s" % (len(jobs) - bad, len(jobs), machine()), flush=True)
     return 1 if bad else 0
 
 

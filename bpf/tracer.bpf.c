@@ -54,8 +54,58 @@ BPF_PERCPU_ARRAY(drops, struct tracer_drops, 1);
  * ring forces one, so bursts never wait for the timer. One wake-up per ~1 MB instead of one per
  * record keeps the tracer off the CPUs the target is using. */
 BPF_PERCPU_ARRAY(unwoken, u64, 1);
+/* The followed processes (keyed by tgid); maintained by the process-tree section at the end. */
+BPF_HASH(procs, u32, struct tracer_proc, 32768);
 
 #define WAKE_BYTES ((u64)RINGBUF_PAGES * 4096 / 8)
+
+/* Credential guard: the one gate between a traced process and the ring. Probes are attached per pid
+ * and survive exec, so a traced process that exec's a setuid/setgid program would have that program's
+ * plaintext copied - root's secrets handed to the user who asked for the trace. User space approves
+ * each traced process (tracer/access.py: the kernel's ptrace rule) in `target_ids`, with the ids it was
+ * checked against; data is copied only
+ *   - for a process with an entry (a process tracer has not approved - a new child, a cgroup member
+ *     not yet checked - is never copied),
+ *   - not marked TRACER_GUARD_EXECED: a followed process that exec'd (proc_exec below) is copied again
+ *     only once user space has checked the new program and approved it anew (it may be setuid now),
+ *   - and, with TRACER_GUARD_CHECK, only while the calling thread's uid/euid/suid/fsuid and
+ *     gid/egid/sgid/fsgid are exactly the approved ones and its process is dumpable: this closes the
+ *     window before user space notices a setuid exec or a change of ids.
+ * The kernel structure offsets come from the running kernel's BTF at run time
+ * (tracer/probes/kcreds.py): the headers BCC compiles against may be another kernel's. What the guard
+ * refuses is counted (drops.denied, and per process in its entry). */
+BPF_ARRAY(cred_layout, struct tracer_cred_layout, 1);
+BPF_HASH(target_ids, u32, struct tracer_target_ids, 16384);
+
+#define SUID_DUMP_USER 1
+#define MMF_DUMPABLE_MASK 3
+
+static __always_inline int may_copy(struct tracer_target_ids *t)
+{
+    if (!t || (t->flags & TRACER_GUARD_EXECED))
+        return 0;
+    if (!(t->flags & TRACER_GUARD_CHECK))
+        return 1;
+    int zero = 0;
+    struct tracer_cred_layout *l = cred_layout.lookup(&zero);
+    if (!l || !l->cred_uid)
+        return 0;                       /* checking asked for, offsets unknown: refuse */
+    u64 task = bpf_get_current_task();
+    u64 cred = 0, mm = 0, flags = 0;
+    u32 ids[8] = {};
+    if (bpf_probe_read_kernel(&cred, sizeof(cred), (void *)(task + l->task_real_cred)) || !cred)
+        return 0;
+    if (bpf_probe_read_kernel(ids, sizeof(ids), (void *)(cred + l->cred_uid)))
+        return 0;
+    if (ids[0] != t->uid || ids[2] != t->uid || ids[4] != t->uid || ids[6] != t->uid ||
+        ids[1] != t->gid || ids[3] != t->gid || ids[5] != t->gid || ids[7] != t->gid)
+        return 0;
+    if (bpf_probe_read_kernel(&mm, sizeof(mm), (void *)(task + l->task_mm)) || !mm)
+        return 0;
+    if (bpf_probe_read_kernel(&flags, sizeof(flags), (void *)(mm + l->mm_flags)))
+        return 0;
+    return (flags & MMF_DUMPABLE_MASK) == SUID_DUMP_USER;
+}
 
 static __always_inline u64 wake_flag(u32 bytes)
 {
@@ -84,6 +134,14 @@ static __always_inline void count_drop(u64 bytes, int truncated, int copy_fail)
         d->events += 1;
         d->bytes += bytes;
     }
+}
+
+static __always_inline void count_denied(u64 bytes)
+{
+    int zero = 0;
+    struct tracer_drops *d = drops.lookup(&zero);
+    if (d)
+        d->denied += bytes;
 }
 
 static __always_inline int enter(struct pt_regs *ctx, u8 dir, u8 ex)
@@ -252,6 +310,14 @@ static __always_inline int leave(struct pt_regs *ctx, u8 dir)
     if (moved == 0 || moved > 0x7fffffff)
         return 0;
     u32 total = moved;
+    u32 tgid = id >> 32;
+    struct tracer_target_ids *ids = target_ids.lookup(&tgid);
+    if (!may_copy(ids)) {
+        if (ids)
+            __sync_fetch_and_add(&ids->denied, 1);
+        count_denied(total);
+        return 0;
+    }
 
     struct stream_key sk = {};
     sk.conn = c.ssl;
@@ -317,5 +383,211 @@ int probe_free(struct pt_regs *ctx)
     e->type = TRACER_EV_CLOSE;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     events.ringbuf_submit(e, wake_flag(0));
+    return 0;
+}
+
+/* ==== process tree ===========================================================================
+ * Which processes are traced, following a traced process' new processes and execs (tracer run's
+ * default, attach --children, attach --cgroup). User space owns the decisions; this side keeps the
+ * set current at the moment things happen and holds a process still until its probes are in place:
+ *
+ *   task_newtask (parent's context, for every fork/clone on the machine: one hash lookup)
+ *       a followed process made a process (not a thread): add the child, record FORK.
+ *   uretprobe on libc's fork(), only in followed processes that have TLS probes (child's context:
+ *   the kernel copies the pending return into the child, which then runs this on its way out)
+ *       a NEW child is stopped (SIGSTOP) before it runs a single instruction of its own; STOP.
+ *   sched_process_exec (the exec'ing process' context, for every exec on the machine)
+ *       a followed process exec'd: stop it before the new program's first instruction, EXEC.
+ *   sched_process_exit (every thread exit on the machine)
+ *       a followed process' last thread ended: forget it, EXIT.
+ *
+ * A process is only stopped while the consumer shows signs of life (`follow`.alive_ns younger than
+ * grace_ns): a tracer that is gone or hung never leaves new processes stopped; the ones it stopped
+ * are resumed by its watchdog (tracer/processes/watchdog.py). */
+
+#define CLONE_VM_FLAG     0x00000100
+#define CLONE_THREAD_FLAG 0x00010000
+#define SIGSTOP_NR        19
+#define EXEC_NAME_MAX     256
+
+BPF_ARRAY(follow, struct tracer_follow, 1);
+BPF_CGROUP_ARRAY(cgroups, 1);
+
+/* tracepoint records (tracefs events/<category>/<name>/format; stable since Linux 3.x) */
+struct tp_newtask_args {
+    u64 common;
+    s32 pid;
+    char comm[16];
+    u64 clone_flags;
+};
+
+struct tp_exec_args {
+    u64 common;
+    u32 filename_loc;      /* __data_loc: offset (low 16 bits) and length of the name */
+    s32 pid;
+    s32 old_pid;
+};
+
+struct tp_exit_args {
+    u64 common;
+    char comm[16];
+    s32 pid;
+    s32 prio;
+#ifdef TRACER_EXIT_GROUP_DEAD
+    u8 group_dead;         /* Linux 6.16+: the last thread of the process */
+#endif
+};
+
+static __always_inline u64 follow_cfg(u32 *cgroup_mode)
+{
+    int zero = 0;
+    struct tracer_follow *f = follow.lookup(&zero);
+    if (!f)
+        return 0;
+    *cgroup_mode = f->cgroup;
+    if (!f->alive_ns || bpf_ktime_get_ns() - f->alive_ns > f->grace_ns)
+        return 0;
+    return 1;
+}
+
+static __always_inline int in_followed_cgroup(u32 cgroup_mode)
+{
+    return cgroup_mode && cgroups.check_current_task(0) == 1;
+}
+
+static __always_inline void proc_record(u16 type, u32 pid, u32 tid, u32 ppid, u64 clone_flags, int stop,
+                                        struct tracer_proc *p, const char *name_kernel, u32 name_len)
+{
+    u32 len = name_len < EXEC_NAME_MAX ? name_len : EXEC_NAME_MAX - 1;
+    struct tracer_proc_event *e = events.ringbuf_reserve(sizeof(struct tracer_proc_event) + EXEC_NAME_MAX);
+    if (!e) {
+        count_drop(0, 0, 0);
+        return;
+    }
+    e->ts_ns = bpf_ktime_get_ns();
+    e->clone_flags = clone_flags;
+    e->cgroup_id = bpf_get_current_cgroup_id();
+    e->pid = pid;
+    e->tid = tid;
+    e->ppid = ppid;
+    e->stop = stop;
+    e->len = 0;
+    e->type = type;
+    e->state = p ? p->state : 0;
+    e->flags = p ? p->flags : 0;
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    if (name_kernel && len > 0 &&
+        bpf_probe_read_kernel((void *)(e + 1), len & (EXEC_NAME_MAX - 1), name_kernel) == 0)
+        e->len = len & (EXEC_NAME_MAX - 1);
+    /* a stopped process waits for user space: wake the consumer now */
+    events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
+int proc_newtask(struct tp_newtask_args *args)
+{
+    u64 cf = args->clone_flags;
+    if (cf & CLONE_THREAD_FLAG)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct tracer_proc *p = procs.lookup(&tgid);
+    u32 flags;
+    if (p) {
+        if (!(p->flags & TRACER_PF_CHILDREN))
+            return 0;
+        flags = p->flags;
+    } else {
+        u32 cgroup_mode = 0;
+        follow_cfg(&cgroup_mode);
+        if (!in_followed_cgroup(cgroup_mode))
+            return 0;
+        flags = TRACER_PF_CHILDREN | TRACER_PF_CGROUP;
+    }
+    struct tracer_proc c = {};
+    c.ppid = tgid;
+    c.state = (cf & CLONE_VM_FLAG) ? TRACER_PROC_SHARED : TRACER_PROC_NEW;
+    c.flags = (flags & (TRACER_PF_CHILDREN | TRACER_PF_CGROUP)) |
+              ((flags & TRACER_PF_NO_STOP_KIDS) ? TRACER_PF_NO_STOP : 0);
+    u32 child = args->pid;
+    procs.update(&child, &c);
+    proc_record(TRACER_EV_FORK, child, (u32)bpf_get_current_pid_tgid(), tgid, cf, 0, &c, 0, 0);
+    return 0;
+}
+
+int proc_fork_return(struct pt_regs *ctx)
+{
+    if ((int)PT_REGS_RC(ctx) != 0)
+        return 0;                  /* the parent's return from fork() */
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct tracer_proc *p = procs.lookup(&tgid);
+    if (!p || p->state != TRACER_PROC_NEW || (p->flags & TRACER_PF_NO_STOP))
+        return 0;
+    u32 cgroup_mode = 0;
+    if (!follow_cfg(&cgroup_mode))
+        return 0;
+    int rc = bpf_send_signal(SIGSTOP_NR);
+    if (rc == 0) {
+        p->state = TRACER_PROC_STOPPED;
+        p->stops += 1;
+    }
+    proc_record(TRACER_EV_STOP, tgid, tgid, p->ppid, 0, rc == 0 ? 1 : rc, p, 0, 0);
+    return 0;
+}
+
+int proc_exec(struct tp_exec_args *args)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 cgroup_mode = 0;
+    u64 alive = follow_cfg(&cgroup_mode);
+    struct tracer_proc *p = procs.lookup(&tgid);
+    if (!p) {
+        if (!in_followed_cgroup(cgroup_mode))
+            return 0;
+        struct tracer_proc n = {};
+        n.flags = TRACER_PF_CHILDREN | TRACER_PF_CGROUP;
+        n.state = TRACER_PROC_EXECED;
+        procs.update(&tgid, &n);
+        p = procs.lookup(&tgid);
+        if (!p)
+            return 0;
+    }
+    /* a new program: nothing of it is copied until user space has checked and approved it again */
+    struct tracer_target_ids *g = target_ids.lookup(&tgid);
+    if (g)
+        g->flags |= TRACER_GUARD_EXECED;
+    int stop = 0;
+    p->flags &= ~TRACER_PF_NO_STOP_KIDS;     /* a new program: user space looks at it again */
+    if (!(p->flags & TRACER_PF_NO_STOP) && alive) {
+        int rc = bpf_send_signal(SIGSTOP_NR);
+        stop = rc == 0 ? 1 : rc;
+    }
+    if (stop == 1) {
+        p->state = TRACER_PROC_STOPPED;
+        p->stops += 1;
+    } else {
+        p->state = TRACER_PROC_EXECED;
+    }
+    u32 loc = args->filename_loc;
+    proc_record(TRACER_EV_EXEC, tgid, (u32)args->old_pid, p->ppid, 0, stop, p,
+                (const char *)args + (loc & 0xffff), loc >> 16);
+    return 0;
+}
+
+int proc_exit(struct tp_exit_args *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+#ifdef TRACER_EXIT_GROUP_DEAD
+    if (!args->group_dead)
+        return 0;
+#else
+    if ((u32)id != tgid)
+        return 0;                  /* the group leader's exit stands for the process' */
+#endif
+    struct tracer_proc *p = procs.lookup(&tgid);
+    if (!p)
+        return 0;
+    struct tracer_proc last = *p;
+    procs.delete(&tgid);
+    proc_record(TRACER_EV_EXIT, tgid, (u32)id, last.ppid, 0, 0, &last, 0, 0);
     return 0;
 }

@@ -6,7 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SYS_PY=/usr/bin/python3
-APT_PKGS=(python3-bpfcc python3-venv python3-pip curl ca-certificates openssl nodejs)
+# nginx: a real h2 server for the integration tests (started by the tests themselves, on 127.0.0.1 with
+# their own config; the package's service is never started, see below).
+# binutils-aarch64-linux-gnu: the AArch64 locator's synthetic tests assemble and link arm64 programs.
+# gcc, libc6-dev, libssl-dev: the C test clients (tests/integration/clients/*.c).
+APT_PKGS=(python3-bpfcc python3-venv python3-pip curl ca-certificates openssl nodejs nginx
+          binutils-aarch64-linux-gnu gcc libc6-dev libssl-dev)
 EXTRA_PKGS=("$@")
 
 need_apt=()
@@ -36,7 +41,17 @@ if [ ${#need_apt[@]} -gt 0 ] || [ $need_headers = 1 ]; then
     apt_update
     if [ ${#need_apt[@]} -gt 0 ]; then
         echo "bootstrap: apt-get install ${need_apt[*]}" >&2
-        apt-get install -y -q "${need_apt[@]}" >/dev/null
+        # Packaged daemons (nginx) must not start listening on this machine: deny service starts for
+        # the install unless a policy is already in place.
+        policy=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            policy=/usr/sbin/policy-rc.d
+            printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"
+        fi
+        status=0
+        apt-get install -y -q "${need_apt[@]}" >/dev/null || status=$?
+        [ -z "$policy" ] || rm -f "$policy"
+        [ $status = 0 ] || exit $status
     fi
     if [ $need_headers = 1 ]; then
         if apt-cache show "linux-headers-$kver" >/dev/null 2>&1; then

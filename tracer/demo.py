@@ -13,29 +13,51 @@ from pathlib import Path
 
 import orjson
 
+from tracer.errors import TracerError
+from tracer.invoker import as_user, invoking_user
 from tracer.mock import MockServer
+from tracer.userfiles import make_user_dir, write_user_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = ROOT / "tests" / "integration" / "clients"
 
 
+def _out_dir(user) -> Path:
+    """TRACER_DEMO_DIR, else .claude-trace-demo in the checkout - or, under sudo (the clients and the
+    logs are the invoking user's), a fresh directory of theirs in /tmp. Created as that user."""
+    if os.environ.get("TRACER_DEMO_DIR"):
+        d = Path(os.environ["TRACER_DEMO_DIR"])
+    elif user.acting_for_other:
+        with as_user(user):
+            return Path(tempfile.mkdtemp(prefix="tracer-demo-"))
+    else:
+        d = ROOT / ".claude-trace-demo"
+    return make_user_dir(d, user)
+
+
 def main() -> int:
-    out_dir = Path(os.environ.get("TRACER_DEMO_DIR", ROOT / ".claude-trace-demo"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        user = invoking_user()
+        out_dir = _out_dir(user)
+    except TracerError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 2
     with MockServer(knobs={"delay_ms": 5}) as srv:
-        env = dict(os.environ, NODE_EXTRA_CA_CERTS=str(srv.ca_path), ANTHROPIC_BASE_URL=srv.url)
+        # the clients run as the invoking user: give them the CA where they can read it
+        ca = write_user_file(out_dir / "mock-ca.pem", srv.ca_path.read_bytes(), user=user, mode=0o644)
+        env = dict(os.environ, NODE_EXTRA_CA_CERTS=str(ca), ANTHROPIC_BASE_URL=srv.url)
         body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
                            "messages": [{"role": "user", "content": "hello from curl"}]})
         clients = [
             ("node fetch", [shutil.which("node") or "node", str(CLIENTS / "node_client.mjs"), srv.url,
                             "--stream", "--json"]),
-            ("cpython", ["/usr/bin/python3", str(CLIENTS / "py_client.py"), srv.url, str(srv.ca_path),
+            ("cpython", ["/usr/bin/python3", str(CLIENTS / "py_client.py"), srv.url, str(ca),
                          "--stream", "--json", "--gzip"]),
-            ("curl", ["curl", "-sS", "--http1.1", "--cacert", str(srv.ca_path), f"{srv.url}/v1/messages",
+            ("curl", ["curl", "-sS", "--http1.1", "--cacert", str(ca), f"{srv.url}/v1/messages",
                       "-H", "content-type: application/json", "-H", "x-api-key: sk-ant-demo-key-1234567890",
                       "-d", body, "-o", "/dev/null"]),
         ]
-        print(f"mock Anthropic API: {srv.url} (cert {srv.ca_path})\n", flush=True)
+        print(f"mock Anthropic API: {srv.url} (cert {ca})\n", flush=True)
         failed = 0
         for name, cmd in clients:
             print(f"== {name}: tracer run -- {' '.join(Path(cmd[0]).name if i == 0 else a for i, a in enumerate(cmd[:3]))} ...",
@@ -49,7 +71,9 @@ def main() -> int:
                 print(f"   FAILED (exit {p.returncode})")
                 failed += 1
                 continue
-            for line in new[-1].read_bytes().splitlines():
+            with as_user(user):
+                lines = new[-1].read_bytes().splitlines()
+            for line in lines:
                 r = orjson.loads(line)
                 resp = r["response"] or {}
                 kind = "SSE" if "body_raw" in resp else "JSON"

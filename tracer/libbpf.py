@@ -54,6 +54,7 @@ _SIGNATURES = {
     "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64]),
     "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
+    "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
     "ring_buffer__new": (c_void_p, [c_int, RING_SAMPLE_FN, c_void_p, c_void_p]),
     "ring_buffer__poll": (c_int, [c_void_p, c_int]),
     "ring_buffer__consume": (c_int, [c_void_p]),
@@ -182,3 +183,17 @@ def map_delete(fd: int, key: bytes) -> bool:
         return False
     _check(rc, "map delete")
     return True
+
+
+def map_keys(fd: int, key_size: int) -> list[bytes]:
+    """Every key of a hash map, in the map's order (bpf_map_get_next_key from no key)."""
+    out: list[bytes] = []
+    cur, nxt = None, ctypes.create_string_buffer(key_size)
+    while len(out) < (1 << 24):
+        rc = lib().bpf_map_get_next_key(fd, cur, nxt)
+        if rc == -2:                            # ENOENT: the end
+            break
+        _check(rc, "map next key")
+        out.append(nxt.raw)
+        cur = ctypes.create_string_buffer(nxt.raw, key_size)
+    return out

@@ -1,7 +1,8 @@
 """Finished exchanges -> the log: the one place where the capture pipeline delivers what it parsed.
 
 `Recorder.on_exchange` applies the default filter (sinks/record.py `Filter`), builds the
-claude-trace record (`build_record`, redaction included) and queues it for the batched JSONL writer
+claude-trace record (`build_record`, redaction included; `tracer.process` from the process table,
+tracer/processes/table.py) and queues it for the batched JSONL writer
 (sinks/jsonl.py); then every observer registered with `observe` gets the exchange and its record (a
 live view, another exporter). It runs wherever the pipeline runs: in the parsing process
 (tracer/worker.py) normally, in the tracer process with --no-deferred-parsing.
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 from tracer.capture.pipeline import Capture
+from tracer.processes.table import ProcessTable
 from tracer.protocols.base import Exchange
 from tracer.sinks.jsonl import JsonlWriter
 from tracer.sinks.record import Clock, Filter, build_record
@@ -20,8 +22,11 @@ Observer = Callable[[Exchange, dict], None]
 
 
 class Recorder:
-    def __init__(self, writer: JsonlWriter, filter: Filter, clock: Clock, *, redact: bool = True):
+    def __init__(self, writer: JsonlWriter, filter: Filter, clock: Clock, *, redact: bool = True,
+                 procs: ProcessTable | None = None):
         self.writer = writer
+        self.procs = procs
+        self.pairs_by_pid: dict[int, int] = {}
         self.filter = filter
         self.clock = clock
         self.redact = redact
@@ -44,7 +49,16 @@ class Recorder:
             return
         if ex.incomplete:
             self.pairs_incomplete += 1
-        record = build_record(ex, self.clock, redact=self.redact)
+        record = build_record(ex, self.clock, redact=self.redact, api_call=self.filter.is_api_call(ex))
+        if self.procs is not None:
+            info = self.procs.record_info(ex.conn.pid, ex.request.ts_ns)
+            if info is not None:
+                record["tracer"]["process"] = info
+                pid = ex.conn.pid
+                self.pairs_by_pid[pid] = self.pairs_by_pid.get(pid, 0) + 1
+                proc = self.procs.procs.get(pid)
+                if proc is not None:
+                    proc.pairs += 1
         self.writer.submit(record)
         self.pairs_logged += 1
         for fn in self.observers:
@@ -82,5 +96,9 @@ def stage_summary(capture: Capture, rec: Recorder) -> dict:
         "last_worker_error": capture.last_error,
         "records_written": w.records,
         "records_lost": w.lost_records,
+        "records_raw_body": w.raw_body_records,
+        "records_stub": w.stub_records,
+        "last_serialization_error": w.last_serialization_error,
         "write_errors": w.write_errors,
+        "pairs_by_pid": {str(k): v for k, v in rec.pairs_by_pid.items()},
     }

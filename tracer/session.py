@@ -1,7 +1,7 @@
 """A tracing session, the whole path in one place: load the BPF program (tracer/probes/load.py),
-open the log (tracer/sinks/jsonl.py), start the stage that parses (tracer/stage.py: the spool and
-the parsing process, or the pipeline in this process), drain the ring buffer into it on the ring
-thread (tracer/capture/ring.py), attach uprobes to each target's TLS libraries
+open the log (as the invoking user: tracer/userfiles.py), start the stage that parses
+(tracer/stage.py: the spool and the parsing process, or the pipeline in this process), drain the ring
+buffer into it on the ring thread (tracer/capture/ring.py), attach uprobes to each target's TLS libraries
 (tracer/probes/attach.py, found by tracer/probes/targets.py), and at the end the summary."""
 
 from __future__ import annotations
@@ -12,17 +12,25 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from tracer.access import PinnedProcess, may_trace
 from tracer.capture.ring import DropCounters, Ring, drain_reader
+from tracer.errors import TracerError
+from tracer.invoker import InvokingUser, invoking_user
 from tracer.probes.attach import TRACEFS, Probes
+from tracer.probes.kcreds import CredGuard
 from tracer.probes.load import load_program
-from tracer.probes.targets import Locator, mapped_objects
-from tracer.sinks.jsonl import make_log_dir, open_log
+from tracer.probes.targets import Locator
+from tracer.processes.procinfo import read_environ
+from tracer.processes.prober import Prober
+from tracer.processes.table import Proc, ProcessTable
 from tracer.sinks.record import Clock
 from tracer.stage import InlineStage, SpoolStage
+from tracer.threads import ThreadFailures, start_thread
+from tracer.userfiles import UserDir
 from tracer.worker import name_thread
 
 
@@ -43,14 +51,21 @@ class Options:
     status: bool = True
     summary_json: Path | None = None
     watch_interval: float = 0.25
+    user: InvokingUser | None = None       # who tracer works for (default: tracer.invoker.invoking_user())
+    allow_other_users: bool = False        # targets need not pass the ptrace rule for `user`
 
 
-@dataclass
-class Target:
-    pid: int
-    attached: set = field(default_factory=set)     # (dev, inode) of files with probes
-    files: list = field(default_factory=list)      # (path, library, methods)
-    alive: bool = True
+# Programs tracer itself runs as root come from the system's directories only, never from the PATH of
+# whoever invoked it, and get a minimal environment.
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"     # not /usr/local: group staff may write there
+
+
+def _system_tool(*argv: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    exe = shutil.which(argv[0], path=SYSTEM_PATH)
+    if exe is None:
+        raise FileNotFoundError(argv[0])
+    return subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout,
+                          env={"PATH": SYSTEM_PATH, "LC_ALL": "C"}, stdin=subprocess.DEVNULL, cwd="/")
 
 
 def ensure_tracefs() -> str:
@@ -60,8 +75,7 @@ def ensure_tracefs() -> str:
         if os.path.exists(os.path.join(p, "uprobe_events")):
             return p
     try:
-        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=True,
-                       capture_output=True, timeout=10)
+        _system_tool("mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing").check_returncode()
         return "/sys/kernel/tracing (mounted by tracer)"
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -71,7 +85,7 @@ def ssl_library_candidates() -> list[str]:
     """System libssl files a process may load later (dlopen): probes are put on them up front."""
     out: list[str] = []
     try:
-        res = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10)
+        res = _system_tool("ldconfig", "-p")
         for line in res.stdout.splitlines():
             if "libssl.so" in line and "=>" in line:
                 out.append(line.split("=>", 1)[1].strip())
@@ -109,19 +123,6 @@ def command_files(argv0: str, env: dict) -> list[str]:
             if interp:
                 files.append(os.path.realpath(interp))
     return files
-
-
-def read_environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    env = {}
-    for item in raw.split(b"\0"):
-        if b"=" in item:
-            k, v = item.split(b"=", 1)
-            env[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
-    return env
 
 
 def boost_threads(nice: int) -> int:
@@ -165,59 +166,89 @@ def ring_thread_policy() -> str:
     return f"nice {os.getpriority(os.PRIO_PROCESS, threading.get_native_id())}"
 
 
-def new_log_path(opts: Options) -> Path:
-    """A fresh log file name in the (created or checked) output directory."""
-    out_dir = make_log_dir(opts.output_dir)
-    name = opts.log_name or f"log-{datetime.now().strftime('%Y-%m-%d-%H-%M-%S')}.jsonl"
-    path = out_dir / name
-    n = 1
-    while os.path.lexists(path):   # a dangling symlink counts as taken (never opened through)
-        path = out_dir / f"{Path(name).stem}-{n}.jsonl"
-        n += 1
-    return path
+class _StageUrls:
+    """`session.filter` for those that add API hosts (tracer/processes/follower.py): the filter runs
+    where records are built (tracer/stage.py), a new host reaches it in order with the records."""
+
+    def __init__(self, session: "Session"):
+        self.session = session
+
+    def add_base_url(self, url: str) -> None:
+        self.session.stage.api_url(url)
 
 
 class Session:
     def __init__(self, opts: Options, *, stderr=None):
         self.opts = opts
         self.stderr = stderr or sys.stderr
+        self.filter = _StageUrls(self)
         self.clock = Clock()
         self.locator = Locator()
-        self.targets: dict[int, Target] = {}
-        self.failures: list[str] = []            # tracer's own threads/processes that failed
+        self.procs = ProcessTable()
+        self.follower = None                      # tracer/processes/follower.py, when following
+        self.notes: list[str] = []             # shown in the summary (e.g. a target that lost access)
+        self.user = opts.user or invoking_user()
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._cycles = 0
+        self._cycle_cv = threading.Condition()
         self._max_gap = 0.0                      # longest time between two drains of the ring
-        self.tracefs = ensure_tracefs()
-        t = time.monotonic()
-        self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit,
-                                 stderr=self.stderr)
-        self.load_seconds = time.monotonic() - t
+        self._stage_stats: dict = {}
+        self.failures = ThreadFailures(self.stderr)   # tracer's own threads that died (exit status)
+        # the output directory is created/checked first (as the invoking user): a refusal costs nothing
+        out_dir = UserDir(opts.output_dir, self.user)
         try:
-            self.probes = Probes(self.prog, stderr=self.stderr)
-            self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
-            self.log_path = new_log_path(opts)
-            log_fd = open_log(self.log_path)
+            self.tracefs = ensure_tracefs()
+            t = time.monotonic()
+            self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit,
+                                     stderr=self.stderr)
+            self.load_seconds = time.monotonic() - t
             try:
-                self.stage = self._start_stage(opts, log_fd)
-            finally:
-                if opts.deferred:
-                    os.close(log_fd)             # the parsing process has its own copy
-            events = self.prog.map_info("events")
-            if self.stage.callback is None:      # deferred: batches to the spool
-                self.ring = drain_reader(self.prog.map_fd("events"), events.max_entries)
-            else:                                # parsed here, record by record
-                self.ring = Ring(self.prog.map_fd("events"), self.stage.callback, events.max_entries)
-        except BaseException:
-            self.prog.close()
-            raise
+                self.probes = Probes(self.prog, stderr=self.stderr)
+                self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
+                self.guard = CredGuard(self.prog.map_fd("cred_layout"), self.prog.map_fd("target_ids"))
+                log_fd = self._open_log(opts, out_dir)
+                try:
+                    self.stage = self._start_stage(opts, log_fd)
+                finally:
+                    if opts.deferred:
+                        os.close(log_fd)             # the parsing process has its own copy
+                self.prober = Prober(self.probes, self.locator, stderr=self.stderr)
+                events = self.prog.map_info("events")
+                if self.stage.callback is None:      # deferred: batches to the spool
+                    self.ring = drain_reader(self.prog.map_fd("events"), events.max_entries)
+                else:                                # parsed here, record by record
+                    self.ring = Ring(self.prog.map_fd("events"), self.stage.callback, events.max_entries)
+            except BaseException:
+                self.prog.close()
+                raise
+        finally:
+            out_dir.close()
+        self.procs.on_change = self.stage.process_changed    # records name their process (table.py)
         self.original_nice = os.getpriority(os.PRIO_PROCESS, 0)
         self.ring_policy = "normal"
         if opts.deferred:      # parsing elsewhere: this process' threads do little, and must be on time
             boost_threads(int(os.environ.get("TRACER_NICE", self.NICE)))
-        self._poller = threading.Thread(target=self._poll, name="tracer-ring", daemon=True)
-        self._poller.start()
+        self._poller = start_thread("tracer-ring", self._poll, self.failures,
+                                    "the ring buffer is no longer drained: the kernel drops (and "
+                                    "counts) what the targets send")
+
+    def _open_log(self, opts: Options, out_dir: UserDir) -> int:
+        """The log, created as the invoking user (tracer/userfiles.py) in the output directory, on
+        this thread, before any writer exists: the writer (in the parsing process, or the stage's
+        in this one) only ever writes to this descriptor."""
+        name = opts.log_name or f"log-{datetime.now().strftime('%Y-%m-%d-%H-%M-%S')}.jsonl"
+        candidate, n = name, 1
+        while True:
+            try:      # O_EXCL | O_NOFOLLOW: a planted file or (dangling) symlink counts as taken
+                fd = out_dir.create(candidate, 0o600, os.O_WRONLY | os.O_APPEND)
+                break
+            except FileExistsError:
+                candidate = f"{Path(name).stem}-{n}.jsonl"
+                n += 1
+        self.log_path = Path(opts.output_dir) / candidate
+        return fd
 
     def _start_stage(self, opts: Options, log_fd: int):
         cfg = {"log_path": str(self.log_path), "batch_size": opts.batch_size, "flush_ms": opts.flush_ms,
@@ -225,11 +256,14 @@ class Session:
                "api_hosts": [], "clock_offset_ns": self.clock.offset_ns,
                "priority": os.environ.get("TRACER_PARSER_PRIORITY", "idle")}
         if not opts.deferred:
-            return InlineStage(cfg, log_fd, stderr=self.stderr)
-        return SpoolStage(cfg, log_fd, max_backlog=opts.spool_max_mb << 20, stderr=self.stderr)
+            return InlineStage(cfg, log_fd, stderr=self.stderr, failures=self.failures, procs=self.procs,
+                               on_process=self._on_process)
+        return SpoolStage(cfg, log_fd, max_backlog=opts.spool_max_mb << 20, stderr=self.stderr,
+                          failures=self.failures)
 
     # -- pipeline ends -------------------------------------------------------------------------
     POLL_MS = 50   # records are submitted without wake-ups (see bpf/tracer.bpf.c): drain on this timer
+
     NICE = -10     # this process' threads (see boost_threads); the parsing process stays at SCHED_IDLE
 
     def _poll(self):
@@ -251,8 +285,14 @@ class Session:
             except Exception as e:     # a bug: loud, counted, and the ring keeps being drained
                 errors += 1
                 if errors == 1:
-                    self._failed(f"the ring thread failed to drain the ring ({type(e).__name__}: {e})")
+                    self.failures.record("tracer-ring", e, "a drain of the ring buffer failed; the "
+                                         "records it held may be missing from the log")
                 why = "failed"
+            if self.follower is not None:
+                self.follower.kernel.heartbeat()    # the kernel side holds processes only while we live
+            with self._cycle_cv:
+                self._cycles += 1
+                self._cycle_cv.notify_all()
             # records left in the ring keep it readable: wait for the spool (or the CPU writing the
             # next record) instead of spinning
             if why in ("refused", "failed"):
@@ -261,62 +301,138 @@ class Session:
                 time.sleep(0.001)
         self.stage.drain(self.ring)
 
-    def _failed(self, why: str) -> None:
-        self.failures.append(why)
-        print(f"tracer: INTERNAL ERROR: {why}", file=self.stderr, flush=True)
+    def wait_ring_drained(self, timeout: float = 5.0) -> None:
+        """Return once the poll thread has drained the ring at least once after this call: everything
+        the kernel had queued by now has reached the stage."""
+        with self._cycle_cv:
+            target = self._cycles + 2
+            self._cycle_cv.wait_for(lambda: self._cycles >= target or self._stop.is_set()
+                                    or not self._poller.is_alive(), timeout)
+
+    def _on_process(self, raw: bytes):
+        if self.follower is not None:
+            self.follower.on_record(raw)
 
     # -- targets -------------------------------------------------------------------------------
-    def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None) -> Target:
-        tgt = self.targets.setdefault(pid, Target(pid))
+    def follow(self):
+        """Follow processes from now on (tracer/processes/follower.py): the kernel side adds the
+        children of followed processes and holds new programs until their probes are in place; each
+        process is admitted through `admit()` like a target of `add_target()`."""
+        from tracer.processes.follower import Follower
+        from tracer.processes.kernel import KernelSide
+        self.follower = Follower(self, KernelSide(self.prog, self.probes), stderr=self.stderr)
+        self.ring.on_process = self._on_process     # process records: to the follower, from the ring thread
+        self.follower.start()
+        return self.follower
+
+    def admit(self, pid: int) -> tuple[bool, str]:
+        """May tracer copy ``pid``'s data for the invoking user? The ptrace rule (tracer/access.py)
+        now, then the kernel-side half of it: the credential guard approves the process
+        (bpf/tracer.bpf.c may_copy), with its ids checked at every copy when tracer works for
+        another user. Every process tracer traces - an attached pid, the command of `run`, a child,
+        an exec'd program, a cgroup member - passes here; nothing of a process is copied before."""
+        ok, why = may_trace(pid, self.user, allow_other_users=self.opts.allow_other_users)
+        if not ok:
+            return False, why
+        check = self.user.acting_for_other and not self.opts.allow_other_users
+        try:
+            enforced = self.guard.approve(pid, self.user.uid, self.user.gid, check)
+        except TracerError as e:
+            return False, str(e)
+        if check and not enforced:
+            note = ("no kernel BTF: a traced process that exec's a setuid program is noticed by polling "
+                    f"only (up to {self.opts.watch_interval:g} s of its traffic may be logged)")
+            if note not in self.notes:
+                self.notes.append(note)
+                print(f"tracer: {note}", file=self.stderr)
+        return True, ""
+
+    def release(self, pid: int) -> None:
+        """The guard forgets ``pid`` (gone, or no longer traced); what it refused is noted."""
+        denied = self.guard.denied(pid)
+        if denied and not any(n.startswith(f"pid {pid}: ") for n in self.notes):
+            self.notes.append(f"pid {pid}: {denied} TLS call(s) not logged: the process ran with other "
+                              "credentials than the ones it was traced with (it exec'd a setuid/setgid "
+                              "program, or changed its ids), or ran a new program tracer had not checked "
+                              "yet")
+        self.guard.forget(pid)
+
+    def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None,
+                   origin: str = "attached") -> Proc:
+        """Start tracing ``pid`` (not its children): pinned by a pidfd, admitted (the ptrace rule
+        for the invoking user, the guard's approval), probes attached on the TLS code it maps and
+        on ``extra_files`` it may load later, and the pin checked again afterwards (the pid was not
+        reused in between)."""
+        try:
+            pin = PinnedProcess(pid)
+        except OSError:
+            raise TracerError(f"no such process: {pid}") from None
+        ok, why = self.admit(pid)
+        if not ok:
+            pin.close()
+            raise TracerError(why)
+        proc = self.procs.add(pid, origin=origin)
+        proc.pin = pin
         env = env if env is not None else read_environ(pid)
         if env.get("ANTHROPIC_BASE_URL"):
             self.stage.api_url(env["ANTHROPIC_BASE_URL"])     # before any of its records
-        for path in extra_files:
-            self._attach_file(tgt, path)
-        self.refresh_target(tgt)
-        return tgt
-
-    def _attach_file(self, tgt: Target, path: str) -> bool:
         try:
-            st = os.stat(path)
+            self.prober.probe(proc, extra=list(extra_files))
         except OSError:
-            return False
-        key = (st.st_dev, st.st_ino)
-        if key in tgt.attached:
-            return False
-        loc = self.locator.locate_file(path)
-        tgt.attached.add(key)   # located or not, do not look at this file again
-        if loc is None:
-            return False
-        self.probes.attach(tgt.pid, path, loc)
-        tgt.files.append((path, loc.library, {n: f.method for n, f in loc.functions.items()}))
-        return True
+            pass
+        if not pin.same():
+            self.stop_target(pid, "it exited while probes were being attached")
+            raise TracerError(f"pid {pid} exited while tracer was attaching to it")
+        return proc
 
-    def refresh_target(self, tgt: Target) -> int:
+    def recheck_target(self, pid: int) -> str:
+        """The ptrace rule again for a live target (it may have exec'd a setuid program, or changed
+        credentials); when it fails, the target stops being traced and the reason is returned."""
+        proc = self.procs.get(pid)
+        if proc is None or not proc.alive or not proc.traced:
+            return ""
+        ok, why = may_trace(pid, self.user, allow_other_users=self.opts.allow_other_users)
+        if ok and (proc.pin is None or proc.pin.same()):
+            return ""
+        if ok:
+            why = "its pid now names another process"
+        self.stop_target(pid, why)
+        return why
+
+    def stop_target(self, pid: int, why: str) -> None:
+        """Detach from a target that may no longer be traced; the summary says why."""
+        proc = self.procs.get(pid)
+        if proc is None or not proc.alive:
+            return
+        self.notes.append(f"pid {pid}: tracing stopped: {why}")
+        proc.traced = False
+        proc.why_not = why
+        self.target_exited(pid, f"tracing stopped: {why}")
+
+    def refresh_target(self, proc: Proc) -> int:
         """Attach to TLS objects newly mapped by the target (dlopen, late loading)."""
-        n = 0
+        from tracer.processes.procinfo import read_exe
+        if proc.exe and read_exe(proc.pid) not in ("", proc.exe):
+            self.procs.reread(proc)           # it exec'd (tracer run's launcher: the command)
         try:
-            objs = mapped_objects(tgt.pid)
+            return self.prober.probe(proc)
         except OSError:
             return 0
-        for mo in objs:
-            if (mo.dev, mo.inode) in tgt.attached:
-                continue
-            if self._attach_file(tgt, mo.host_path):
-                n += 1
-        return n
 
     def target_exited(self, pid: int, reason: str = "target exited"):
-        tgt = self.targets.get(pid)
-        if tgt is None or not tgt.alive:
+        proc = self.procs.get(pid)
+        if proc is None or not proc.alive:
             return
-        tgt.alive = False
+        proc.alive = False
         # its last records are in the ring already: they go first, then its connections are closed
         self.stage.close_pid(self.ring, pid, reason)
         self.probes.detach_pid(pid)
+        self.release(pid)
+        if proc.pin is not None:
+            proc.pin.close()
 
     def live_targets(self) -> list[int]:
-        return [p for p, t in self.targets.items() if t.alive]
+        return [p.pid for p in self.procs.procs.values() if p.alive and p.traced]
 
     # -- status and the end --------------------------------------------------------------------
     def status_line(self) -> str:
@@ -328,13 +444,19 @@ class Session:
                 + (", parsing deferred while records come fast" if getattr(self.stage, "busy", False) else ""))
 
     def finish(self) -> dict:
+        if self.follower is not None:
+            self.follower.close()          # nothing held any more, before the ring stops
         self._stop.set()
         if self._poller:
             self._poller.join(timeout=5)
-        for pid in self.live_targets():
-            self.targets[pid].alive = False
         self._stage_stats = self.stage.finish()       # everything parsed and written
+        for pid, n in (self._stage_stats.get("pairs_by_pid") or {}).items():
+            proc = self.procs.get(int(pid))
+            if proc is not None and self.stage.kind == "spool":
+                proc.pairs += n
         summary = self.summary()
+        if self.follower is not None and self.follower.shared is not None:
+            self.follower.shared.close()
         self.probes.close()
         self.ring.close()
         self.drops.close()
@@ -343,28 +465,33 @@ class Session:
 
     def summary(self) -> dict:
         drops = self.drops.read()
-        st = getattr(self, "_stage_stats", None) or {}
-        failures = self.failures + self.stage.failures
+        st = {k: v for k, v in self._stage_stats.items() if k not in ("pairs_by_pid", "thread_failures")}
         out = {
             "log": str(self.log_path),
             "duration_s": round(time.monotonic() - self.started, 3),
-            "targets": {str(pid): [f[0] for f in t.files] for pid, t in self.targets.items()},
+            "targets": {str(p.pid): [f.path for f in p.files.values()] for p in self.procs.all()},
+            "processes": self.procs.summary(),
+            "process_tree": self.procs.tree_lines(),
+            "following": self.follower.stats() if self.follower is not None else None,
             "pairs_seen": 0, "pairs_logged": 0, "pairs_filtered_out": 0, "pairs_incomplete": 0,
             "connections": 0, "bytes_captured": 0, "ring_records": 0,
         }
         out.update(st)
+        if self.follower is not None:
+            out["worker_errors"] = out.get("worker_errors", 0) + self.follower.errors
+            out["last_worker_error"] = out.get("last_worker_error") or self.follower.last_error
         out.update({
             "ring_drops_events": drops.get("events", 0),
             "ring_drops_bytes": drops.get("bytes", 0),
             "truncated_bytes": drops.get("truncated", 0),
             "copy_fail_bytes": drops.get("copy_fail", 0),
+            "denied_bytes": drops.get("denied", 0),
             "spool_lost_records": self.ring.lost_records,
             "ring_peak_fill": round(self.ring.peak_fill / max(self.ring.size, 1), 3),
             "ring_max_drain_interval_ms": round(self._max_gap * 1000, 1),
             "ring_thread_policy": self.ring_policy,
-            "records_lost": st.get("records_lost", 0),
-            "internal_failures": failures,
+            "thread_failures": self.failures.as_list() + list(self._stage_stats.get("thread_failures") or ()),
+            "notes": list(self.notes),
         })
         out.update(self.stage.info())
         return out
-

@@ -19,8 +19,12 @@ happens to the records. Two stages, one interface:
     one callback per record - the simplest path, for debugging and comparisons.
 
 Control that must take effect at a point of the record stream (a process exited: close its
-connections; a new API host for the filter) goes through `close_pid` / `api_url`, after the records
-already in the ring.
+connections; a new API host for the filter; a process' command line for the records it makes) goes
+through `close_pid` / `api_url` / `process_changed`, after the records already in the ring.
+
+A failure of the parsing process, or of a thread in it, is a failure of the run like the death of
+one of the tracer's own threads (tracer/threads.py): said at once on stderr, a FAILED line in the
+summary, exit status 70.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import time
 from pathlib import Path
 
 from tracer.capture.spool import SpoolWriter, open_spool_file
+from tracer.threads import PARSER, ThreadFailures
 
 BUSY_RETRY_S = 0.02          # how long close_pid waits for a record a CPU is still writing
 STALL_S = 120.0              # at the end: a worker making no progress for this long is stopped
@@ -54,18 +59,19 @@ class InlineStage:
 
     kind = "inline"
 
-    def __init__(self, cfg: dict, log_fd: int, stderr=None):
+    def __init__(self, cfg: dict, log_fd: int, stderr=None, failures: ThreadFailures | None = None,
+                 procs=None, on_process=None):
         from tracer.capture.pipeline import Capture
         from tracer.recorder import Recorder
         from tracer.sinks.jsonl import JsonlWriter
         from tracer.sinks.record import Clock, Filter
+        self.failures = failures if failures is not None else ThreadFailures(stderr)
         self.writer = JsonlWriter(cfg["log_path"], batch_size=cfg["batch_size"], flush_ms=cfg["flush_ms"],
-                                  durable=cfg["durable"], stderr=stderr, fd=log_fd)
+                                  durable=cfg["durable"], stderr=stderr, fd=log_fd, failures=self.failures)
         self.filter = Filter(include_all=cfg["include_all"])
         self.recorder = Recorder(self.writer, self.filter, Clock(offset_ns=cfg["clock_offset_ns"]),
-                                 redact=cfg["redact"])
-        self.capture = Capture(self.recorder.on_exchange)
-        self.failures: list[str] = []
+                                 redact=cfg["redact"], procs=procs)
+        self.capture = Capture(self.recorder.on_exchange, on_process=on_process)
         self.callback = self.capture.feed          # the ring's per-record callback
 
     def drain(self, ring) -> str:
@@ -78,6 +84,9 @@ class InlineStage:
 
     def api_url(self, url: str) -> None:
         self.filter.add_base_url(url)
+
+    def process_changed(self, proc) -> None:
+        """The recorder reads the session's process table itself."""
 
     def progress(self) -> dict:
         from tracer.recorder import progress
@@ -102,11 +111,12 @@ class SpoolStage:
     callback = None
 
     def __init__(self, cfg: dict, log_fd: int, *, max_backlog: int, stderr=None,
-                 spool_dir: Path | None = None):
+                 spool_dir: Path | None = None, failures: ThreadFailures | None = None):
         self.stderr = stderr or sys.stderr
         self.high_water = max_backlog // 4
         self.low_water = max_backlog // 8
-        self.failures: list[str] = []
+        self.failures = failures if failures is not None else ThreadFailures(self.stderr)
+        self._failed = False
         self._final: dict | None = None
         self._progress: dict = {}
         self._done = threading.Event()
@@ -206,6 +216,12 @@ class SpoolStage:
         self.spool.control({"op": "api_url", "url": url})
         self.spool.notify()
 
+    def process_changed(self, proc) -> None:
+        """A process' identity for the records it makes (`tracer.process`: tracer/processes/table.py),
+        sent when the table learns it - before the process runs the program (it is held, or not yet
+        probed) - so that it precedes the records of that program in the spool."""
+        self.spool.control(process_message(proc))
+
     def _adjust_priority(self) -> None:
         backlog = self.spool.backlog
         if not self._raised and backlog > self.high_water:
@@ -239,24 +255,26 @@ class SpoolStage:
                 elif t == "final":
                     self._final = msg["stats"]
                 elif t == "error":
-                    self._fail(f"the parsing process failed ({msg.get('error')}; at {msg.get('where')})")
+                    self._fail(msg.get("error", "?"), msg.get("where", ""))
         except (OSError, ValueError) as e:
-            self._fail(f"reading the parsing process' reports failed: {e}")
+            self._fail(f"reading its reports failed: {type(e).__name__}: {e}")
         finally:
             if self._final is None:
                 self.dead = True
                 self.unparsed_bytes += self.spool.written - self.spool.consumed
-                if not any("parsing process" in f for f in self.failures):
+                if not self._failed:
                     code = self.proc.wait()
-                    self._fail(f"the parsing process exited ({_status(code)}) before finishing")
+                    self._fail(f"it exited ({_status(code)}) before finishing")
             self._done.set()
 
-    def _fail(self, why: str) -> None:
-        if why in self.failures:
+    def _fail(self, error: str, where: str = "") -> None:
+        """The parsing process failed: loud at once, a FAILED line in the summary, exit status 70."""
+        if self._failed:
             return
-        self.failures.append(why)
-        print(f"tracer: INTERNAL ERROR: {why}; records it had not parsed are not in the log",
-              file=self.stderr, flush=True)
+        self._failed = True
+        self.failures.report(PARSER, error,
+                             "records it had not parsed are not in the log (counted as unparsed bytes)",
+                             where)
 
     def progress(self) -> dict:
         return self._progress
@@ -279,7 +297,7 @@ class SpoolStage:
             if pos != last:
                 last, last_t = pos, time.monotonic()
             elif time.monotonic() - last_t > STALL_S:
-                self._fail(f"the parsing process made no progress for {STALL_S:.0f} s; stopped")
+                self._fail(f"it made no progress for {STALL_S:.0f} s; stopped")
                 self.proc.kill()
                 break
         try:
@@ -288,7 +306,7 @@ class SpoolStage:
             self.proc.kill()
             code = self.proc.wait()
         if code != 0 and self._final is not None:
-            self._fail(f"the parsing process exited with {_status(code)}")
+            self._fail(f"it exited with {_status(code)}")
         self._reply.close()
         os.close(self.spool.fd)
         self.finish_seconds = time.monotonic() - t0
@@ -317,6 +335,13 @@ class _Discard:
     def store_ring(self, bufs, _records) -> bool:
         self.stage.unparsed_bytes += sum(len(b) for b in bufs)
         return True
+
+
+def process_message(proc) -> dict:
+    """A process table entry as the parsing process needs it for `tracer.process` (tracer/worker.py)."""
+    return {"op": "proc", "pid": proc.pid, "ppid": proc.ppid, "argv": list(proc.argv), "exe": proc.exe,
+            "comm": proc.comm,
+            "earlier": [[list(im.argv), im.exe, im.comm, im.until_ns] for im in proc.earlier]}
 
 
 def _status(code: int) -> str:

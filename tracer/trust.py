@@ -66,6 +66,17 @@ def _tree(root: str) -> str | None:
     return why
 
 
+def dir_chain_problem(path: str) -> str | None:
+    """For files root reads or writes elsewhere (caches, kernel headers named by the environment):
+    the first problem with `path` (if it exists yet) or a directory above it, by the rule above."""
+    return _chain(path)
+
+
+def tree_problem(root: str) -> str | None:
+    """The same for a whole tree: `root`, the directories above it and everything below it."""
+    return _tree(root)
+
+
 def package_dir(name: str) -> str | None:
     """Directory of an importable package, found without importing it."""
     try:

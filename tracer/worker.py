@@ -79,9 +79,11 @@ def set_priority(policy: str, pid: int = 0) -> None:
 def run(args) -> int:
     from tracer.capture.pipeline import Capture
     from tracer.capture.spool import KIND_RECORDS, SpoolReader
+    from tracer.processes.table import ProcessTable
     from tracer.recorder import Recorder, progress, stage_summary
     from tracer.sinks.jsonl import JsonlWriter
     from tracer.sinks.record import Clock, Filter
+    from tracer.threads import ThreadFailures
 
     name_thread("tracer-parse")
     # Ctrl-C and a hang-up are the tracer's to handle (this process has its own process group anyway,
@@ -90,12 +92,17 @@ def run(args) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     cfg = json.loads(args.config)
     rep = Reporter(args.reply_fd)
+    # a thread of this process that dies (the log writer) is reported on stderr at once and to the
+    # session with the final report: the run FAILS (tracer/threads.py)
+    failures = ThreadFailures()
     # records wait for the writer thread here, not in a queue that grows while parsing catches up
     writer = JsonlWriter(cfg["log_path"], batch_size=cfg["batch_size"], flush_ms=cfg["flush_ms"],
-                         durable=cfg["durable"], fd=args.log_fd, max_queue=max(1000, 2 * cfg["batch_size"]))
+                         durable=cfg["durable"], fd=args.log_fd, max_queue=max(1000, 2 * cfg["batch_size"]),
+                         failures=failures)
     flt = Filter(include_all=cfg["include_all"])
     flt.api_hosts.update(cfg["api_hosts"])
-    rec = Recorder(writer, flt, Clock(offset_ns=cfg["clock_offset_ns"]), redact=cfg["redact"])
+    procs = ProcessTable()          # what the session's table told us (control "proc")
+    rec = Recorder(writer, flt, Clock(offset_ns=cfg["clock_offset_ns"]), redact=cfg["redact"], procs=procs)
     capture = Capture(rec.on_exchange)
     reader = SpoolReader(args.spool_fd, args.notify_fd)
     set_priority(cfg["priority"])
@@ -109,6 +116,8 @@ def run(args) -> int:
             capture.close_all(msg["reason"], msg.get("ts"))
         elif op == "api_url":
             flt.add_base_url(msg["url"])
+        elif op == "proc":
+            procs.learn(msg)
         else:
             raise ValueError(f"unknown spool instruction {msg!r}")
 
@@ -136,7 +145,8 @@ def run(args) -> int:
     capture.stop()
     writer.flush()
     writer.close()
-    rep.send({"t": "final", "consumed": reader.pos, "stats": stage_summary(capture, rec)})
+    rep.send({"t": "final", "consumed": reader.pos,
+              "stats": {**stage_summary(capture, rec), "thread_failures": failures.as_list()}})
     return 0
 
 

@@ -80,8 +80,7 @@ class Event(ctypes.Structure):
 
 
 def libssl() -> str:
-    for pat in ("/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3",
-                "/usr/lib*/libssl.so.3"):
+    for pat in ("/usr/lib/*-linux-gnu/libssl.so.3", "/lib/*-linux-gnu/libssl.so.3", "/usr/lib*/libssl.so.3"):
         hits = glob.glob(pat)
         if hits:
             return os.path.realpath(hits[0])

@@ -80,10 +80,19 @@ def read_log(out_dir: Path) -> list[dict]:
     return [orjson.loads(l) for l in lines]
 
 
+# Waits in these tests are sized for a real machine; emulated guests (vm-tests' arm64 guests under
+# TCG on a busy host run several times slower) stretch them with TRACER_TEST_TIME_SCALE.
+TIME_SCALE = max(1.0, float(os.environ.get("TRACER_TEST_TIME_SCALE") or 1))
+
+
+def scaled(seconds: float) -> float:
+    return seconds * TIME_SCALE
+
+
 def run_traced(cmd: list[str], out_dir: Path, *, env=None, extra=(), timeout=120):
     """`tracer run -- cmd`; returns (CompletedProcess, records)."""
     p = subprocess.run(tracer_cmd("run", "-o", str(out_dir), "--quiet", "--no-html", *extra, "--", *cmd),
-                       env=env, capture_output=True, text=True, timeout=timeout)
+                       env=env, capture_output=True, text=True, timeout=scaled(timeout))
     return p, read_log(out_dir)
 
 

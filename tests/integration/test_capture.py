@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import (assert_pair_matches, client_env, curl_body, curl_client,
-                                        node_client, py_client, read_log, run_traced, start_attach,
-                                        tracer_cmd, wait_for)
+                                        node_client, py_client, read_log, run_traced, scaled,
+                                        start_attach, tracer_cmd, wait_for)
 
 
 def _ids(out: str) -> list[str]:
@@ -113,7 +116,7 @@ def test_attach(mock, tmp_path, client):
             f.write(curl_body(True))
     else:
         go.touch()
-    out, _ = target.communicate(timeout=60)
+    out, _ = target.communicate(timeout=scaled(60))
     err = tr.stderr.read()
     assert tr.wait(timeout=30) == 0, "".join(head) + err
     recs = read_log(tmp_path / "log")
@@ -209,20 +212,26 @@ def test_target_killed_midstream_leaves_note(mock, tmp_path):
 def test_summary_json(mock, tmp_path):
     """--summary-json: the end-of-run summary as JSON, the same figures as the text on stderr, in a
     new file owned like the log; an existing file is refused before anything is traced."""
+    home = Path(tempfile.mkdtemp(prefix="tracer-summary-"))     # the user's own directory: under sudo
+    os.chown(home, 4242, 4243)                                  # tracer writes there as them
+    os.chmod(home, 0o700)
+    try:
+        out, summary = home / "out", home / "summary.json"
+        env = client_env(mock, SUDO_UID="4242", SUDO_GID="4243")
+        p = subprocess.run(tracer_cmd("run", "-o", str(out), "--quiet", "--summary-json", str(summary), "--",
+                                      "/bin/true"), env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        s = json.loads(summary.read_text())
+        assert s["pairs_logged"] == s["records_written"] == 0 and s["log"].startswith(str(out))
+        st = summary.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4243, 0o600)
+        p = subprocess.run(tracer_cmd("run", "-o", str(out), "--quiet", "--summary-json", str(summary), "--",
+                                      "/usr/bin/touch", str(tmp_path / "ran")), capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 2 and "exists" in p.stderr and not (tmp_path / "ran").exists(), p.stderr
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
     out, summary = tmp_path / "out", tmp_path / "summary.json"
-    env = client_env(mock, SUDO_UID="4242", SUDO_GID="4243")
-    p = subprocess.run(tracer_cmd("run", "-o", str(out), "--quiet", "--summary-json", str(summary), "--",
-                                  "/bin/true"), env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    s = json.loads(summary.read_text())
-    assert s["pairs_logged"] == s["records_written"] == 0 and s["log"].startswith(str(out))
-    st = summary.stat()
-    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4243, 0o600)
-    p = subprocess.run(tracer_cmd("run", "-o", str(out), "--quiet", "--summary-json", str(summary), "--",
-                                  "/usr/bin/touch", str(tmp_path / "ran")), capture_output=True, text=True,
-                       timeout=120)
-    assert p.returncode == 2 and "exists" in p.stderr and not (tmp_path / "ran").exists(), p.stderr
-    summary.unlink()
     p = subprocess.run(tracer_cmd("run", "-o", str(out), "--summary-json", str(summary), "--",
                                   *py_client(mock, "--stream", "--json")),
                        env=client_env(mock), capture_output=True, text=True, timeout=120)

@@ -18,10 +18,11 @@ import pytest
 
 from tests.integration.conftest import assert_pair_matches, run_traced
 from tracer.probes.locate import locate
-from tracer.testing.releases import fetch_npm_release
+from tracer.testing.releases import claude_code_package, fetch_npm_release
 
 KNOWN = json.loads((Path(__file__).parents[1] / "data" / "locate_known.json").read_text())["releases"]
-NATIVE = [r["version"] for r in KNOWN if r["package"] == "@anthropic-ai/claude-code-linux-x64"]
+PACKAGE = claude_code_package()          # this machine's native build (linux-x64 or linux-arm64)
+NATIVE = [r["version"] for r in KNOWN if r["package"] == PACKAGE]
 JS_RELEASE = "2.0.77"
 NODE = shutil.which("node") or "/usr/bin/node"
 
@@ -50,7 +51,7 @@ def _sse_blocks(raw: str) -> list[dict]:
 @pytest.mark.parametrize("kind,version", CASES)
 def test_claude_say_hi_traced(mock, tmp_path, kind, version):
     if kind == "native":
-        prog = fetch_npm_release("@anthropic-ai/claude-code-linux-x64", version)
+        prog = fetch_npm_release(PACKAGE, version)
         cmd = [str(prog)]
     else:
         if not os.path.exists(NODE):
@@ -63,7 +64,7 @@ def test_claude_say_hi_traced(mock, tmp_path, kind, version):
                          env=_claude_env(mock, home), timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "The command printed: hi" in p.stdout
-    assert "losses: none" in p.stderr
+    assert "losses: none" in p.stderr, p.stderr[-3000:]
     # what was probed: BoringSSL found by fingerprint in Bun, OpenSSL symbols in node
     located = locate(cmd[0])
     assert located.library == ("boringssl" if kind == "native" else "openssl")

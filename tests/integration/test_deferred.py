@@ -84,8 +84,8 @@ def test_parsing_process_death_is_loud(mock, tmp_path):
     finally:
         err = stop_tracer(t, timeout=60)
     assert t.returncode == 70, err
-    assert "INTERNAL ERROR: the parsing process exited (signal 9)" in err
-    assert "FAILED: the parsing process exited (signal 9) before finishing" in err
+    assert "INTERNAL ERROR: parsing process tracer-parse died (it exited (signal 9) before finishing)" in err
+    assert "FAILED: tracer's parsing process tracer-parse died (it exited (signal 9) before finishing)" in err
 
 
 def test_bounded_spool_counts_what_does_not_fit(mock, tmp_path):
@@ -183,7 +183,7 @@ def test_parser_waits_while_records_come_fast_and_keeps_up_otherwise(mock, tmp_p
     finally:
         err = stop_tracer(t, timeout=60)
     s = orjson_loads(summary)
-    assert s["parse_held_s"] > 0 and s["internal_failures"] == [], err
+    assert s["parse_held_s"] > 0 and s["thread_failures"] == [], err
     recs = read_log(tmp_path / "busy")
     assert len(recs) == 1 and recs[0]["tracer"]["complete"]
     import hashlib

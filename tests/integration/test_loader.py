@@ -24,6 +24,7 @@ from tracer.capture.ring import DropCounters, possible_cpus
 from tracer.errors import TracerError
 from tracer.probes import bpfcache, compile, load
 from tracer.probes.attach import file_offset
+from tracer.probes.kcreds import CredGuard
 from tracer.probes.program import (BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_RINGBUF, BPF_PSEUDO_MAP_FD,
                                    ENTRY_ONLY, PROGRAM_NAMES, UPROBES, patch_map_fds,
                                    referenced_map_fds)
@@ -91,6 +92,9 @@ class BccReference:
         self.b, _ = compile.bcc_load(compile.ring_pages(ring_buffer_mb), 1 << 20, compile.header_choice())
         self.b[b"events"].open_ring_buffer(lambda _ctx, data, size: callback(ctypes.string_at(data, size)))
 
+    def approve(self, pid):
+        CredGuard(self.b[b"cred_layout"].map_fd, self.b[b"target_ids"].map_fd).approve(pid, 0, 0, False)
+
     def attach(self, pid, path, located):
         name = path.encode()
         for func, (entry, ret) in UPROBES.items():
@@ -145,6 +149,7 @@ def attach_tls(progs, pid: int, timeout: float = 10.0, private: Path | None = No
     objs = wait_for(lambda: tls_objects(pid, private), timeout=timeout)
     assert objs, f"pid {pid} mapped no TLS library"
     for prog in progs:
+        prog.approve(pid)
         for mo, located in objs:
             prog.attach(pid, mo.host_path, located)
     return [mo.path for mo, _ in objs]
@@ -241,7 +246,7 @@ def test_cache_miss_compiles_then_hits(tmp_path):
         assert types["events"] == BPF_MAP_TYPE_RINGBUF
         assert types["drops"] == BPF_MAP_TYPE_PERCPU_ARRAY
         counters = DropCounters(prog.map_fd("drops"), prog.map_info("drops"))
-        assert counters.read() == {"events": 0, "bytes": 0, "truncated": 0, "copy_fail": 0}
+        assert counters.read() == {"events": 0, "bytes": 0, "truncated": 0, "copy_fail": 0, "denied": 0}
     finally:
         prog.close()
     prog = fast(copy_limit=1 << 19, cache_dir=d)

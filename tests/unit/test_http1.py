@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import random
 import zlib
 
 import brotli
@@ -262,3 +263,135 @@ def test_gap_inside_content_length_body_keeps_pairing():
     assert first.incomplete and first.gaps == [("write", 3000)] and "hole" in first.notes[0]
     assert first.request.body.size == len(body) - 3000
     assert not second.incomplete
+
+
+# ----------------------------------------------------------------- a response before the request ends
+
+def test_early_response_waits_for_the_request_body():
+    """A server that answers (401) before reading the body while the client still sends it: the pair is
+    written once the request has ended, with the whole body."""
+    body = b'{"messages":"' + b"m" * 3000 + b'"}'
+    full = req(body=body)
+    p = Http1Connection(CONN)
+    assert p.feed(D.WRITE, full[:200], 1) == []
+    assert p.feed(D.READ, resp_json(b'{"error":"unauthorized"}', status=401), 2) == []
+    assert p.feed(D.WRITE, full[200:2000], 3) == []
+    (e,) = p.feed(D.WRITE, full[2000:], 4)
+    assert e.request.body.getvalue() == body and e.request.complete
+    assert e.response.status == 401 and e.response.complete and not e.incomplete
+    # the connection goes on: the next exchange is whole
+    out = p.feed(D.WRITE, req(body=b"{}"), 5) + p.feed(D.READ, resp_json(), 6)
+    assert [x.response.body.getvalue() for x in out] == [b'{"ok":true}']
+
+
+def test_early_response_then_the_client_gives_up():
+    """413 before the body; the client stops sending and the connection ends: the pair says why."""
+    full = req(body=b"x" * 5000)
+    p = Http1Connection(CONN)
+    p.feed(D.WRITE, full[:300], 1)
+    assert p.feed(D.READ, resp_json(b'{"error":"too large"}', status=413,
+                                   extra=b"Connection: close\r\n"), 2) == []
+    (e,) = p.close("SSL_free", 3)
+    assert e.response.status == 413 and e.response.complete
+    assert not e.request.complete and e.incomplete
+    assert any("before the request was complete" in n for n in e.notes), e.notes
+
+
+def test_body_after_100_continue():
+    head = (b"POST /v1/messages HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n")
+    p = Http1Connection(CONN)
+    out = p.feed(D.WRITE, head, 1)
+    out += p.feed(D.READ, b"HTTP/1.1 100 Continue\r\n\r\n", 2)
+    out += p.feed(D.WRITE, b'{"a":"b"}', 3)
+    out += p.feed(D.READ, resp_json(), 4)
+    (e,) = out
+    assert e.request.body.getvalue() == b'{"a":"b"}' and e.response.status == 200 and not e.incomplete
+
+
+def test_final_response_to_expect_then_body_anyway():
+    """A final response instead of 100 Continue; the client sends the body anyway (as RFC 9110 allows)."""
+    head = (b"POST /v1/messages HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n")
+    p = Http1Connection(CONN)
+    out = p.feed(D.WRITE, head, 1)
+    out += p.feed(D.READ, resp_json(b'{"e":1}', status=417), 2)
+    assert out == []
+    (e,) = p.feed(D.WRITE, b'{"a":"b"}', 3)
+    assert e.request.body.getvalue() == b'{"a":"b"}' and e.response.status == 417 and not e.incomplete
+
+
+def test_unknown_content_coding_keeps_the_body():
+    p = Http1Connection(CONN)
+    p.feed(D.WRITE, req("GET", "/", b""), 1)
+    (e,) = p.feed(D.READ, resp_json(b"payload", extra=b"Content-Encoding: x-custom\r\n"), 2)
+    assert e.response.body.getvalue() == b"payload" and "x-custom" in e.response.decode_error
+
+
+# ------------------------------------------------------------------------------------ holes in bodies
+
+def test_gap_inside_a_chunked_body_resyncs_at_the_next_chunk():
+    events = [b"event: content_block_delta\ndata: {\"i\":%d}\n\n" % i for i in range(10)]
+    wire = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n")
+    e3 = wire.index(events[3])
+    a, b = e3 + 10, e3 + 30           # the gap: inside event 3's chunk
+    nxt = wire.index(b"%x\r\n" % len(events[4]) + events[4])
+    p = Http1Connection(CONN)
+    out = p.feed(D.WRITE, req(body=b"{}"), 1)
+    out += p.feed(D.READ, wire[:a], 2)
+    out += p.gap(D.READ, b - a, 3)
+    out += p.feed(D.READ, wire[b:], 4)
+    (e,) = out
+    body = e.response.body.getvalue()
+    assert body == b"".join(events[:3]) + events[3][:10] + b"".join(events[4:])
+    assert e.response.complete and e.incomplete and e.gaps == [("read", 20)]
+    hole_at = len(b"".join(events[:3])) + 10
+    assert e.response.holes == [[hole_at, 20, nxt - b]]
+    assert p.stats.skipped_bytes == nxt - b
+    assert any("resynchronised at the next chunk" in n for n in e.notes)
+    # the next exchange on the connection is whole
+    out = p.feed(D.WRITE, req(body=b"{}"), 5) + p.feed(D.READ, resp_json(), 6)
+    assert not out[0].incomplete
+
+
+def test_gap_in_an_encoded_chunked_body_keeps_what_was_decoded():
+    data = b'{"text":"' + random.Random(1).randbytes(3000).hex().encode() + b'"}'
+    comp = gzip.compress(data)
+    wire = (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunked(comp, 100))
+    cut = wire.index(b"\r\n\r\n") + 4 + 700
+    p = Http1Connection(CONN)
+    p.feed(D.WRITE, req("GET", "/", b""), 1)
+    out = p.feed(D.READ, wire[:cut], 2) + p.gap(D.READ, 30, 3) + p.feed(D.READ, wire[cut + 30:], 4)
+    (e,) = out
+    got = e.response.body.getvalue()
+    assert got and data.startswith(got)
+    assert "could not be decoded" in e.response.decode_error
+    (off, gap, skipped), = e.response.holes
+    assert off == len(got) and gap == 30
+    assert p.stats.skipped_bytes == skipped > 0
+    assert e.response.complete and e.incomplete
+
+
+def test_gap_in_a_close_delimited_body():
+    p = Http1Connection(CONN)
+    p.feed(D.WRITE, req("GET", "/", b""), 1)
+    p.feed(D.READ, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst part ", 2)
+    p.gap(D.READ, 100, 3)
+    p.feed(D.READ, b"second part", 4)
+    (e,) = p.close("SSL_free", 5)
+    assert e.response.body.getvalue() == b"first part second part"
+    assert e.response.holes == [[11, 100, 0]] and e.incomplete and e.notes
+
+
+def test_gap_spanning_the_end_of_a_chunked_response_gives_way_to_the_next_request():
+    p = Http1Connection(CONN)
+    wire = resp_sse()
+    out = p.feed(D.WRITE, req(body=b"{}"), 1)
+    out += p.feed(D.READ, wire[:-12], 2)
+    out += p.gap(D.READ, 12, 3)                   # the last chunk and the terminator are lost
+    out += p.feed(D.WRITE, req(body=b'{"n":2}'), 4)
+    out += p.feed(D.READ, resp_json(b'{"r":2}'), 5)
+    first, second = out
+    assert first.incomplete and first.notes and not first.response.complete
+    assert second.request.body.getvalue() == b'{"n":2}' and not second.incomplete
+    assert second.response.body.getvalue() == b'{"r":2}'

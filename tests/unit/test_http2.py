@@ -541,6 +541,7 @@ def check_no_garbage(conv, exchanges, exact_sids=(), roles_known=True):
     truth = truth_of(conv)
     for e in exchanges:
         t = truth[e.stream_id]
+        assert not e.incomplete or e.notes, "an incomplete pair must say why"
         if not roles_known:
             every = {(s(n), s(v)) for part in (t["req"], t["resp"] or {}) for key in ("headers", "trailers")
                      for n, v in (part.get(key) or [])}
@@ -644,11 +645,11 @@ def test_attach_anywhere_never_reports_wrong_headers(seed, start, cut, pieces, s
     # Which side is the client is only a guess (the traced process: the client) until a readable
     # :method or :status, or both END_STREAMs of a stream, tell; headers are never wrong regardless.
     truth = R if server else W
-    guess = p._client_dir if p._client_dir is not None else W
-    check_no_garbage(c, out, roles_known=p._roles_sure or guess == truth)
+    guess = p.streams.client_dir if p.streams.client_dir is not None else W
+    check_no_garbage(c, out, roles_known=p.streams.roles_sure or guess == truth)
     assert len({e.stream_id for e in out}) == len(out)
-    if p._roles_sure:
-        assert p._client_dir == truth
+    if p.streams.roles_sure:
+        assert p.streams.client_dir == truth
 
 
 def test_roles_from_end_stream_order_when_no_header_is_readable():
@@ -666,7 +667,33 @@ def test_roles_from_end_stream_order_when_no_header_is_readable():
         p = Http2Connection(CONN)
         (e,) = feed_all(p, c.wire[mark:], swap=server) + p.close("eof", 1)
         assert e.request.body.getvalue() == b'{"q":1}' and e.response.body.getvalue() == b"answer"
-        assert p._client_dir == (R if server else W)
+        assert p.streams.client_dir == (R if server else W)
+
+
+def feed_with_loss(p: Http2Connection, wire, direction, a: int, b: int, rng=None) -> list:
+    """Feed a conversation with bytes [a, b) of ``direction``'s byte stream reported as lost (one gap
+    per send they fall in); what follows a loss is fed in random pieces when ``rng`` is given."""
+    out = []
+    pos = 0
+    for idx, (dr, data) in enumerate(wire):
+        if dr != direction:
+            out += p.feed(dr, data, idx)
+            continue
+        lo, hi = pos, pos + len(data)
+        pos = hi
+        keep_before = data[:max(0, min(len(data), a - lo))]
+        keep_after = data[max(0, min(len(data), b - lo)):]
+        if keep_before:
+            out += p.feed(dr, keep_before, idx)
+        if lo < b and hi > a:
+            out += p.gap(dr, min(hi, b) - max(lo, a), idx)
+        if keep_after and (lo < b and hi > a or not keep_before):
+            i = 0
+            while i < len(keep_after):
+                n = rng.choice([3, 100, 5000, 100000]) if rng is not None else len(keep_after)
+                out += p.feed(dr, keep_after[i:i + n], idx)
+                i += n
+    return out
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -679,28 +706,7 @@ def test_gap_anywhere_never_reports_wrong_headers(seed, where, size, direction, 
     a = int(where * len(stream))
     b = min(len(stream), a + size)
     p = Http2Connection(CONN)
-    out = []
-    pos = 0
-    rng = pieces
-    for idx, (dr, data) in enumerate(c.wire):
-        if dr != direction:
-            out += p.feed(dr, data, idx)
-            continue
-        lo, hi = pos, pos + len(data)
-        pos = hi
-        keep_before = data[:max(0, min(len(data), a - lo))]
-        keep_after = data[max(0, min(len(data), b - lo)):]
-        if keep_before:
-            out += p.feed(dr, keep_before, idx)
-        if lo < b and hi > a:
-            lost = min(hi, b) - max(lo, a)
-            out += p.gap(dr, lost, idx)
-        if keep_after and (lo < b and hi > a or not keep_before):
-            i = 0
-            while i < len(keep_after):
-                n = rng.choice([3, 100, 5000, 100000])
-                out += p.feed(dr, keep_after[i:i + n], idx)
-                i += n
+    out = feed_with_loss(p, c.wire, direction, a, b, rng=pieces)
     out += p.close("eof", 10**9)
     check_no_garbage(c, out)
     assert p.stats.gap_bytes == b - a
@@ -733,6 +739,8 @@ def test_gap_inside_data_frame_keeps_framing_and_hpack():
     e1 = by[sid1]
     assert e1.response.body.getvalue() == b"A" * 4000 + b"B" * 5000
     assert e1.gaps == [("read", 1000)] and e1.incomplete
+    assert e1.response.holes == [[2000, 1000, 0]] and not e1.request.holes
+    assert any("hole" in n for n in e1.notes)
     # Nothing else suffered: the next stream is exact, HPACK intact.
     check_exact(c, [by[sid2]], only=[sid2])
     e2 = by[sid2]
@@ -906,3 +914,170 @@ def test_wrong_guessed_boundary_drops_the_streams_it_invented():
     assert [e.stream_id for e in out] == [sid]
     assert out[0].response.body.getvalue() == b"real" and out[0].request.body.getvalue() == b""
     assert p.stats.parse_errors >= 1 and p.stats.skipped_bytes >= 4   # the invented body counts as skipped
+
+
+# --------------------------------------------------------------------------- when a stream is finished
+
+def early_response(body: bytes = b'{"late": "body"}') -> tuple[Conversation, int]:
+    """nginx's shape: the client sends HEADERS, the server answers in full (END_STREAM) before it
+    reads the body, and only then does the client send the request body's DATA (END_STREAM)."""
+    c = Conversation()
+    sid = c.client.get_next_available_stream_id()
+    c.client.send_headers(sid, req_headers(0, [(b"content-length", str(len(body)).encode())]))
+    c.pump()
+    c.respond(sid, resp_headers(0), [b'{"ok":true}'])
+    c.send_body(c.client, sid, body, end=True)
+    return c, sid
+
+
+def test_request_body_sent_after_the_response_is_in_the_pair():
+    body = b'{"late": "body"}' * 3000          # several DATA frames, flow control in between
+    c, sid = early_response(body)
+    last_req_data = max(i for i, (d, data) in enumerate(c.wire) if d == W and body[:100] in data)
+    p = Http2Connection(CONN)
+    out = []
+    for idx, (d, data) in enumerate(c.wire):
+        got = p.feed(d, data, idx)
+        if idx < last_req_data:
+            assert got == [], "written out before the client ended its side of the stream"
+        out += got
+    (e,) = out
+    check_exact(c, out)
+    assert e.request.body.getvalue() == body and e.request.complete and not e.incomplete
+    assert e.response.body.getvalue() == b'{"ok":true}'
+
+
+def test_stream_the_client_never_ends_is_written_at_close_with_why():
+    c = Conversation()
+    sid = c.client.get_next_available_stream_id()
+    c.client.send_headers(sid, req_headers(0))
+    c.pump()
+    c.send_body(c.client, sid, b'{"partial":', end=False)
+    c.respond(sid, resp_headers(0), [b"denied"])
+    p = Http2Connection(CONN)
+    assert feed_all(p, c.wire) == []
+    (e,) = p.close("process exited", 5)
+    assert e.response.complete and not e.request.complete and e.incomplete
+    assert e.request.body.getvalue() == b'{"partial":'
+    assert any("still sending the request body" in n and "process exited" in n for n in e.notes), e.notes
+
+
+def test_server_reset_after_early_response_finishes_the_pair_and_counts_late_data():
+    c = Conversation()
+    sid = c.client.get_next_available_stream_id()
+    c.client.send_headers(sid, req_headers(0))
+    c.pump()
+    c.respond(sid, resp_headers(0), [b"too big"])
+    c.server.reset_stream(sid, ErrorCodes.NO_ERROR)
+    c.pump()
+    # A DATA frame the client had in flight when the reset arrived.
+    late = (11).to_bytes(3, "big") + bytes([0, 1]) + sid.to_bytes(4, "big") + b"late body!!"
+    p = Http2Connection(CONN)
+    (e,) = feed_all(p, c.wire + [(W, late)])
+    assert e.response.complete and not e.request.complete
+    assert any("reset by the server (NO_ERROR)" in n for n in e.notes)
+    assert p.stats.skipped_bytes == 11
+
+
+@functools.lru_cache(maxsize=32)
+def mixed_endings(seed: int) -> Conversation:
+    """Streams that end every way: request first, response first (body after it), a client that stops
+    sending, resets by either side; interleaved on one connection."""
+    rng = random.Random(seed)
+    c = Conversation(rng)
+    for i in range(6):
+        shape = rng.choice(["normal", "early", "stops", "client-reset", "server-reset"])
+        sid = c.client.get_next_available_stream_id()
+        c.client.send_headers(sid, req_headers(i))
+        c.pump()
+        if shape == "normal":
+            c.send_body(c.client, sid, b'{"n":%d}' % i, end=True)
+        c.respond(sid, resp_headers(i), sse(i, rng.randint(1, 3)), end=shape != "client-reset")
+        if shape == "early":
+            c.send_body(c.client, sid, b'{"late":%d}' % i, end=True)
+        elif shape == "stops":
+            c.send_body(c.client, sid, b'{"part', end=False)
+        elif shape == "client-reset":
+            c.client.reset_stream(sid, ErrorCodes.CANCEL)
+            c.pump()
+        elif shape == "server-reset":
+            c.server.reset_stream(sid, ErrorCodes.NO_ERROR)
+            c.pump()
+    return c
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 30), cut=st.floats(0, 1), reason=st.sampled_from(["", "SSL_free"]))
+def test_every_incomplete_pair_says_why(seed, cut, reason):
+    """The capture ends anywhere in a conversation whose streams end every which way: each pair
+    written is complete or carries a note; pairs whose both sides ended are exact."""
+    c = mixed_endings(seed)
+    k = int(cut * len(c.wire))
+    p = Http2Connection(CONN)
+    out = feed_all(p, c.wire[:k]) + p.close(reason, 10**9)
+    for e in out:
+        assert not e.incomplete or e.notes, (e.stream_id, e.request.complete, e.response)
+    if k == len(c.wire):
+        done = [sid for sid in c.req if c.req[sid]["ended"] and c.resp.get(sid, {}).get("ended")]
+        check_exact(c, [e for e in out if e.stream_id in done], only=done)
+
+
+def test_attached_during_a_response_the_pair_is_written_at_its_end():
+    """Attached after the client had sent its request: no request frame will ever come, so the pair
+    does not wait for one (it would otherwise wait for the connection's end)."""
+    c = Conversation()
+    sid = c.request(req_headers(0), b'{"q":1}')
+    mark = len(c.wire)
+    c.server.send_headers(sid, resp_headers(0))
+    c.pump()
+    c.send_body(c.server, sid, b"event: ping\ndata: {}\n\n", end=True)
+    p = Http2Connection(CONN)
+    (e,) = feed_all(p, c.wire[mark:])
+    assert e.response.status == 200 and e.response.complete
+    assert e.response.body.getvalue() == b"event: ping\ndata: {}\n\n" and e.incomplete and e.notes
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.integers(100, 40_000), frame_pick=st.floats(0, 1), where=st.floats(0, 1),
+       lost=st.integers(1, 5000), pad=st.sampled_from([None, 0, 9]))
+def test_gap_inside_a_data_frame_loses_exactly_those_bytes(size, frame_pick, where, lost, pad):
+    """Bytes lost strictly inside one DATA frame's payload: the body is the true body without exactly
+    those bytes (or, if the pad-length byte was hit, without that frame's data), the hole says where,
+    and the stream, the framing and the next stream survive."""
+    body = bytes(random.Random(size).randbytes(size))
+    c = Conversation()
+    sid = c.request(req_headers(0), b"{}")
+    c.respond(sid, resp_headers(0), [body], pad=pad)
+    sid2 = c.request(req_headers(1), b"{}")
+    c.respond(sid2, resp_headers(1), [b"next"])
+    # the READ byte stream and where each response DATA frame's payload lies in it
+    stream = b"".join(d for dr, d in c.wire if dr == R)
+    frames, i = [], 0
+    while i < len(stream):
+        f, n = Frame.parse_frame_header(memoryview(stream[i:i + 9]))
+        if f.type == 0x0 and f.stream_id == sid and n > 2:
+            frames.append((i + 9, n))
+        i += 9 + n
+    start, n = frames[int(frame_pick * (len(frames) - 1))]
+    a = start + int(where * (n - 1))
+    b = min(start + n, a + lost)          # strictly inside that payload
+    p = Http2Connection(CONN)
+    out = feed_with_loss(p, c.wire, R, a, b)
+    by = {e.stream_id: e for e in out}
+    e = by[sid]
+    got = e.response.body.getvalue()
+    (off, gap, skipped), = e.response.holes
+    assert gap == b - a and e.gaps == [("read", b - a)] and e.incomplete and e.notes
+    k = int(frame_pick * (len(frames) - 1))
+    overhead = 0 if pad is None else 1 + pad              # pad-length byte + padding per frame
+    before = sum(m - overhead for _, m in frames[:k])       # body bytes in the stream's earlier frames
+    if pad is not None and a == start:                      # the pad-length byte was lost: frame dropped
+        assert off == before and skipped == n - (b - a)
+        assert got == body[:before] + body[before + n - overhead:]
+    else:
+        data_len = n - overhead
+        da = min(max(a - start - (pad is not None), 0), data_len)
+        db = min(max(b - start - (pad is not None), 0), data_len)
+        assert off == before + da and skipped == 0
+        assert got == body[:before + da] + body[before + db:]
+    assert by[sid2].response.body.getvalue() == b"next" and not by[sid2].incomplete

@@ -290,3 +290,39 @@ def test_a_long_line_in_small_pieces_is_searched_once(monkeypatch):
         evs += p.feed(body[i:i + 4096])
     assert len(evs) == 2 and len(evs[1].data) > len(text)
     assert scanned[0] <= 3 * len(body)
+
+
+def test_gap_drops_the_event_it_touches_and_keeps_the_next():
+    a = sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                    "delta": {"type": "text_delta", "text": "first half"}}).encode()
+    b = sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                    "delta": {"type": "text_delta", "text": "second"}}).encode()
+    p = SSEParser()
+    got = p.feed(a[:40])
+    p.gap()                                   # the rest of event a is lost
+    got += p.feed(a[60:] + b)
+    assert [json.loads(e.data)["delta"]["text"] for e in got] == ["second"]
+    # without the gap call the two halves are glued into one event made of both
+    glued = parse_events(a[:40] + a[60:] + b)
+    assert glued[0].data.startswith('{"type"ta"')
+
+
+def test_gap_ending_on_an_event_boundary_keeps_that_event():
+    evs = [sse("ping", {"type": "ping", "n": i}).encode() for i in range(3)]
+    p = SSEParser()
+    got = p.feed(evs[0] + evs[1][:10])
+    p.gap()
+    got += p.feed(evs[2])
+    assert [json.loads(e.data)["n"] for e in got] == [0, 2]
+    assert got[1].start == len(evs[0]) + 10    # offsets are in the body as logged (without the hole)
+
+
+def test_reconstruct_with_holes_from_the_record():
+    body = anthropic_stream().encode()
+    cut = body.index(b"event: content_block_delta")       # lose part of the first thinking delta
+    logged = body[:cut + 30] + body[cut + 90:]
+    r = reconstruct(logged, [[cut + 30, 60, 0]])
+    assert any("capture gap" in e for e in r.errors)
+    assert r.message["content"][0]["thinking"] == "the files — ünïcödé 🙂"
+    assert r.message["content"][2]["input"] == EXPECTED["content"][2]["input"]
+    assert r.complete

@@ -44,24 +44,18 @@ def _parse_defines(text: str) -> dict[str, int]:
 
 _text = HEADER.read_text()
 EVENT_FIELDS = _parse_struct(_text, "tracer_event")
+PROC_EVENT_FIELDS = _parse_struct(_text, "tracer_proc_event")
+PROC_FIELDS = _parse_struct(_text, "tracer_proc")
+FOLLOW_FIELDS = _parse_struct(_text, "tracer_follow")
 DROP_FIELDS = _parse_struct(_text, "tracer_drops")
 CONST = _parse_defines(_text)
 EVENT_STRUCT = struct.Struct("<" + "".join(f for _, f in EVENT_FIELDS))
 DROP_STRUCT = struct.Struct("<" + "".join(f for _, f in DROP_FIELDS))
 HEADER_SIZE = EVENT_STRUCT.size
+PROC_EVENT_STRUCT = struct.Struct("<" + "".join(f for _, f in PROC_EVENT_FIELDS))
+PROC_STRUCT = struct.Struct("<" + "".join(f for _, f in PROC_FIELDS))
+FOLLOW_STRUCT = struct.Struct("<" + "".join(f for _, f in FOLLOW_FIELDS))
 
-
-def _offset(name: str) -> int:
-    fmt = "<"
-    for n, f in EVENT_FIELDS:
-        if n == name:
-            return struct.calcsize(fmt)
-        fmt += f
-    raise KeyError(name)
-
-
-LEN_OFFSET = _offset("len")        # where a record's payload length and flags are, for readers
-FLAGS_OFFSET = _offset("flags")    # that size records without decoding them (capture/ring.py)
 
 EV_DATA = CONST["TRACER_EV_DATA"]
 EV_CLOSE = CONST["TRACER_EV_CLOSE"]
@@ -70,6 +64,32 @@ DIR_WRITE = CONST["TRACER_DIR_WRITE"]
 F_TRUNCATED = CONST["TRACER_F_TRUNCATED"]
 F_COPY_FAIL = CONST["TRACER_F_COPY_FAIL"]
 F_EX = CONST["TRACER_F_EX"]
+EV_FORK = CONST["TRACER_EV_FORK"]
+EV_EXEC = CONST["TRACER_EV_EXEC"]
+EV_EXIT = CONST["TRACER_EV_EXIT"]
+EV_STOP = CONST["TRACER_EV_STOP"]
+PROC_TYPES = frozenset({EV_FORK, EV_EXEC, EV_EXIT, EV_STOP})
+
+
+def _offset(fields: list[tuple[str, str]], name: str) -> int:
+    off = 0
+    for n, fmt in fields:
+        if n == name:
+            return off
+        off += struct.calcsize("<" + fmt)
+    raise KeyError(name)
+
+
+# Data and process records share the ring; both carry `type` (and `len`) at the same offset.
+LEN_OFFSET = _offset(EVENT_FIELDS, "len")        # where a record's payload length and flags are, for
+FLAGS_OFFSET = _offset(EVENT_FIELDS, "flags")    # readers that size records without decoding them
+TYPE_OFFSET = _offset(EVENT_FIELDS, "type")
+assert TYPE_OFFSET == _offset(PROC_EVENT_FIELDS, "type"), "tracer_proc_event.type moved"
+assert _offset(EVENT_FIELDS, "len") == _offset(PROC_EVENT_FIELDS, "len")
+
+
+def record_type(raw: bytes | memoryview) -> int:
+    return raw[TYPE_OFFSET] | (raw[TYPE_OFFSET + 1] << 8)
 
 
 @dataclass(slots=True)
@@ -116,6 +136,8 @@ def decode(raw: bytes | memoryview) -> Event:
 def record_size(raw: bytes | memoryview) -> int:
     """Bytes of a ring record that carry information: the header and the payload actually copied
     (a ring record is reserved in size classes, so it is usually longer)."""
+    if record_type(raw) in PROC_TYPES:     # another layout: kept whole
+        return len(raw)
     n = HEADER_SIZE if raw[FLAGS_OFFSET] & F_COPY_FAIL else HEADER_SIZE + int.from_bytes(
         raw[LEN_OFFSET:LEN_OFFSET + 4], "little")
     return min(n, len(raw))
@@ -133,3 +155,33 @@ RINGBUF_LEN_MASK = ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT) & 0xFFFFFFFF
 
 def decode_drops(raw: bytes) -> dict[str, int]:
     return dict(zip((n for n, _ in DROP_FIELDS), DROP_STRUCT.unpack_from(raw, 0)))
+
+
+@dataclass(slots=True)
+class ProcEvent:
+    ts_ns: int
+    clone_flags: int
+    cgroup_id: int
+    pid: int
+    tid: int
+    ppid: int
+    stop: int
+    len: int
+    type: int
+    state: int
+    flags: int
+    comm: str
+    filename: str
+
+
+assert [n for n, _ in PROC_EVENT_FIELDS] == ["ts_ns", "clone_flags", "cgroup_id", "pid", "tid", "ppid",
+                                             "stop", "len", "type", "state", "flags", "comm"]
+
+
+def decode_proc(raw: bytes | memoryview) -> ProcEvent:
+    """Decode one process record (TRACER_EV_FORK .. TRACER_EV_STOP)."""
+    vals = PROC_EVENT_STRUCT.unpack_from(raw, 0)
+    comm = vals[11].split(b"\0", 1)[0].decode("utf-8", "replace")
+    start = PROC_EVENT_STRUCT.size
+    name = bytes(raw[start:start + vals[7]]).split(b"\0", 1)[0]
+    return ProcEvent(*vals[:11], comm, name.decode("utf-8", "surrogateescape"))

@@ -21,8 +21,6 @@ from tracer.protocols import http2
 from tracer.protocols.base import ConnInfo, Direction, Exchange, ParserStats
 from tracer.protocols.http1 import Http1Connection, looks_like_http1_request, looks_like_http1_response
 
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
 
 _DIRECTIONS = {int(d): d for d in Direction}
 
@@ -53,8 +51,14 @@ class CaptureStats:
 
 
 class Capture:
-    def __init__(self, on_exchange: Callable[[Exchange], None], *, max_decoded_body: int = 512 << 20):
+    def __init__(self, on_exchange: Callable[[Exchange], None], *, max_decoded_body: int = 512 << 20,
+                 on_process: Callable[[bytes], None] | None = None):
         self.on_exchange = on_exchange
+        # process records (fork/exec/exit) for the process follower, on the caller's thread - used
+        # where the ring thread feeds this pipeline itself (--no-deferred-parsing); with the spool
+        # the ring thread hands them over (capture/ring.py on_process) and they reach this pipeline
+        # in the parsing process only to close connections
+        self.on_process = on_process
         self.max_decoded_body = max_decoded_body
         self.stats = CaptureStats()
         self.parser_stats = ParserStats()
@@ -70,6 +74,11 @@ class Capture:
         """One ring-buffer record, processed now."""
         if self.dump is not None:
             self.dump.write(len(record).to_bytes(4, "little") + record)
+        if self.on_process is not None and ev.record_type(record) in ev.PROC_TYPES:
+            self.on_process(bytes(record))       # a held process waits on it
+            if ev.record_type(record) not in (ev.EV_EXEC, ev.EV_EXIT):
+                return
+            # exec and exit also end the process' connections, in order with its data records
         with self._lock:
             self._handle(record)
 
@@ -88,6 +97,10 @@ class Capture:
             elif e.type == ev.EV_CLOSE:
                 self.stats.close_events += 1
                 self._close_conn((e.pid, e.conn), "SSL_free", e.ts_ns)
+            elif e.type in (ev.EV_EXEC, ev.EV_EXIT):
+                why = "process exec'd" if e.type == ev.EV_EXEC else "process exited"
+                for key in [k for k in self.conns if k[0] == e.pid]:
+                    self._close_conn(key, why, e.ts_ns)
         except Exception as exc:  # a bug must not stop the capture; it is counted and shown
             self.stats.worker_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -103,7 +116,7 @@ class Capture:
 
     def _pick_parser(self, st: ConnState, d: Direction, data: bytes):
         head = data[:64]
-        if head.startswith(H2_PREFACE[:len(head)]) and len(head) >= 3:
+        if http2.looks_like_h2(head):
             st.kind = "h2"
         elif (looks_like_http1_request(head) or looks_like_http1_response(head)):
             st.kind = "http/1.1"

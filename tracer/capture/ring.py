@@ -95,6 +95,9 @@ class Ring(_Waits):
     lost_records = 0      # records a drain's store refused: libbpf had released them already
     lost_bytes = 0
     peak_fill = 0         # (not known through libbpf)
+    # drain(): process records (fork/exec/exit/stop) are also handed, copied, to this - the process
+    # follower, which holds a stopped process until it has seen them - as well as to the sink
+    on_process: Callable[[bytes], None] | None = None
 
     def __init__(self, map_fd: int, callback: Callback | None = None, size: int = 0):
         self.callback = callback
@@ -155,6 +158,11 @@ class Ring(_Waits):
                 self._lib.ring_buffer__consume(self._rb)
             finally:
                 self._collect = None
+        on_process = self.on_process
+        if on_process is not None:
+            for r in got:
+                if ev.record_type(r) in ev.PROC_TYPES:
+                    on_process(bytes(r))
         records = nbytes = 0
         for i in range(0, len(got), DRAIN_BATCH_RECORDS):
             bufs = [r[:ev.record_size(r)] for r in got[i:i + DRAIN_BATCH_RECORDS]]
@@ -197,6 +205,7 @@ class MappedRing(_Waits):
     lost_records = 0
     lost_bytes = 0
     peak_fill = 0         # most bytes found waiting in the ring at a drain
+    on_process: Callable[[bytes], None] | None = None     # as Ring.on_process
 
     def __init__(self, map_fd: int, size: int):
         if platform.machine() != "x86_64":
@@ -232,6 +241,12 @@ class MappedRing(_Waits):
     def consumer_pos(self) -> int:
         return self._consumer.value
 
+    def _copy(self, pos: int, length: int) -> bytes:
+        s = pos & self.mask
+        if s + length <= self.size:
+            return bytes(self._view[s:s + length])
+        return bytes(self._view[s:]) + bytes(self._view[:s + length - self.size])
+
     def drain(self, sink: Sink) -> tuple[int, int, str]:
         """Every committed record to `sink`, as ring stretches of about RAW_BATCH_BYTES (see the module
         docstring). Returns (records, ring bytes, why it stopped early: "busy" - at a record still
@@ -254,14 +269,20 @@ class MappedRing(_Waits):
             prod = producer.value
             if cons >= prod:
                 return records, nbytes, ""
-            # the only work per record: its 8-byte ring header (committed? how long?)
+            # the only work per record: its 8-byte ring header (committed? how long?) - and, while
+            # processes are followed, the type of the record
             lim = min(prod, cons + max_b)
             pos, n, stop = cons, 0, ""
+            on_process = self.on_process
             while pos < lim:
                 hdr = v32[(pos & mask) >> 2]
                 if hdr & busy:
                     stop = "busy"
                     break
+                if on_process is not None and not hdr & RINGBUF_DISCARD_BIT:
+                    t = pos + RINGBUF_HDR_SZ + ev.TYPE_OFFSET
+                    if v8[t & mask] | (v8[(t + 1) & mask] << 8) in ev.PROC_TYPES:
+                        on_process(self._copy(pos + RINGBUF_HDR_SZ, hdr & len_mask))
                 pos += ((hdr & len_mask) + RINGBUF_HDR_SZ + 7) & ~7
                 n += 1
             if pos == cons:

@@ -340,6 +340,7 @@ def ring_records(data: bytes, view: memoryview, start: int, end: int, base: int 
     unpack = U32.unpack_from
     busy, discard, len_mask = ev.RINGBUF_BUSY_BIT, ev.RINGBUF_DISCARD_BIT, ev.RINGBUF_LEN_MASK
     head, len_at, flags_at, copy_fail = ev.HEADER_SIZE, ev.LEN_OFFSET, ev.FLAGS_OFFSET, ev.F_COPY_FAIL
+    type_at, proc_types = ev.TYPE_OFFSET, ev.PROC_TYPES
     recs = []
     p = start
     while p < end:
@@ -351,7 +352,9 @@ def ring_records(data: bytes, view: memoryview, start: int, end: int, base: int 
             raise ValueError(f"spool damaged: the ring stretch at offset {base + start} has "
                              f"{'an uncommitted' if hdr & busy else 'a truncated'} record at {base + p}")
         if not hdr & discard:
-            if length >= head:
+            if length >= head and data[s + type_at] | (data[s + type_at + 1] << 8) in proc_types:
+                n = length          # a process record (another layout): whole
+            elif length >= head:
                 n = head if data[s + flags_at] & copy_fail else head + unpack(data, s + len_at)[0]
                 if n > length:
                     n = length

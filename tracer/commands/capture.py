@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import grp
 import os
 import pwd
 import select
@@ -17,8 +15,11 @@ from pathlib import Path
 import click
 
 from tracer.errors import TracerError
+from tracer.invoker import InvokingUser, as_user, invoking_user
 from tracer.session import Options, Session, command_files, ssl_library_candidates
 from tracer.sinks.summary import format_summary, write_summary_json
+from tracer.textsafe import printable
+from tracer.threads import EXIT_FAILED
 
 
 def capture_options(f):
@@ -26,12 +27,16 @@ def capture_options(f):
     opts = [
         click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
                      default=Path(".claude-trace"), show_default=True,
-                     help="Directory for log-YYYY-MM-DD-HH-MM-SS.jsonl (created 0700)."),
+                     help="Directory for log-YYYY-MM-DD-HH-MM-SS.jsonl: created (0700) as the user who "
+                          "invoked sudo; if it exists it must be theirs and writable by them only."),
         click.option("--include-all-requests", is_flag=True,
                      help="Log every HTTP pair, not only Messages API calls on the API host "
                           "(api.anthropic.com, the target's ANTHROPIC_BASE_URL host, Bedrock runtime)."),
         click.option("--no-redact", is_flag=True,
-                     help="Keep credentials in headers (authorization, x-api-key, cookies, ...) as sent."),
+                     help="Log credentials as sent. By default they are redacted: credential headers "
+                          "(authorization, x-api-key, cookies, any name with token/secret/key/auth), "
+                          "secret query parameters, and OAuth tokens/passwords in bodies "
+                          "(docs/log-format.md lists the rules)."),
         click.option("--write-buffer-size", type=click.IntRange(1, 100_000), default=100, show_default=True,
                      help="Records per batched write."),
         click.option("--flush-ms", type=click.IntRange(1, 60_000), default=100, show_default=True,
@@ -62,8 +67,9 @@ def capture_options(f):
     return f
 
 
-def _options(kw) -> Options:
+def _options(kw, user: InvokingUser, allow_other_users: bool = False) -> Options:
     return Options(
+        user=user, allow_other_users=allow_other_users,
         output_dir=kw["output_dir"], include_all=kw["include_all_requests"], redact=not kw["no_redact"],
         batch_size=kw["write_buffer_size"], flush_ms=kw["flush_ms"], durable=kw["durable"],
         ring_buffer_mb=kw["ring_buffer_mb"], copy_limit=kw["copy_limit_kb"] * 1024,
@@ -72,46 +78,27 @@ def _options(kw) -> Options:
 
 
 def _fail(msg: str, code: int = 2):
-    click.echo(f"tracer: {msg}", err=True)
+    click.echo(f"tracer: {printable(msg, multiline=True)}", err=True)
     sys.exit(code)
 
 
-def _sudo_id(name: str, default: int | None = None) -> int | None:
-    """SUDO_UID/SUDO_GID as a number; unset -> default. A value that is not a number is refused:
-    guessing would mean running the command, or tracing any process, as root."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
+def _say(msg: str) -> None:
+    """A message on stderr; anything in it that came from a target is escaped."""
+    click.echo(f"tracer: {printable(msg, multiline=True)}", err=True)
+
+
+def _user() -> InvokingUser:
     try:
-        v = int(raw)
-        if v < 0:
-            raise ValueError
-        return v
-    except ValueError:
-        _fail(f"{name}={raw!r} is not a user or group id; refusing to guess who invoked tracer")
-
-
-def _invoking_uid() -> int:
-    uid = _sudo_id("SUDO_UID")
-    return os.getuid() if uid is None else uid
-
-
-def _proc_uid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+        return invoking_user()
+    except TracerError as e:
+        _fail(str(e))
 
 
 def _alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
     except (OSError, IndexError):
         return False
 
@@ -160,30 +147,27 @@ def _finish(session: Session, opts: Options) -> dict:
         from tracer.sinks.html import write_html     # the viewer's code is loaded only when used
         try:
             skipped: list[str] = []
-            html_path = write_html(session.log_path, warnings=skipped)
+            html_path = write_html(session.log_path, warnings=skipped, user=session.user)
             from tracer.commands.viewer import report_skipped
             report_skipped(session.log_path, skipped)
         except Exception as e:  # the log is what matters; say why the viewer is missing
-            click.echo(f"tracer: building the HTML viewer failed: {e}", err=True)
+            _say(f"building the HTML viewer failed: {e}")
     summary["html"] = str(html_path) if html_path else None
     text = format_summary(summary)
     if html_path:
         text += f"\nhtml: {html_path}"
-    click.echo(text, err=True)
+    click.echo(printable(text, multiline=True), err=True)
     if opts.summary_json is not None:
-        try:
+        try:       # created as the invoking user, like the log (tracer/userfiles.py)
             write_summary_json(opts.summary_json, summary)
-        except OSError as e:
-            click.echo(f"tracer: cannot write the summary to {opts.summary_json}: {e.strerror or e}",
-                       err=True)
+        except (OSError, TracerError) as e:
+            _say(f"cannot write the summary to {opts.summary_json}: {getattr(e, 'strerror', None) or e}")
     return summary
 
 
-FAILED_STATUS = 70    # tracer itself failed (a thread or its parsing process died): the log is short
-
-
 def _exit_status(summary: dict, default: int) -> int:
-    return FAILED_STATUS if summary.get("internal_failures") else default
+    """EXIT_FAILED (70) when tracer itself failed - a thread or its parsing process died: the log is short."""
+    return EXIT_FAILED if summary.get("thread_failures") else default
 
 
 def _start_session(opts: Options) -> Session:
@@ -197,82 +181,139 @@ def _start_session(opts: Options) -> Session:
         _fail(f"cannot open the log in {opts.output_dir}: {e.strerror or e}", 1)
 
 
+def _watch_targets(session: Session) -> None:
+    """One round of the watch loop: targets that exited, lost the right to be traced (a setuid exec,
+    a change of credentials) or mapped a new TLS library."""
+    for pid in session.live_targets():
+        if not _alive(pid):
+            session.target_exited(pid)
+            continue
+        why = session.recheck_target(pid)
+        if why:
+            _say(f"pid {pid}: stopped tracing it: {why}")
+            continue
+        try:
+            session.refresh_target(session.procs.get(pid))
+        except TracerError as e:
+            _say(str(e))
+
+
+def _say_probed(proc, prefix: str = "") -> None:
+    for f in proc.files.values():
+        where = "" if f.mapped else ", when loaded"
+        _say(f"{prefix}probes on {f.path} ({f.library}{where})")
+    for why in proc.problems:
+        _say(f"{prefix}TLS code NOT probed: {why}")
+
+
 @click.command("attach")
-@click.option("--pid", "-p", "pids", type=int, multiple=True, required=True,
+@click.option("--pid", "-p", "pids", type=int, multiple=True,
               help="Process to trace (repeat for several).")
+@click.option("--children", is_flag=True,
+              help="Also trace the processes below each --pid: those running now and those they "
+                   "start later (fork, exec), at any depth. A new program is held stopped for the "
+                   "moment its probes take, so its first request is captured too.")
+@click.option("--cgroup", "cgroup_path", metavar="PATH",
+              help="Trace every process in this cgroup v2 directory and below it, present and future "
+                   "(e.g. a Docker container's or a systemd unit's cgroup; absolute, or relative to "
+                   "the cgroup2 mount). Runs until Ctrl-C, --duration or the cgroup is removed.")
 @click.option("--allow-other-users", is_flag=True,
-              help="Allow tracing a process owned by another user than the one who invoked sudo.")
+              help="Trace processes whatever user they run as. This lets the caller read every user's "
+                   "TLS traffic (root's included): without it a pid must pass the kernel's ptrace "
+                   "rule for the user who invoked sudo (same real/effective/saved/fs uid and gid, "
+                   "dumpable).")
 @capture_options
-def attach_cmd(pids, allow_other_users, **kw):
+def attach_cmd(pids, children, cgroup_path, allow_other_users, **kw):
     """Trace running processes' TLS traffic until Ctrl-C, until they all exit, or --duration.
 
     Finds every mapped object that carries TLS functions (libssl, node, Bun/Claude Code) and puts
-    uprobes on them for these pids only. Connections that were already open are picked up at their
-    next message boundary.
+    uprobes on them for these pids only, reaching each file through the process' own mount
+    namespace (containers). Connections that were already open are picked up at their next
+    message boundary. Under sudo, only processes the invoking user could ptrace are traced (with
+    --children and --cgroup: each one as tracer finds it); a traced process that exec's a
+    setuid/setgid program stops being traced (noted in the summary).
+
+    Exit status: 0; 70 when tracer itself failed (one of its threads died: the summary says which
+    and what stopped working); 1 or 2 when it could not start.
     """
-    opts = _options(kw)
-    me = _invoking_uid()
+    from tracer.access import may_trace
+
+    user = _user()
+    opts = _options(kw, user, allow_other_users)
+    if not pids and not cgroup_path:
+        _fail("say what to trace: --pid PID (with --children for its process tree) or --cgroup PATH")
     for pid in pids:
         if not _alive(pid):
             _fail(f"no such process: {pid}")
-        owner = _proc_uid(pid)
-        if not allow_other_users and me != 0 and owner != me:
-            _fail(f"pid {pid} belongs to uid {owner}, not to you (uid {me}); "
-                  "pass --allow-other-users to trace it anyway")
+        ok, why = may_trace(pid, user, allow_other_users=allow_other_users)
+        if not ok:
+            _fail(f"{why}; pass --allow-other-users to trace it anyway (that lets you read every "
+                  "user's TLS traffic)")
+    cgroup_dir = None
+    if cgroup_path:
+        from tracer.processes import cgroup as cg
+        try:
+            cgroup_dir = cg.resolve(cgroup_path)
+        except TracerError as e:
+            _fail(str(e))
     stopper = _Stopper()
     stopper.install()
     session = _start_session(opts)
+    follow = children or cgroup_dir is not None
     try:
-        for pid in pids:
-            tgt = session.add_target(pid)
-            if not tgt.files:
+        if follow:
+            follower = session.follow()
+            roots = [follower.add_tree(pid) if children else follower.add_root(pid, "attached", children=False)
+                     for pid in pids]
+            if cgroup_dir is not None:
+                roots += follower.follow_cgroup(cgroup_dir)
+            shown = roots if not children else [p for p in session.procs.all()]
+        else:
+            shown = [session.add_target(pid) for pid in pids]
+        for proc in shown:
+            if not proc.traced:
+                _say(f"pid {proc.pid} ({proc.command}): not traced: {proc.why_not}")
+                continue
+            if not proc.files and not proc.problems:
                 errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
-                click.echo(f"tracer: pid {pid}: no TLS library found yet in its mappings"
-                           + (f" ({errs})" if errs else "") + "; watching for one to be loaded", err=True)
-            for path, lib, methods in tgt.files:
-                click.echo(f"tracer: pid {pid}: probes on {path} ({lib})", err=True)
+                _say(f"pid {proc.pid}: no TLS library found yet in its mappings"
+                     + (f" ({errs})" if errs else "") + "; watching for one to be loaded")
+            _say_probed(proc, f"pid {proc.pid}: ")
     except TracerError as e:
         session.finish()
         _fail(str(e), 1)
-    click.echo(f"tracer: tracing {len(pids)} process(es); log {session.log_path}; Ctrl-C to stop",
-               err=True)
+    what = f"{len(pids)} process(es)" + (" and their children" if children else "")
+    if cgroup_dir is not None:
+        what = (what + " and " if pids else "") + f"every process in cgroup {cgroup_dir}"
+    _say(f"tracing {what}; log {session.log_path}; Ctrl-C to stop")
     tick = _status_printer(session, opts.status)
     deadline = time.monotonic() + kw["duration"] if kw["duration"] else None
     while not stopper.event.is_set():
         if deadline and time.monotonic() >= deadline:
             break
-        for pid in session.live_targets():
-            if not _alive(pid):
-                session.target_exited(pid)
-            else:
-                try:
-                    session.refresh_target(session.targets[pid])
-                except TracerError as e:
-                    click.echo(f"tracer: {e}", err=True)
-        if not session.live_targets():
-            break
+        if follow:           # the follower watches its processes (tracer/processes/follower.py)
+            if cgroup_dir is not None:
+                from tracer.processes import cgroup as cg
+                if not cg.exists(cgroup_dir):
+                    _say(f"cgroup {cgroup_dir} is gone")
+                    break
+            elif not session.follower.live():
+                break
+        else:
+            _watch_targets(session)
+            if not session.live_targets():
+                break
         tick()
         stopper.event.wait(opts.watch_interval)
     tick(final=True)
     sys.exit(_exit_status(_finish(session, opts), 0))
 
 
-def _child_credentials():
+def _child_credentials(user: InvokingUser):
     """Run the command as the user who invoked sudo, never as root unless root ran us directly."""
-    if os.geteuid() != 0 or "SUDO_UID" not in os.environ:
+    if not user.acting_for_other:
         return None
-    uid = _sudo_id("SUDO_UID")
-    gid = _sudo_id("SUDO_GID", uid)
-    if uid == 0:
-        return None
-    try:
-        pw = pwd.getpwuid(uid)
-        groups = os.getgrouplist(pw.pw_name, gid)
-        home = pw.pw_dir
-        name = pw.pw_name
-    except KeyError:
-        groups, home, name = [gid], None, None
-    return uid, gid, groups, home, name
+    return user.uid, user.gid, list(user.groups), user.home, user.name
 
 
 def _wait_exit(child: subprocess.Popen, pidfd: int | None, timeout: float) -> None:
@@ -289,37 +330,54 @@ def _wait_exit(child: subprocess.Popen, pidfd: int | None, timeout: float) -> No
 
 
 @click.command("run", context_settings={"ignore_unknown_options": False})
+@click.option("--no-children", is_flag=True,
+              help="Trace only COMMAND's own process, not the processes it starts.")
 @capture_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run_cmd(command, **kw):
+def run_cmd(command, no_children, **kw):
     """Start COMMAND with probes attached before its first TLS call; trace it until it exits.
 
     \b
     Example:  sudo tracer run -- claude -p "hello"
-    The command runs as the user who invoked sudo (not root), with its stdin/stdout/stderr untouched;
-    tracer's own messages go to stderr. tracer exits with the command's exit code (70 when tracer
-    itself failed: the summary says what).
+              sudo tracer run -- python my_agent.py     (the Claude Code it starts is traced too)
+    Every process COMMAND starts is traced as well, at any depth (--no-children: only COMMAND).
+    Each new program is held stopped until its probes are in place, so even a request sent right
+    after exec is captured. The command runs as the user who invoked sudo (not root), with its
+    stdin/stdout/stderr untouched; tracer's own messages go to stderr. A process that exec's a
+    setuid/setgid program has nothing logged from that program and stops being traced (noted in
+    the summary).
+
+    \b
+    Exit status: the command's (128+N when signal N ended it), unless tracer
+    itself failed -- one of its threads died (the summary says which, what
+    stopped working, and the command's status) -- then 70. 127: the command
+    was not found or could not start; 1 or 2: tracer could not start.
     """
-    opts = _options(kw)
+    user = _user()
+    opts = _options(kw, user)
+    follow = not no_children
     env = dict(os.environ)
-    creds = _child_credentials()
+    creds = _child_credentials(user)
     if creds:
         uid, gid, groups, home, name = creds
         if home and env.get("HOME") in (None, "", "/root", pwd.getpwuid(0).pw_dir):
             env["HOME"] = home
         if name:
             env["USER"] = env["LOGNAME"] = name
-    files = command_files(command[0], env)
+    with as_user(user):          # resolved and read with the user's permissions, as their exec will be
+        files = command_files(command[0], env)
     if not files:
         _fail(f"command not found: {command[0]}", 127)
     stopper = _Stopper()
     stopper.install()
     session = _start_session(opts)
     r, w = os.pipe()
-    # the command waits for its probes, then runs with the nice value tracer was started with (the
-    # session raised its own threads' priority: session.boost_threads)
+    # the launcher waits for the go byte; if tracer dies first, the command does not run untraced.
+    # It runs with the nice value tracer was started with (the session raised its own threads'
+    # priority: session.boost_threads)
     launcher = ("import os,sys\n"
-                "fd=int(sys.argv[1]); os.read(fd,1); os.close(fd)\n"
+                "fd=int(sys.argv[1]); go=os.read(fd,1); os.close(fd)\n"
+                "go==b'x' or sys.exit('tracer: tracer ended before the command could start')\n"
                 "os.setpriority(os.PRIO_PROCESS,0,int(sys.argv[2]))\n"
                 "os.execvp(sys.argv[3], sys.argv[3:])\n")
     popen_kw = {}
@@ -334,19 +392,28 @@ def run_cmd(command, **kw):
         _fail(f"cannot start {command[0]}: {e}", 127)
     os.close(r)
     try:
-        session.add_target(child.pid, extra_files=files + ssl_library_candidates(), env=env)
+        if follow:
+            follower = session.follow()
+            # the launcher runs tracer's own Python (as the user): admitted now, probed after it
+            # execs the command, which the kernel side holds until then
+            root = follower.add_root(child.pid, "command", probe=False, env=env)
+            if not root.traced:
+                raise TracerError(f"cannot trace {command[0]}: {root.why_not}")
+            tgt = None
+        else:
+            tgt = session.add_target(child.pid, extra_files=files + ssl_library_candidates(), env=env,
+                                     origin="command")
     except TracerError as e:
         child.kill()
         session.finish()
         _fail(str(e), 1)
-    tgt = session.targets[child.pid]
-    if not kw["quiet"]:
-        for path, lib, _m in tgt.files:
-            click.echo(f"tracer: probes on {path} ({lib})", err=True)
-    if not tgt.files:
-        errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
-        click.echo(f"tracer: no TLS library found for {command[0]} yet"
-                   + (f" ({errs})" if errs else "") + "; watching its mappings", err=True)
+    if tgt is not None:
+        if not kw["quiet"]:
+            _say_probed(tgt)
+        if not tgt.files:
+            errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
+            _say(f"no TLS library found for {command[0]} yet"
+                 + (f" ({errs})" if errs else "") + "; watching its mappings")
     os.write(w, b"x")      # release the command
     os.close(w)
     try:
@@ -367,19 +434,24 @@ def run_cmd(command, **kw):
         if deadline and time.monotonic() >= deadline:
             child.terminate()
             deadline = None
-        try:
-            session.refresh_target(tgt)
-        except TracerError as e:
-            click.echo(f"tracer: {e}", err=True)
+        if tgt is not None and tgt.alive:
+            _watch_targets(session)
         tick()
         _wait_exit(child, pidfd, opts.watch_interval)
     if pidfd is not None:
         os.close(pidfd)
-    session.target_exited(child.pid)
+    if follow:
+        session.wait_ring_drained()
+    else:
+        session.target_exited(child.pid)
     tick(final=True)
     summary = _finish(session, opts)
     rc = child.returncode
-    sys.exit(_exit_status(summary, 128 - rc if rc < 0 else rc))
+    rc = 128 - rc if rc < 0 else rc
+    if summary.get("thread_failures"):
+        _say(f"exit status {EXIT_FAILED} because tracer failed (the command exited with {rc})")
+        sys.exit(EXIT_FAILED)
+    sys.exit(rc)
 
 
 COMMANDS = [attach_cmd, run_cmd]

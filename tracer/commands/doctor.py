@@ -106,6 +106,8 @@ def check_libbpf() -> Check:
 def check_headers(build: bool) -> Check:
     try:
         c = kheaders.choose(build=build)
+    except TracerError as e:                 # an untrusted cache directory named by the environment
+        return Check("kernel headers", False, str(e), "unset it, or point it at a root-only directory")
     except OSError as e:
         return Check("kernel headers", False, f"building a merged tree failed: {e}",
                      "check free space in " + str(paths.kheaders_dir()))

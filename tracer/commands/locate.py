@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
 
 import click
 from elftools.common.exceptions import ELFError
 
 from tracer.probes.locate import LocateError, is_elf, locate
+from tracer.textsafe import printable
 
 
 def _fail(msg: str) -> None:
@@ -19,36 +21,51 @@ def _fail(msg: str) -> None:
 @click.command("locate")
 @click.argument("binary", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--no-cache", is_flag=True, help="Ignore the build-id cache (always run discovery).")
+@click.option("--no-cache", is_flag=True, help="Ignore the locate cache (always run discovery).")
 def locate_cmd(binary: str, as_json: bool, no_cache: bool) -> None:
     """Find SSL_read/SSL_write (and friends) in BINARY.
 
     Works on shared libraries with symbols (libssl.so.3), executables with a static OpenSSL (node)
     and stripped Bun / Claude Code executables with BoringSSL inside (error-site fingerprinting).
+    Under sudo, BINARY is opened with the invoking user's permissions.
     """
-    if not os.path.exists(binary):
-        _fail("%s: no such file" % binary)
-    if not os.access(binary, os.R_OK) or os.path.isdir(binary):
-        _fail("%s: cannot read it" % binary)
-    if not is_elf(binary):
-        _fail("no TLS library found in %s: not an ELF file" % binary)
+    from tracer.errors import TracerError
+    from tracer.invoker import as_user, invoking_user
+    from tracer.probes.locate import open_regular
+
+    shown = printable(binary)
+    try:
+        with as_user(invoking_user()):          # the user's permissions decide what may be read
+            fd = open_regular(binary)
+    except TracerError as e:
+        _fail(str(e))
+    except FileNotFoundError:
+        _fail("%s: no such file" % shown)
+    except OSError as e:
+        _fail("%s: cannot read it (%s)" % (shown, e.strerror or e))
     t0 = time.monotonic()
     try:
-        res = locate(binary, use_cache=not no_cache)
-    except LocateError as e:
-        _fail(str(e))
-    except (ELFError, ValueError, IndexError, OSError) as e:  # truncated / malformed ELF
-        _fail("cannot parse %s as ELF: %s" % (binary, e))
+        path = f"/proc/self/fd/{fd}"          # this very file, from here on
+        if not is_elf(path):
+            _fail("no TLS library found in %s: not an ELF file" % shown)
+        try:
+            res = locate(path, use_cache=not no_cache)
+        except LocateError as e:
+            _fail("%s: %s" % (shown, printable(str(e).replace(path, binary))))
+        except (ELFError, ValueError, IndexError, OSError, struct.error) as e:  # truncated / malformed ELF
+            _fail("cannot parse %s as ELF: %s" % (shown, printable(e)))
+    finally:
+        os.close(fd)
     elapsed = time.monotonic() - t0
     if res is None:
-        _fail("no TLS library found in %s" % binary)
+        _fail("no TLS library found in %s" % shown)
     if as_json:
         out = {"binary": binary, "build_id": res.build_id, "library": res.library,
                "functions": {n: {"address": hex(f.address), "method": f.method}
                              for n, f in sorted(res.functions.items())}}
         click.echo(json.dumps(out, indent=2))
         return
-    click.echo(binary)
+    click.echo(shown)
     click.echo("  build-id: %s" % (res.build_id or "(none)"))
     click.echo("  library:  %s" % (res.library or "?"))
     width = max(len(n) for n in res.functions)

@@ -8,7 +8,8 @@ import click
 
 from tracer.mock.knobs import KNOB_FIELDS, KNOB_HELP, Knobs, choices, knob_type
 
-_HELP = """Run a mock Anthropic Messages API over HTTPS on 127.0.0.1.
+_HELP = """Run a mock Anthropic Messages API over HTTPS on 127.0.0.1. Needs no privileges: started
+as root for someone else (sudo), it runs as the user who invoked sudo.
 
 \b
 Prints ONE JSON line on stdout once listening, e.g.
@@ -26,7 +27,9 @@ State dir (--dir, default a new temp dir):
 
 \b
 Routes: POST /v1/messages (JSON Message, or SSE with "stream": true),
-  POST /v1/messages/count_tokens, GET|HEAD /, anything else: 404 Anthropic error JSON.
+  POST /v1/messages/count_tokens, POST /v1/oauth/token (grant_type authorization_code or
+  refresh_token, JSON or form: random access/refresh tokens), GET|HEAD /, anything else: 404 Anthropic
+  error JSON.
 Scenario (auto): a request offering a "Bash" tool whose last user message has no tool_result gets a
   tool_use (Bash, {"command": "echo hi", ...}, stop_reason tool_use); after a tool_result the answer
   is "The command printed: <output>"; otherwise text. "thinking" enabled -> a thinking block first.
@@ -84,6 +87,14 @@ def mock_server(port, host, state_dir, h2, key_type, tls_version, record_limit, 
     import signal
 
     import orjson
+
+    from tracer.errors import TracerError
+    from tracer.invoker import become
+
+    try:        # the mock server needs none of root's powers: under sudo it runs as the invoking user
+        become()
+    except TracerError as e:
+        raise click.ClickException(str(e)) from None
 
     from tracer.mock.knobs import with_overrides
     from tracer.mock.server import MockServerCore, ServerConfig

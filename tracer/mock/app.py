@@ -28,7 +28,7 @@ import string
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterable, Iterable, Iterator, Union
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import orjson
 
@@ -345,7 +345,31 @@ class MockApp:
             if method != "POST":
                 return error_response(405, f"Method {method} not allowed on {path}")
             return self.bedrock(req, k, unquote(m.group(1)), m.group(2) == "invoke-with-response-stream")
+        if path.rstrip("/") == "/v1/oauth/token":
+            if method != "POST":
+                return error_response(405, f"Method {method} not allowed on {path}")
+            return self.oauth_token(req)
         return error_response(404, f"Not found: {method} {path}")
+
+    def oauth_token(self, req: MockRequest) -> MockResponse:
+        """Claude Code's OAuth token endpoint (console.anthropic.com/v1/oauth/token): a JSON or form
+        request with a grant_type; answers fresh (random) access and refresh tokens."""
+        body = self._json(req)
+        if not isinstance(body, dict):
+            try:
+                body = {k: v[-1] for k, v in parse_qs(req.body.decode("utf-8")).items()}
+            except (UnicodeDecodeError, ValueError):
+                body = {}
+        grant = body.get("grant_type")
+        if grant not in ("authorization_code", "refresh_token"):
+            return MockResponse(400, [("content-type", "application/json")],
+                                orjson.dumps({"error": "unsupported_grant_type"}))
+        token = {"token_type": "Bearer", "expires_in": 28800, "scope": "user:inference",
+                 "access_token": "sk-ant-oat01-" + secrets.token_urlsafe(32),
+                 "refresh_token": "sk-ant-ort01-" + secrets.token_urlsafe(32),
+                 "account": {"uuid": new_id("acct"), "email_address": "mock@example.com"}}
+        return MockResponse(200, [("content-type", "application/json"), ("request-id", new_id("req"))],
+                            orjson.dumps(token))
 
     # -- Bedrock runtime: /model/{id}/invoke[-with-response-stream] ------------------------------
     def bedrock(self, req: MockRequest, k: Knobs, model: str, stream: bool) -> MockResponse:

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from elftools.elf.elffile import ELFFile
 
 from tracer.errors import TracerError
+from tracer.probes import elfview
 from tracer.probes.located import Located
-from tracer.probes.program import ENTRY_ONLY, UPROBES, Program, ProgType, spec
+from tracer.probes.program import ENTRY_ONLY, TRACEFS, UPROBES, Program, ProgType, spec
 
 # perf_event_open has no libc wrapper
 _NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241, "riscv64": 241, "ppc64le": 319, "s390x": 331}
@@ -102,9 +103,10 @@ _offset_cache: dict[tuple, dict[int, int]] = {}
 
 def file_offset(path: str, vaddr: int) -> int:
     """ELF virtual address -> file offset through the PT_LOAD program headers (executable segments
-    first, as BCC does); objects that are neither ET_EXEC nor ET_DYN take the address as is."""
+    first, as BCC does); objects that are neither ET_EXEC nor ET_DYN take the address as is. The
+    program headers are read with every size checked against the file (tracer/probes/elfview.py)."""
     st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
     known = _offset_cache.setdefault(key, {})
     if vaddr in known:
         return known[vaddr]
@@ -113,13 +115,13 @@ def file_offset(path: str, vaddr: int) -> int:
         if elf.header.e_type not in ("ET_EXEC", "ET_DYN"):
             known[vaddr] = vaddr
             return vaddr
-        loads = [s.header for s in elf.iter_segments() if s.header.p_type == "PT_LOAD"]
+        loads = elfview.loads(elf)
     for want_exec in (True, False):
         for h in loads:
-            if want_exec and not h.p_flags & 0x1:      # PF_X
+            if want_exec and not h.flags & elfview.PF_X:
                 continue
-            if h.p_vaddr <= vaddr < h.p_vaddr + h.p_memsz:
-                off = vaddr - h.p_vaddr + h.p_offset
+            if h.vaddr <= vaddr < h.vaddr + h.memsz:
+                off = vaddr - h.vaddr + h.offset
                 known[vaddr] = off
                 return off
     raise OSError(errno.EINVAL, f"address {vaddr:#x} is in no PT_LOAD segment of {path}")
@@ -187,9 +189,6 @@ def held_ref_ctr_offset(path: str, offset: int, retprobe: bool) -> int | None:
 
 # -- tracepoints --------------------------------------------------------------------------------
 
-TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-
-
 def tracepoint_id(tracepoint: str) -> int:
     """The perf event id of "category/name" (tracefs events/category/name/id)."""
     for root in TRACEFS:
@@ -228,6 +227,20 @@ def _close_quietly(fds) -> None:
             pass
 
 
+def probe_list(located: Located) -> list[tuple[str, int, str]]:
+    """(kind, address, program) of the TLS probes for a located object."""
+    todo: list[tuple[str, int, str]] = []
+    for func, (entry, ret) in UPROBES.items():
+        loc = located.functions.get(func)
+        if loc is not None:
+            todo += [("uprobe", loc.address, entry), ("uretprobe", loc.address, ret)]
+    for func, prog in ENTRY_ONLY.items():
+        loc = located.functions.get(func)
+        if loc is not None:
+            todo.append(("uprobe", loc.address, prog))
+    return todo
+
+
 class Probes:
     """Everything attached from one `Program`: uprobes per (pid, file) and tracepoints."""
 
@@ -241,16 +254,12 @@ class Probes:
 
     def attach(self, pid: int, path: str, located: Located) -> Attachment:
         """uprobes (+uretprobes) on the located functions of `path`, for `pid` only."""
+        return self.attach_probes(pid, path, located, probe_list(located))
+
+    def attach_probes(self, pid: int, path: str, located: Located,
+                      todo: list[tuple[str, int, str]]) -> Attachment:
+        """(kind, address, program) probes on `path`, for `pid` only."""
         att = Attachment(pid, path, located)
-        todo: list[tuple[str, int, str]] = []
-        for func, (entry, ret) in UPROBES.items():
-            loc = located.functions.get(func)
-            if loc is not None:
-                todo += [("uprobe", loc.address, entry), ("uretprobe", loc.address, ret)]
-        for func, prog in ENTRY_ONLY.items():
-            loc = located.functions.get(func)
-            if loc is not None:
-                todo.append(("uprobe", loc.address, prog))
         try:
             for kind, addr, prog in todo:
                 off = file_offset(path, addr)
@@ -307,18 +316,31 @@ class Probes:
         with self._lock:
             self.tracepoints[program] = fd
 
+    def detach_tracepoints(self) -> None:
+        with self._lock:
+            tps, self.tracepoints = list(self.tracepoints.values()), {}
+        _close_quietly(tps)
+
     @staticmethod
     def _detach(att: Attachment) -> None:
         _close_quietly(att.fds)
         att.fds.clear()
         att.probes.clear()
 
-    def detach_pid(self, pid: int) -> None:
+    def take_pid(self, pid: int) -> list[Attachment]:
+        """The pid's attachments, no longer tracked here; close them with detach_attachments()
+        (closing a uprobe waits for an RCU grace period: callers in a hurry do it elsewhere)."""
         with self._lock:
             mine = [a for a in self.attachments if a.pid == pid]
             self.attachments = [a for a in self.attachments if a.pid != pid]
-        for a in mine:
+        return mine
+
+    def detach_attachments(self, atts: list[Attachment]) -> None:
+        for a in atts:
             self._detach(a)
+
+    def detach_pid(self, pid: int) -> None:
+        self.detach_attachments(self.take_pid(pid))
 
     def close(self) -> None:
         with self._lock:

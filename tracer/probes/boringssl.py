@@ -36,11 +36,12 @@ from capstone import CS_ARCH_X86, CS_MODE_64, CS_OP_IMM, CS_OP_MEM, CS_OP_REG, C
 from capstone import x86_const as X
 from elftools.elf.elffile import ELFFile
 
+from tracer.probes import boringssl_arm64, elfview
+from tracer.probes.errsite import MAX_FUNC, ErrorSite, decode_reason
 from tracer.probes.located import FunctionLocation, Located, LocateError, build_id
 
 METHOD = "boringssl error-site fingerprint"
 
-ERR_LIB_SSL = 16
 R_SHOULD_NOT_HAVE_BEEN_CALLED = 0x42
 R_BAD_LENGTH = 0x6F
 R_SSL_HANDSHAKE_FAILURE = 0xD7
@@ -51,34 +52,25 @@ SSL_WRITE_REASONS = frozenset({R_SHOULD_NOT_HAVE_BEEN_CALLED, R_UNINITIALIZED,
 SSL_READ_IMPL_REASONS = frozenset({R_UNINITIALIZED, R_SSL_HANDSHAKE_FAILURE})
 
 _FILE_SUFFIX = b"/ssl/ssl_lib.cc\x00"    # ...and "boringssl" earlier in the same path string
-_MAX_FUNC = 0x10000          # how far back from an error site a function may start
-_PT_LOAD = 1
+
 _PF_X = 1
 
 _CALL_GROUPS = (X.X86_GRP_CALL,)
 _JUMP_GROUPS = (X.X86_GRP_JUMP,)
 _STOP_GROUPS = (X.X86_GRP_RET, X.X86_GRP_INT, X.X86_GRP_IRET)
 
-# full 64-bit register for every alias we care about (argument registers only)
+# argument position (System V: rdi, rsi, rdx, rcx, r8, r9) of every alias of an argument register
 _ARG_REGS = {}
-for _full, _aliases in {
-    "rdi": (X.X86_REG_RDI, X.X86_REG_EDI, X.X86_REG_DI, X.X86_REG_DIL),
-    "rsi": (X.X86_REG_RSI, X.X86_REG_ESI, X.X86_REG_SI, X.X86_REG_SIL),
-    "rdx": (X.X86_REG_RDX, X.X86_REG_EDX, X.X86_REG_DX, X.X86_REG_DL),
-    "rcx": (X.X86_REG_RCX, X.X86_REG_ECX, X.X86_REG_CX, X.X86_REG_CL),
-    "r8": (X.X86_REG_R8, X.X86_REG_R8D, X.X86_REG_R8W, X.X86_REG_R8B),
-    "r9": (X.X86_REG_R9, X.X86_REG_R9D, X.X86_REG_R9W, X.X86_REG_R9B),
-}.items():
+for _pos, _aliases in enumerate((
+    (X.X86_REG_RDI, X.X86_REG_EDI, X.X86_REG_DI, X.X86_REG_DIL),
+    (X.X86_REG_RSI, X.X86_REG_ESI, X.X86_REG_SI, X.X86_REG_SIL),
+    (X.X86_REG_RDX, X.X86_REG_EDX, X.X86_REG_DX, X.X86_REG_DL),
+    (X.X86_REG_RCX, X.X86_REG_ECX, X.X86_REG_CX, X.X86_REG_CL),
+    (X.X86_REG_R8, X.X86_REG_R8D, X.X86_REG_R8W, X.X86_REG_R8B),
+    (X.X86_REG_R9, X.X86_REG_R9D, X.X86_REG_R9W, X.X86_REG_R9B),
+)):
     for _r in _aliases:
-        _ARG_REGS[_r] = _full
-
-
-@dataclass
-class ErrorSite:
-    address: int                 # VA of the instruction that loads the file-name string
-    reason: int
-    function: int = 0            # VA of the enclosing function (0: unknown)
-    err_call: int = 0            # VA of the ERR_put_error-like callee, when seen
+        _ARG_REGS[_r] = _pos
 
 
 @dataclass
@@ -109,12 +101,11 @@ class _Image:
     def __init__(self, f, elf: ELFFile):
         self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.size = len(self.mm)
-        self.loads = []   # (vaddr, offset, filesz, flags)
-        for seg in elf.iter_segments():
-            h = seg.header
-            if h.p_type == "PT_LOAD" or h.p_type == _PT_LOAD:
-                self.loads.append((h.p_vaddr, h.p_offset, h.p_filesz, h.p_flags))
+        # (vaddr, offset, filesz, flags) of each PT_LOAD, from bounded header reads (elfview); filesz
+        # is clipped to the file, so every range below lies inside the mapping
+        self.loads = [(s.vaddr, s.offset, s.filesz, s.flags) for s in elfview.loads(elf)]
         self.pie = elf.header.e_type == "ET_DYN"
+        self.machine = elf.header.e_machine           # the file's, never the host's
 
     def close(self) -> None:
         try:
@@ -179,16 +170,15 @@ class BoringSSLStrategy:
     cacheable = True      # ~1 s on a 400 MB binary: worth caching by build-id
 
     def locate(self, path: str, elf: ELFFile) -> Located | None:
-        if elf.get_machine_arch() != "x64":
+        if elf.header.e_machine not in MACHINE_CODE:
             return None
-        with open(path, "rb") as f:
-            img = _Image(f, elf)
-            try:
-                if not _file_string_vas(img):
-                    return None
-                an = analyze(img, path)
-            finally:
-                img.close()
+        img = _Image(elf.stream, elf)       # the very file `elf` reads (not the path again)
+        try:
+            if not _file_string_vas(img):
+                return None
+            an = analyze(img, path)
+        finally:
+            img.close()
         if an is None:
             return None
         funcs = {n: FunctionLocation(n, a, METHOD) for n, a in an.found.items()}
@@ -332,7 +322,7 @@ def _const_load(ins):
     return None, None
 
 
-def _clobbers(ins) -> list[str]:
+def _clobbers(ins) -> list[int]:
     try:
         _, written = ins.regs_access()
     except Exception:  # pragma: no cover - capstone without access info
@@ -347,7 +337,7 @@ def _site_args(dec: _Decoder, site):
     a single ``call ERR_put_error`` between sites), then fills registers not set on that path from
     the straight-line code just before the site.
     """
-    regs: dict[str, int] = {}
+    regs: dict[int, int] = {}
     callee = 0
     va = site.address
     followed = False
@@ -380,7 +370,7 @@ def _site_args(dec: _Decoder, site):
                 for r in _clobbers(ins):
                     regs.pop(r, None)
         va = nxt if nxt is not None else chunk[-1].address + chunk[-1].size
-    before: dict[str, int] = {}
+    before: dict[int, int] = {}
     for ins in dec.preceding(site.address):
         d, v = _const_load(ins)
         if d is not None:
@@ -391,19 +381,6 @@ def _site_args(dec: _Decoder, site):
     for r, v in before.items():
         regs.setdefault(r, v)
     return regs, callee
-
-
-def _decode_reason(regs: dict[str, int], file_reg: str) -> int | None:
-    """Library-16 reason code for either calling convention, else None."""
-    if file_reg == "rcx":      # ERR_put_error(lib, unused, reason, file, line)
-        lib, reason = regs.get("rdi"), regs.get("rdx")
-    elif file_reg == "rdx":    # older: (lib, reason, file, line)
-        lib, reason = regs.get("rdi"), regs.get("rsi")
-    else:
-        return None
-    if lib != ERR_LIB_SSL or reason is None or reason > 0xFFF:
-        return None
-    return reason
 
 
 def _call_targets(img: _Image):
@@ -426,7 +403,7 @@ def _call_targets(img: _Image):
     return np.concatenate(callers).astype(np.int64), np.concatenate(callees)
 
 
-def _boundaries_before(img: _Image, va: int, limit: int = _MAX_FUNC) -> list[int]:
+def _boundaries_before(img: _Image, va: int, limit: int = MAX_FUNC) -> list[int]:
     """Plausible function starts <= va, nearest first: 16-byte aligned addresses preceded by int3
     padding (clang) or starting with ``push %rbp`` (frame-pointer prologue; needed where a function
     ends in a noreturn call exactly on a 16-byte boundary and leaves no padding, and for gcc, which
@@ -450,7 +427,7 @@ def _boundaries_before(img: _Image, va: int, limit: int = _MAX_FUNC) -> list[int
 
 
 def _function_of(img: _Image, addrs: list[int], callee_sorted: np.ndarray) -> dict[int, int]:
-    """Map addresses to their enclosing function start (0 when none within _MAX_FUNC)."""
+    """Map addresses to their enclosing function start (0 when none within MAX_FUNC)."""
     out = {}
     for a in addrs:
         out[a] = 0
@@ -484,27 +461,58 @@ def _calls_in(dec: _Decoder, start: int, callers_to: list[int], target: int) -> 
     return False
 
 
+class X86Code:
+    """The x86-64 reader of machine code; tracer.probes.boringssl_arm64.Arm64Code is the AArch64 one.
+
+    Both answer the same four questions for analyze(): where the file name is passed to
+    ERR_put_error and with which constants, every direct call (caller, callee), the function an
+    address belongs to, and whether a function really calls a target at given call sites."""
+
+    def __init__(self, img: _Image):
+        self.img = img
+        self.dec = _Decoder(img)
+
+    def error_sites(self, targets: list[int]) -> tuple[int, list[ErrorSite]]:
+        """(instructions loading one of the target strings, decoded library-16 error sites)."""
+        tset = set(targets)
+        refs, sites = 0, []
+        for field_va, kind in _reference_candidates(self.img, targets):
+            ins, dst = self.dec.site_insn(field_va, kind, tset)
+            if ins is None:
+                continue
+            refs += 1
+            regs, callee = _site_args(self.dec, ins)
+            reason = decode_reason(regs, dst)
+            if reason is not None:
+                sites.append(ErrorSite(address=ins.address, reason=reason, err_call=callee))
+        return refs, sites
+
+    def call_graph(self):
+        """(caller VAs, callee VAs, sorted plausible function starts among the callees)."""
+        callers, callees = _call_targets(self.img)
+        # function starts are 16-byte aligned: only aligned targets matter for membership tests
+        return callers, callees, np.sort(callees[(callees & 0xF) == 0])
+
+    def function_of(self, addrs: list[int], starts: np.ndarray) -> dict[int, int]:
+        return _function_of(self.img, addrs, starts)
+
+    def calls(self, start: int, call_sites: list[int], target: int) -> bool:
+        return _calls_in(self.dec, start, call_sites, target)
+
+
+# ELF e_machine -> machine-code reader (chosen from the file, never from the host)
+MACHINE_CODE = {"EM_X86_64": X86Code, "EM_AARCH64": boringssl_arm64.Arm64Code}
+
+
 def analyze(img: _Image, path: str = "") -> Analysis | None:
     """Run discovery; None when the object has no BoringSSL ssl_lib.cc error sites."""
     an = Analysis()
     an.file_string_va = _file_string_vas(img)
     if not an.file_string_va:
         return None
-    tset = set(an.file_string_va)
+    code = MACHINE_CODE[img.machine](img)
     img.prefetch(list(img.exec_ranges()))      # cold start: let readahead work while we scan
-    refs = _reference_candidates(img, an.file_string_va)
-    dec = _Decoder(img)
-    sites: list[ErrorSite] = []
-    for field_va, kind in refs:
-        ins, dst = dec.site_insn(field_va, kind, tset)
-        if ins is None:
-            continue
-        an.references += 1
-        regs, callee = _site_args(dec, ins)
-        reason = _decode_reason(regs, dst)
-        if reason is None:
-            continue
-        sites.append(ErrorSite(address=ins.address, reason=reason, err_call=callee))
+    an.references, sites = code.error_sites(an.file_string_va)
     what = path or "this object"
     if not an.references:
         return None          # the string is there but no code uses it: not a BoringSSL we can probe
@@ -519,10 +527,8 @@ def analyze(img: _Image, path: str = "") -> Analysis | None:
         common = max(set(callees), key=callees.count)
         sites = [s for s in sites if s.err_call in (0, common)]
 
-    callers, callees_all = _call_targets(img)
-    # function starts are 16-byte aligned: only aligned targets matter for membership tests
-    callee_sorted = np.sort(callees_all[(callees_all & 0xF) == 0])
-    fmap = _function_of(img, [s.address for s in sites], callee_sorted)
+    callers, callees_all, starts = code.call_graph()
+    fmap = code.function_of([s.address for s in sites], starts)
     funcs: dict[int, set[int]] = {}
     for s in sites:
         s.function = fmap[s.address]
@@ -549,14 +555,14 @@ def analyze(img: _Image, path: str = "") -> Analysis | None:
     for impl in impls:
         sel = callees_all == impl
         call_sites = [int(x) for x in callers[sel]]
-        cmap = _function_of(img, call_sites, callee_sorted)
+        cmap = code.function_of(call_sites, starts)
         by_func: dict[int, list[int]] = {}
         for c, f in cmap.items():
             if f and f not in (impl, ssl_write):
                 by_func.setdefault(f, []).append(c)
         for f, cs in sorted(by_func.items()):
             if R_SHOULD_NOT_HAVE_BEEN_CALLED in an.functions.get(f, frozenset()) \
-                    and _calls_in(dec, f, cs, impl):
+                    and code.calls(f, cs, impl):
                 pairs.append((f, impl))
     ssl_read = one("SSL_read", sorted({f for f, _ in pairs}))
     impl = one("ssl_read_impl", sorted({i for f, i in pairs if f == ssl_read}))

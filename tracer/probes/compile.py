@@ -32,9 +32,21 @@ from tracer import libbpf, trust
 from tracer.errors import TracerError
 from tracer.paths import bpf_dir
 from tracer.probes import kheaders
-from tracer.probes.program import MAP_NAMES, PROGRAMS, Program, referenced_map_fds
+from tracer.probes.program import MAP_NAMES, PROGRAMS, TRACEFS, Program, referenced_map_fds
 
 COMPILE_TIMEOUT = 180
+# Seconds the compile child may take before tracer falls back to BCC in-process. Emulated or very
+# slow machines need more (an arm64 QEMU TCG guest on a busy host: several minutes). Only a number
+# is taken from the environment.
+COMPILE_TIMEOUT_ENV = "TRACER_COMPILE_TIMEOUT"
+
+
+def compile_timeout() -> float:
+    try:
+        v = float(os.environ.get(COMPILE_TIMEOUT_ENV, ""))
+    except ValueError:
+        return COMPILE_TIMEOUT
+    return v if 0 < v < 86400 else COMPILE_TIMEOUT
 CHILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -50,7 +62,20 @@ def ring_pages(ring_buffer_mb: int) -> int:
 
 def cflags(pages: int, copy_limit: int) -> list[str]:
     return [f"-I{bpf_dir()}", f"-DRINGBUF_PAGES={int(pages)}", f"-DCOPY_LIMIT={int(copy_limit)}",
-            "-Wno-macro-redefined", "-Wno-unused-function"]
+            "-Wno-macro-redefined", "-Wno-unused-function", *tracepoint_cflags()]
+
+
+def tracepoint_cflags() -> list[str]:
+    """Flags for the tracepoint records this kernel writes: sched_process_exit says whether the
+    last thread of the process exited (group_dead) since Linux 6.16. From the tracepoint's format
+    in tracefs, so the bytecode cache key (which holds the flags) follows the kernel's."""
+    for root in TRACEFS:
+        try:
+            with open(f"{root}/events/sched/sched_process_exit/format") as f:
+                return ["-DTRACER_EXIT_GROUP_DEAD"] if " group_dead;" in f.read() else []
+        except OSError:
+            continue
+    return []
 
 
 def header_choice() -> kheaders.HeaderChoice:
@@ -214,10 +239,11 @@ def child_command(pages: int, copy_limit: int, choice: kheaders.HeaderChoice) ->
 
 
 def compile_isolated(pages: int, copy_limit: int, choice: kheaders.HeaderChoice,
-                     timeout: float = COMPILE_TIMEOUT) -> dict:
+                     timeout: float | None = None) -> dict:
     """Compile in the isolated child; its description of the programs and maps (see `describe`).
     Raises CompileError (BCC said no) or RuntimeError (the child failed otherwise)."""
     trust.check_root_can_trust()
+    timeout = timeout or compile_timeout()
     cmd = child_command(pages, copy_limit, choice)
     try:
         p = subprocess.run(cmd, env=CHILD_ENV, cwd="/", capture_output=True, timeout=timeout,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.paths import kheaders_dir
+from tracer.trust import tree_problem
 
 USR_SRC = Path("/usr/src")
 
@@ -103,6 +104,11 @@ def choose(release: str | None = None, usr_src: Path = USR_SRC, build: bool = Tr
     release = release or platform.release()
     env = os.environ.get("BCC_KERNEL_SOURCE")
     if env:
+        # headers decide what the BPF program root loads into the kernel does: as root, only a tree
+        # nobody else can change (the tree and everything in it, and the directories above it)
+        why = tree_problem(env) if os.geteuid() == 0 else None
+        if why:
+            return HeaderChoice("none", None, f"BCC_KERNEL_SOURCE={env} is not trusted: {why}")
         if _tree_ok(Path(env)):
             return HeaderChoice("environment", env, f"BCC_KERNEL_SOURCE={env}")
         return HeaderChoice("none", None, f"BCC_KERNEL_SOURCE={env} has no include/ tree")

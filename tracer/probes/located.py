@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from elftools.elf.elffile import ELFFile
 
+from tracer.probes import elfview
+
 DATA_FUNCS = ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")
 ALL_FUNCS = DATA_FUNCS + ("SSL_free",)
 
@@ -19,6 +21,8 @@ class FunctionLocation:
     name: str
     address: int          # ELF virtual address
     method: str           # "symbol table", "dynamic symbol table", "boringssl error-site fingerprint", "cache"
+    code: bytes = b""     # first bytes at the address when the answer came from the cache (re-checked
+                          # before attaching: tracer/probes/verify.py)
 
 
 @dataclass
@@ -44,9 +48,9 @@ class Located:
 
 
 def build_id(elf: ELFFile) -> str:
-    for sec in elf.iter_sections():
-        if sec.header.sh_type == "SHT_NOTE":
-            for note in sec.iter_notes():
-                if note["n_type"] == "NT_GNU_BUILD_ID":
-                    return note["n_desc"]
-    return ""
+    """The GNU build-id the file declares (informational: nothing is keyed on it), read with every
+    note size checked (tracer/probes/elfview.py)."""
+    try:
+        return elfview.build_id(elf)
+    except elfview.ELFBoundsError:
+        return ""

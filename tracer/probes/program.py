@@ -45,14 +45,29 @@ UPROBES = {
 # TLS function whose entry ends a connection -> its program
 ENTRY_ONLY = {"SSL_free": "probe_free"}
 
+# The process-tree section (following a traced process' children): programs on the tracepoints of
+# process creation, exec and exit, and the return of libc's fork() (a uretprobe, per process).
+PROCESS_TRACEPOINTS = {
+    "proc_newtask": "task/task_newtask",
+    "proc_exec": "sched/sched_process_exec",
+    "proc_exit": "sched/sched_process_exit",
+}
+FORK_RETURN = "proc_fork_return"
+
 PROGRAMS: tuple[ProgramSpec, ...] = tuple(
     ProgramSpec(name) for name in sorted({p for pair in UPROBES.values() for p in pair}
-                                         | set(ENTRY_ONLY.values())))
+                                         | set(ENTRY_ONLY.values()) | {FORK_RETURN})) + tuple(
+    ProgramSpec(name, ProgType.TRACEPOINT, tp) for name, tp in sorted(PROCESS_TRACEPOINTS.items()))
 PROGRAM_NAMES = tuple(p.name for p in PROGRAMS)
 
 # Maps user space reads or writes by name (the program's other maps are internal to it).
-MAP_NAMES = ("events", "active", "offsets", "drops")
+MAP_NAMES = ("events", "active", "offsets", "drops",
+             "cred_layout", "target_ids",     # the credential guard's (tracer/probes/kcreds.py)
+             "procs", "follow", "cgroups")    # following process trees (tracer/processes/kernel.py)
 REQUIRED_MAPS = ("events", "drops")     # the ring buffer and the loss counters
+
+# where tracepoints (and uprobe events) are found
+TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 # enum bpf_map_type values tracer looks at
 BPF_MAP_TYPE_PERCPU_HASH = 5

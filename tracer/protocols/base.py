@@ -122,6 +122,20 @@ class Message:
     decoded_truncated_at: int = 0  # decoded body cut at this many bytes (decompression cap)
     first_body_ts_ns: int = 0 # capture time of the first body byte (time to first token etc.)
     unknown_headers: int = 0  # h2: header fields that could not be decoded (unknown HPACK state)
+    # Where bytes are missing from ``body``: [offset in body, bytes the capture lost there (wire bytes,
+    # framing included), captured bytes then skipped to find the framing again]
+    holes: list[list[int]] = field(default_factory=list)
+
+    def hole(self, gap_bytes: int, skipped_bytes: int = 0) -> list[int]:
+        """Mark a hole at the body's current end (a following hole at the same offset merges)."""
+        if self.holes and self.holes[-1][0] == self.body.size:
+            h = self.holes[-1]
+            h[1] += gap_bytes
+            h[2] += skipped_bytes
+            return h
+        h = [self.body.size, gap_bytes, skipped_bytes]
+        self.holes.append(h)
+        return h
 
     _index: dict | None = field(default=None, repr=False, compare=False)   # header(): lower-case name -> first value
     _indexed: int = field(default=0, repr=False, compare=False)          # len(headers) when _index was built

@@ -5,10 +5,25 @@ client; a traced server is recognised by its first bytes and handled with the ro
 response is bound to the oldest request still waiting whose first byte came before the response's first
 byte, so a response can never be paired with a request it did not answer.
 
-Resynchronisation: a side that starts mid-message (attach to a live connection) or loses bytes (ring
-buffer overrun) drops into *desync*: bytes are skipped (and counted) until a line that starts a message
-(`METHOD target HTTP/1.x` / `HTTP/1.x NNN`). Exchanges cut by a gap are emitted as incomplete with the
-gap recorded; none is ever stitched together across a gap.
+A pair is written out once both its messages have ended: a server may answer (401, 413, ...) before it
+has read the request body, and the body the client sends afterwards still belongs to the pair.
+
+Capture gaps (ring-buffer overrun, the per-call copy limit) inside a body keep the message when its
+framing allows, and the body gets a *hole* (``Message.holes``: where, how many bytes lost, how many
+skipped to find the framing again):
+- Content-Length body: the lost bytes are stepped over (llhttp is fed stand-ins that never reach the
+  body), the framing is intact;
+- chunked body: the rest of the current chunk is skipped up to the next chunk-size line that chains
+  (``HEX\r\n`` + that many bytes + ``\r\n`` + another size line), then llhttp continues from there;
+  the loss is the gap plus at most the chunk it ended in;
+- a response body delimited by the connection's end: nothing to find, the body just has a hole.
+A content-encoded body cannot be decoded past a hole: it keeps what was decoded up to it (decode_error
+says so) and the rest of its bytes are skipped.
+
+Other losses (a gap in a message head, a gap that may span the message's end, a side that starts
+mid-message after attaching) drop that side into *desync*: bytes are skipped (and counted) until a
+line that starts a message (`METHOD target HTTP/1.x` / `HTTP/1.x NNN`). Exchanges cut that way are
+emitted as incomplete with the gap recorded; none is ever stitched together across a gap.
 """
 
 from __future__ import annotations
@@ -26,6 +41,17 @@ REQ_START = re.compile(rb"(?:GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRAC
 RESP_START = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9][^\r\n]*\r?\n")
 _SCAN_KEEP = 64  # bytes kept across feeds while scanning, so a start line split over two reads is found
 
+# Chunk-size line (RFC 9112 7.1: hex size, optional extensions, CRLF); the same cut short by a read.
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]{0,1024})?\r\n")
+_CHUNK_LINE_PART = re.compile(rb"[0-9A-Fa-f]{1,16}[ \t]*(?:;[^\r\n]{0,1024})?\r?")
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
+_TRAILERS = re.compile(rb"(?:%s+:[^\r\n]*\r\n){0,64}\r\n" % _TOKEN)           # after the last chunk
+_TRAILERS_PART = re.compile(rb"(?:%s+:[^\r\n]*\r\n){0,64}(?:%s*(?::[^\r\n]*)?\r?)?" % (_TOKEN, _TOKEN))
+RESYNC_MAX_CHUNK = 1 << 20   # after a gap, a chunk-size line claiming more is not trusted as a boundary
+_START_PREFIXES = {True: tuple(m + b" " for m in METHODS), False: (b"HTTP/1.",)}
+_SPLICE_HEAD = {True: b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                False: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"}
+
 
 def looks_like_http1_request(data: bytes) -> bool:
     return REQ_START.match(data) is not None or (
@@ -34,6 +60,84 @@ def looks_like_http1_request(data: bytes) -> bool:
 
 def looks_like_http1_response(data: bytes) -> bool:
     return RESP_START.match(data) is not None or (len(data) < 12 and b"HTTP/1."[:len(data)] == data[:7])
+
+
+_BROKEN, _PENDING, _RESOLVED = 0, 1, 2
+_WALK_CHUNKS = 3        # whole chunks that must chain before a boundary found after a gap is trusted
+
+
+def _chunk_walk(buf, c: int) -> tuple[int, list[int]]:
+    """Follow chunk-size lines from ``buf[c]``: (verdict, chunk starts reached). RESOLVED: _WALK_CHUNKS
+    whole chunks chain (size line, that many bytes, CRLF), or the last chunk and its trailer section
+    are reached; BROKEN: something on the way is not chunk framing; PENDING: plausible so far, more
+    bytes needed."""
+    starts = [c]
+    while True:
+        m = _CHUNK_LINE.match(buf, c)
+        if m is None:
+            partial = c == len(buf) or _CHUNK_LINE_PART.fullmatch(buf, c)
+            return (_PENDING if partial else _BROKEN), starts
+        size = int(m.group(1), 16)
+        end = m.end() + size
+        if size == 0:     # the last chunk: trailer fields (rare) and an empty line
+            if _TRAILERS.match(buf, end):
+                return _RESOLVED, starts
+            partial = len(buf) - end < 8192 and _TRAILERS_PART.fullmatch(buf, end)
+            return (_PENDING if partial else _BROKEN), starts
+        if size > RESYNC_MAX_CHUNK:
+            return _BROKEN, starts
+        if len(buf) < end + 2:
+            return (_PENDING if buf[end:] in (b"", b"\r") else _BROKEN), starts
+        if buf[end:end + 2] != b"\r\n":
+            return _BROKEN, starts
+        c = end + 2
+        starts.append(c)
+        if len(starts) > _WALK_CHUNKS:
+            return _RESOLVED, starts
+
+
+def _find_chunk_boundary(buf, cands) -> tuple[str, int]:
+    """Where llhttp can resume after a gap inside a chunked body: ("chunk", offset), ("wait", offset of
+    the first candidate still undecided), or ("none", 0).
+
+    The first candidate whose walk resolves wins -- the true framing never breaks, a reading that
+    starts inside chunk data almost always does within a few chunks. In data made of CRLFs and hex
+    digits a wrong reading may chain as well and join the true one later: when another candidate
+    inside the winner's chunks resolves and meets its walk, resume where the two meet, so that no byte
+    of framing ever lands in the body."""
+    wait = None
+    for n, c in enumerate(cands):
+        if n > 4096:
+            break
+        verdict, starts = _chunk_walk(buf, c)
+        if verdict == _PENDING and wait is None:
+            wait = c
+        if verdict != _RESOLVED:
+            continue
+        ahead = set(starts[1:])
+        resume = c
+        k = buf.find(b"\r\n", c)
+        while 0 <= k and k + 2 < starts[-1]:
+            c2 = k + 2
+            if c2 not in ahead:
+                v2, s2 = _chunk_walk(buf, c2)
+                meet = next((x for x in s2[1:] if x in ahead), None)
+                if v2 != _BROKEN and meet is not None and meet > resume:
+                    resume = meet
+            k = buf.find(b"\r\n", k + 1)
+        return "chunk", resume
+    return ("wait", wait) if wait is not None else ("none", 0)
+
+
+def _chunk_candidates(buf, at_start: bool):
+    if at_start:
+        yield 0
+        if buf[:1] == b"\n":
+            yield 1
+    k = buf.find(b"\r\n")
+    while k >= 0:
+        yield k + 2
+        k = buf.find(b"\r\n", k + 1)
 
 
 class _Abort(Exception):
@@ -47,7 +151,7 @@ class _Side:
         self.owner = owner
         self.is_request = is_request
         self.pattern = REQ_START if is_request else RESP_START
-        self.state = "start"          # start | sync | desync | dead
+        self.state = "start"          # start | sync | desync | chunks (after a gap in a chunked body) | dead
         self.scan = bytearray()
         self.parser = None
         self.msg: Message | None = None
@@ -64,16 +168,25 @@ class _Side:
         self.filling = False
         self.in_head_only = False
         self.resynced_skip = 0            # bytes skipped before the message now starting
-        self._cur_name = b""
+        self.in_body = False              # the current message's head is complete, its body is not
+        self.skip_rest = False            # body bytes after a hole in an encoded body: counted, dropped
+        self.hole: list[int] | None = None   # the body's latest hole (skipped bytes are added to it)
+        self.splicing = False             # feeding llhttp a stand-in head to resume inside a chunked body
+        self.chunk_at_start = False       # state "chunks": a chunk may begin at scan[0]
 
     # -- llhttp callbacks -------------------------------------------------------------------
     def on_message_begin(self):
+        if self.splicing:
+            return
         self.msg = Message(ts_ns=self.ts)
         self.head_bytes = 0
         self.body_wire = 0
         self.body_offset = 0
         self.chunked = False
         self.has_length = False
+        self.in_body = False
+        self.skip_rest = False
+        self.hole = None
         self.decoder = None
         if self.is_request:
             self.ex = self.owner._new_exchange(self.msg)
@@ -90,20 +203,27 @@ class _Side:
                 raise _Abort("response to HEAD pipelined behind another response; skipped")
 
     def on_url(self, url: bytes):
-        self.msg.target += url.decode("latin-1")
+        if not self.splicing:
+            self.msg.target += url.decode("latin-1")
 
     def on_status(self, status: bytes):
-        self.msg.reason += status.decode("latin-1")
+        if not self.splicing:
+            self.msg.reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes):
+        if self.splicing:
+            return
         n = name.decode("latin-1")
         v = value.decode("latin-1")
         self.msg.headers.append((n, v))
         self.head_bytes += len(name) + len(value) + 4
 
     def on_headers_complete(self):
+        if self.splicing:
+            return
         p = self.parser
         m = self.msg
+        self.in_body = True
         m.http_version = p.get_http_version()
         if self.is_request:
             m.method = p.get_method().decode("latin-1")
@@ -119,14 +239,19 @@ class _Side:
         m.content_encoding = m.header("content-encoding")
         if m.content_encoding:
             self.decoder = StreamDecoder(m.content_encoding, self.owner.max_decoded_body)
-            if self.decoder.error:
+            if self.decoder.error:      # an unknown coding: the body is kept as received
                 m.decode_error = self.decoder.error
+                self.decoder = None
 
     def on_body(self, body: bytes):
         m = self.msg
         if self.filling:
-            self.body_offset += len(body)     # stand-in bytes for a capture gap: keep framing, drop data
+            self.body_wire += len(body)       # stand-in bytes for a capture gap: keep framing, drop data
+            return
+        if self.skip_rest:
             self.body_wire += len(body)
+            self.owner.stats.skipped_bytes += len(body)
+            self.hole[2] += len(body)
             return
         if not m.first_body_ts_ns:
             m.first_body_ts_ns = self.ts
@@ -155,6 +280,7 @@ class _Side:
         m = self.msg
         if m is None:
             return
+        self.in_body = False
         if self.decoder is not None and complete:
             m.body.append(self.decoder.flush())
             if self.decoder.error and not m.decode_error:
@@ -173,11 +299,10 @@ class _Side:
             self.owner._response_done(ex, m)
 
     def fill_gap(self, nbytes: int) -> bool:
-        """Bytes lost inside a Content-Length body (not content-encoded): step llhttp over them with
-        stand-in bytes that never reach the body, so the message boundary and the pairing survive."""
+        """Bytes lost inside a Content-Length body: step llhttp over them with stand-in bytes that never
+        reach the body, so the message boundary and the pairing survive."""
         m = self.msg
-        if (m is None or self.parser is None or self.chunked or not self.has_length
-                or self.decoder is not None or self.head_only):
+        if m is None or self.parser is None or self.chunked or not self.has_length or self.head_only:
             return False
         try:
             remaining = int(m.header("content-length")) - self.body_wire
@@ -185,6 +310,7 @@ class _Side:
             return False
         if not 0 < nbytes <= remaining:
             return False
+        self.mark_hole(nbytes)
         self.filling = True
         try:
             left = nbytes
@@ -197,6 +323,36 @@ class _Side:
         finally:
             self.filling = False
         return True
+
+    def mark_hole(self, nbytes: int) -> None:
+        """The body loses ``nbytes`` here. An encoded body cannot be decoded past it: what was decoded
+        stays, the rest of its bytes are skipped (and counted)."""
+        m = self.msg
+        self.hole = m.hole(nbytes)
+        if self.decoder is not None:
+            self.decoder = None
+            self.skip_rest = True
+            m.decode_error = (f"capture lost bytes of the {m.content_encoding}-encoded body: decoded up "
+                              f"to byte {m.body.size}, the rest could not be decoded")
+
+    def start_chunk_resync(self, nbytes: int) -> None:
+        """A gap inside a chunked body: look for the next chunk boundary (see ``_scan_chunks``)."""
+        self.mark_hole(nbytes)
+        self.parser = None
+        self.scan.clear()
+        self.chunk_at_start = True     # the gap may have ended exactly where a chunk begins
+        self.state = "chunks"
+
+    def drop_scan(self) -> None:
+        """Bytes held while resynchronising are given up: skipped, counted (in the hole too)."""
+        n = len(self.scan)
+        if n:
+            self.owner.stats.skipped_bytes += n
+            if self.state == "chunks" and self.hole is not None:
+                self.hole[2] += n
+            else:
+                self.resynced_skip += n
+            self.scan.clear()
 
     def abandon(self, note: str):
         """The message in progress cannot be finished (gap, parse error): hand it over as incomplete."""
@@ -218,11 +374,79 @@ class _Side:
         if self.state == "start":
             probe = looks_like_http1_request if self.is_request else looks_like_http1_response
             self.state = "sync" if probe(data[:64]) else "desync"
+        if self.state == "chunks":
+            data = self._scan_chunks(data)
+            if data is None:
+                return
         if self.state == "desync":
             data = self._scan(data)
             if data is None:
                 return
         self._feed_sync(data)
+
+    def _scan_chunks(self, data: bytes) -> bytes | None:
+        """After a gap inside a chunked body: skip to the next chunk boundary (``_find_chunk_boundary``)
+        and resume llhttp there on a parser primed with a stand-in head -- or, if a message start line
+        comes first, the message ended inside the gap. Candidates: where the gap ended (and one byte on
+        if that is the LF of a CRLF whose CR was lost), then after every CRLF. None: need more bytes."""
+        buf = self.scan
+        buf += data
+        cands = list(_chunk_candidates(buf, self.chunk_at_start))
+        # a message start line before the first boundary candidate that could be one
+        for c in cands:
+            if _chunk_walk(buf, c)[0] != _BROKEN:
+                break
+            start = self._message_start(buf, c)
+            if start is None:
+                self._skip_scan(c)
+                self.chunk_at_start = True
+                return None
+            if start:
+                self._skip_scan(c)
+                rest = bytes(buf)
+                buf.clear()
+                self.state = "sync"
+                self.abandon(f"the end of this {'request' if self.is_request else 'response'} "
+                             "was lost in a capture gap")
+                return rest
+        how, at = _find_chunk_boundary(buf, cands)
+        if how == "wait" and len(buf) - at > 4 * RESYNC_MAX_CHUNK:
+            how, at = _find_chunk_boundary(buf, [c for c in cands if c > at])
+        if how == "none":
+            self._skip_scan(max(len(buf) - 1, 0))   # keep a trailing CR: its LF may come next
+            self.chunk_at_start = False
+            return None
+        self._skip_scan(at)
+        self.chunk_at_start = True
+        if how == "wait":
+            return None
+        rest = bytes(buf)
+        buf.clear()
+        self.state = "sync"
+        self._new_parser()
+        self.splicing = True
+        try:
+            self.parser.feed_data(_SPLICE_HEAD[self.is_request])
+        finally:
+            self.splicing = False
+        return rest
+
+    def _message_start(self, buf, c: int) -> bool | None:
+        """Does a message start line (of this side's kind) begin at ``buf[c]``? None: maybe, the
+        line is not complete yet."""
+        if self.pattern.match(buf, c):
+            return True
+        if buf.find(b"\n", c, c + 8192) >= 0 or len(buf) - c >= 8192:
+            return False
+        tail = bytes(buf[c:c + 16])
+        return None if any(tail.startswith(p) or p.startswith(tail)
+                           for p in _START_PREFIXES[self.is_request]) else False
+
+    def _skip_scan(self, n: int) -> None:
+        if n:
+            del self.scan[:n]
+            self.owner.stats.skipped_bytes += n
+            self.hole[2] += n
 
     def _scan(self, data: bytes) -> bytes | None:
         """Skip to the next message start: at a line start, or where a captured write/read began
@@ -336,27 +560,28 @@ class Http1Connection:
         return self._drain()
 
     def gap(self, direction: Direction, nbytes: int, ts_ns: int) -> list[Exchange]:
-        """Bytes lost in capture. Whole messages may be among them, so nothing waiting can be
-        paired safely any more: every open exchange is emitted, incomplete, with the gap."""
+        """Bytes lost in capture. Inside a body whose framing survives, the pair keeps its body with a
+        hole (see the module docstring). Otherwise whole messages may be among them, so nothing
+        waiting can be paired safely any more: every open exchange is emitted, incomplete."""
         self.stats.gap_bytes += nbytes
         dname = "write" if direction == Direction.WRITE else "read"
-        note = f"capture lost {nbytes} bytes ({dname}); pair incomplete"
         side = self._req if direction == self.req_dir else self._resp
+        side.ts = ts_ns
         ex = side.ex
-        if ex is not None and side.state == "sync" and side.fill_gap(nbytes):
-            # the hole lies inside one Content-Length body: this pair keeps its partner, with the gap
+        how = self._hole_kind(side, nbytes) if ex is not None else None
+        if how is not None:
+            what = "request" if side.is_request else "response"
             ex.gaps.append((dname, nbytes))
-            ex.notes.append(f"capture lost {nbytes} bytes of this "
-                            f"{'request' if side.is_request else 'response'} body; body has a hole")
+            ex.notes.append(f"capture lost {nbytes} bytes of this {what} body; body has a hole{how}")
             return self._drain()
+        note = f"capture lost {nbytes} bytes ({dname}); pair incomplete"
         for side in (self._req, self._resp):
             side.ts = ts_ns
             if side.ex is not None and (dname, nbytes) not in side.ex.gaps:
                 side.ex.gaps.append((dname, nbytes))
+            side.drop_scan()     # held while resynchronising: dropped, counted
             side.abandon(note)
             side.state = "desync"
-            self.stats.skipped_bytes += len(side.scan)   # held while resynchronising: dropped, counted
-            side.scan.clear()
         for ex in self._pending:
             if (dname, nbytes) not in ex.gaps:
                 ex.gaps.append((dname, nbytes))
@@ -365,20 +590,48 @@ class Http1Connection:
         self._flush_pending("")
         return self._drain()
 
+    def _hole_kind(self, side: _Side, nbytes: int) -> str | None:
+        """If ``nbytes`` lost now fall inside ``side``'s current body and its framing survives, mark
+        the hole and return how the body goes on (text for the note); else None."""
+        if side.state == "chunks":          # another gap while looking for a chunk boundary
+            side.drop_scan()
+            side.hole = side.msg.hole(nbytes)
+            side.chunk_at_start = True
+            return "; resynchronised at the next chunk"
+        if side.state != "sync" or side.msg is None or not side.in_body:
+            return None
+        if side.fill_gap(nbytes):
+            return ""
+        if side.chunked and side.parser is not None and self._gap_stays_in(side):
+            side.start_chunk_resync(nbytes)
+            return "; resynchronised at the next chunk"
+        m = side.msg
+        if (not side.is_request and not side.chunked and not side.has_length and m.status >= 200
+                and m.status not in (204, 304)):
+            side.mark_hole(nbytes)          # the body runs to the connection's end anyway
+            return ""
+        return None
+
+    def _gap_stays_in(self, side: _Side) -> bool:
+        """Can the bytes after a gap in ``side``'s chunked body only belong to that same message? A
+        client sends its next request only after the response; a server answers only what was asked."""
+        ex = side.ex
+        if side.is_request:
+            return ex.response is None or not ex.response.complete
+        return bool(self._pending) and self._pending[-1] is ex
+
     def close(self, reason: str, ts_ns: int) -> list[Exchange]:
         for side in (self._req, self._resp):
             side.ts = ts_ns
+            side.drop_scan()   # bytes held while resynchronising: never a message start, so skipped
             if side.msg is not None:
                 m = side.msg
                 if (not side.is_request and not side.chunked and not side.has_length
                         and m.status >= 200 and m.status not in (204, 304)):
                     side._finish(complete=True)   # body delimited by the connection's end
                 else:
-                    side.abandon(f"connection ended ({reason}) before the message was complete")
-            if side.scan:   # bytes held while looking for a message start: never one, so skipped
-                self.stats.skipped_bytes += len(side.scan)
-                side.resynced_skip += len(side.scan)
-                side.scan.clear()
+                    what = "request" if side.is_request else "response"
+                    side.abandon(f"connection ended ({reason}) before the {what} was complete")
         self._flush_pending(f"no response: connection ended ({reason})")
         return self._drain()
 
@@ -395,6 +648,12 @@ class Http1Connection:
         self._roles_known = True
 
     def _new_exchange(self, msg: Message) -> Exchange:
+        resp = self._resp
+        if resp.state == "chunks":
+            # A new request means the client had the whole previous response: its end was in the gap.
+            resp.drop_scan()
+            resp.abandon("the end of the response was lost in a capture gap")
+            resp.state = "desync"
         ex = Exchange(conn=self.conn, request=msg, protocol=self.protocol)
         self._pending.append(ex)
         return ex
@@ -415,7 +674,10 @@ class Http1Connection:
         return None
 
     def _request_done(self, ex: Exchange | None, msg: Message):
-        pass  # stays pending until its response completes
+        # Normally the pair waits for its response. A response that was complete before the request
+        # ended (the server answered before reading the whole body): the pair is finished now.
+        if ex is not None and ex.response is not None and ex.response.complete and ex in self._pending:
+            self._emit_through(ex)
 
     def _response_done(self, ex: Exchange | None, msg: Message):
         if ex is None:
@@ -428,6 +690,8 @@ class Http1Connection:
             ex.response = None
             msg.body.close()
             return
+        if self._req.ex is ex:
+            return   # the request is still being sent: written out when it ends (_request_done)
         self._emit_through(ex)
 
     def _emit_through(self, ex: Exchange):

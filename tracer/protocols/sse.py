@@ -2,15 +2,17 @@
 
     p = SSEParser()
     for ev in p.feed(chunk): ...          # bytes in any split; events carry byte offsets in the stream
+    p.gap()                               # bytes missing here (a capture hole): resync at the next event
     p.close()                             # an event without its terminating blank line is dropped (spec)
 
     b = MessageBuilder()
     for ev in events: b.apply(ev)
     b.message   # {"id", "type": "message", "role", "model", "content": [...], "stop_reason", "usage", ...}
 
-``reconstruct(body)`` does both for a whole body (``str`` or ``bytes``) and also reports where the first
-content delta and the last event ended, as byte offsets into the UTF-8 body, so callers can turn them into
-times with the capture's ``response_chunks`` table.
+``reconstruct(body, holes)`` does both for a whole body (``str`` or ``bytes``; ``holes``: the offsets of
+the record's ``tracer.response_holes``) and also reports where the first content delta and the last
+event ended, as byte offsets into the UTF-8 body, so callers can turn them into times with the
+capture's ``response_chunks`` table.
 
 Parsing follows the WHATWG event-stream rules: lines end in CRLF, LF or CR; ``field: value`` with one
 leading space stripped from the value; ``data`` lines are joined with newlines; lines starting with ``:``
@@ -27,6 +29,8 @@ from typing import Any, Iterable
 import orjson
 
 _BOM = b"\xef\xbb\xbf"
+_FIELDS = (b"event:", b"data:", b"id:", b"retry:")
+_SYNCED, _AT_HOLE, _SKIPPING = 0, 1, 2
 
 
 @dataclass
@@ -40,10 +44,18 @@ class SSEEvent:
 
 
 class SSEParser:
-    """Incremental event-stream parser. Feed bytes split anywhere; get complete events back."""
+    """Incremental event-stream parser. Feed bytes split anywhere; get complete events back.
+
+    ``gap()`` says the bytes fed next do not follow those fed so far (a hole in a captured body). The
+    event in progress is dropped, and parsing resumes at the next event: at once if the bytes after
+    the hole begin with a field name and a colon (``event:``, ``data:``, ``id:``, ``retry:``: the hole
+    ended where a line begins), else after the partial line, at the first blank line or ``event:``
+    line. So a hole costs the events it touches and nothing after them; no event is made of bytes from
+    both sides of a hole.
+    """
 
     __slots__ = ("_buf", "_buf_off", "_pos", "_event", "_data", "_id", "_retry", "_start",
-                 "_skip_lf", "_bom_checked", "last_event_id", "_clean")
+                 "_skip_lf", "_bom_checked", "last_event_id", "_clean", "_resync", "_partial", "holes")
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -58,6 +70,9 @@ class SSEParser:
         self._bom_checked = False
         self.last_event_id = ""
         self._clean = 0
+        self._resync = _SYNCED
+        self._partial = False      # skipping: the line in hand began inside the hole
+        self.holes = 0             # gap() calls so far
 
     @property
     def offset(self) -> int:
@@ -70,6 +85,8 @@ class SSEParser:
         if not data:
             return []
         self._buf += data
+        if self._resync == _AT_HOLE and not self._after_hole():
+            return []
         if not self._bom_checked:
             if len(self._buf) < 3 and _BOM.startswith(bytes(self._buf)):
                 return []       # could still be a BOM
@@ -106,6 +123,8 @@ class SSEParser:
             line = bytes(buf[i:j])
             line_start = self._buf_off + i
             i = j + eol
+            if self._resync and not self._resume(line):
+                continue
             # `end` is just past the first byte of the line terminator: with CRLF the event is known
             # complete at the CR, so offsets do not depend on where the stream was split.
             ev = self._line(line, line_start, self._buf_off + j + 1)
@@ -116,6 +135,43 @@ class SSEParser:
         self._buf_off += i
         self._pos = self._buf_off
         return out
+
+    def gap(self) -> None:
+        """Bytes are missing between what was fed and what comes next (see the class docstring)."""
+        self.holes += 1
+        self._buf_off += len(self._buf)
+        self._pos = self._buf_off
+        self._buf.clear()
+        self._clean = 0
+        self._event, self._data, self._id, self._retry, self._start = "", [], None, None, None
+        self._skip_lf = False
+        self._bom_checked = True
+        self._resync = _AT_HOLE
+
+    def _after_hole(self) -> bool:
+        """Where do the first bytes after a hole stand? False: too few bytes to tell yet."""
+        head = bytes(self._buf[:6])
+        if head.startswith(_FIELDS):
+            self._resync = _SYNCED
+            return True
+        if len(head) < 6 and any(f.startswith(head) for f in _FIELDS):
+            return False
+        self._resync, self._partial = _SKIPPING, True
+        return True
+
+    def _resume(self, line: bytes) -> bool:
+        """While skipping after a hole: does parsing resume with ``line``? (A blank line ends the
+        damaged event and is itself skipped.)"""
+        if self._partial:
+            self._partial = False
+            return False
+        if not line:
+            self._resync = _SYNCED
+            return False
+        if line.startswith(b"event:"):
+            self._resync = _SYNCED
+            return True
+        return False
 
     def _line(self, line: bytes, start: int, end: int) -> SSEEvent | None:
         if not line:
@@ -514,19 +570,32 @@ class Reconstruction:
     truncated: list[dict[str, Any]] = field(default_factory=list)   # fields cut by max_field_chars
 
 
-def reconstruct(body: bytes | str | Iterable[bytes | str], *, max_field_chars: int | None = None,
-                on_text=None) -> Reconstruction:
+def reconstruct(body: bytes | str | Iterable[bytes | str], holes: Iterable = (), *,
+                max_field_chars: int | None = None, on_text=None) -> Reconstruction:
     """Parse a whole SSE body (or an iterable of byte chunks) into the Messages API response.
+    ``holes``: byte offsets in the body where the capture lost bytes (or the ``[offset, ...]`` entries
+    of a record's ``tracer.response_holes``); the parser resynchronises after each.
 
     Linear in the body's size; with ``max_field_chars`` its memory is bounded too (see MessageBuilder).
     """
     p = SSEParser()
     b = MessageBuilder(max_field_chars=max_field_chars, on_text=on_text)
     size = 0
+    holes = holes if isinstance(holes, (list, tuple)) else ()
+    at = sorted({off for off in (h[0] if isinstance(h, (list, tuple)) and h else h for h in holes)
+                 if type(off) is int and off >= 0})
     chunks = [body] if isinstance(body, (bytes, bytearray, str)) else body
     for chunk in chunks:
         if isinstance(chunk, str):
             chunk = chunk.encode("utf-8", "surrogatepass")
+        while at and at[0] <= size + len(chunk):
+            cut = at.pop(0) - size
+            for ev in p.feed(chunk[:cut]):
+                b.apply(ev)
+            p.gap()
+            b.errors.append(f"bytes missing from the stream at offset {size + cut} (capture gap)")
+            size += cut
+            chunk = chunk[cut:]
         size += len(chunk)
         for ev in p.feed(chunk):
             b.apply(ev)

@@ -12,33 +12,26 @@ from urllib.parse import urlsplit
 import orjson
 
 from tracer.protocols.base import Body, Exchange, Message
+from tracer.sinks.redact import (URL_HEADERS, form_has_grant_type, header_is_secret, oauth_request,
+                                 redact_header_value, redact_json, redact_params, redact_url,
+                                 redact_value)
 
-SENSITIVE = ("authorization", "x-api-key", "x-auth-token", "cookie", "set-cookie", "x-session-token",
-             "x-access-token", "bearer", "proxy-authorization")
+__all__ = ["Clock", "Filter", "build_record", "headers_dict", "redact_value", "url_of"]
+
 MAX_CHUNK_TIMES = 4000
 INLINE_BODY_MAX = 16 << 20   # bodies above this are streamed into the log line by the writer
 
 
-def redact_value(value: str) -> str:
-    n = len(value)
-    if n > 14:
-        return value[:10] + "..." + value[-4:]
-    if n >= 5:
-        return value[:2] + "..." + value[-2:]
-    return "[REDACTED]"
-
-
-def is_sensitive(name: str) -> bool:
-    low = name.lower()
-    return any(s in low for s in SENSITIVE)
-
-
-def headers_dict(headers: list[tuple[str, str]], redact: bool) -> dict[str, str]:
+def headers_dict(headers: list[tuple[str, str]], redact: bool, oauth: bool = False) -> dict[str, str]:
+    """Lower-cased names, repeated headers joined; credentials redacted (tracer/sinks/redact.py)."""
     out: dict[str, str] = {}
     for name, value in headers:
         k = name.lower()
-        if redact and is_sensitive(k):
-            value = redact_value(value)
+        if redact:
+            if header_is_secret(k):
+                value = redact_header_value(k, value)
+            elif k in URL_HEADERS and "?" in value:
+                value = redact_url(value, oauth)
         if k in out:
             out[k] = out[k] + ("\n" if k == "set-cookie" else ", ") + value
         else:
@@ -83,6 +76,12 @@ class Filter:
             # HTTP/2 attached mid-connection: the URL is in HPACK state we never saw. Unknown is not
             # "not an API call", so keep it (the record says why its URL is missing).
             return True
+        return self.is_api_call(ex)
+
+    def is_api_call(self, ex: Exchange) -> bool:
+        """A model API call (Messages API on an API host, Bedrock runtime): its bodies are the
+        conversation and are logged unaltered. Unknown URL (attached mid-HTTP/2): not known to be one."""
+        req = ex.request
         host = _hostname(req.authority)
         path = req.target.split("?", 1)[0]
         if host in self.api_hosts and path.endswith("/v1/messages"):
@@ -104,6 +103,23 @@ def url_of(req: Message) -> str:
     if not target.startswith("/"):
         target = "/" + target if target != "*" else target
     return f"{req.scheme or 'https'}://{req.authority or 'unknown-host'}{target}"
+
+
+class Record(dict):
+    """A log record: serialised as a plain JSON object. ``bodies`` keeps the message bodies it was
+    built from (not serialised), so that the writer can fall back to their raw text when a parsed
+    JSON body cannot be serialised (orjson reads nesting up to 1024 levels but writes only 254).
+    Empty when redaction rewrote the bodies: their raw text is not safe to log."""
+
+    __slots__ = ("bodies",)
+
+
+def raw_body_text(raw: bytes) -> tuple[str, str]:
+    """A body as text the way the log carries unparsed bodies: (UTF-8 text, "") or (base64, "base64")."""
+    try:
+        return raw.decode("utf-8"), ""
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), "base64"
 
 
 class StreamedText:
@@ -144,11 +160,9 @@ def body_fields(msg: Message, is_response: bool) -> tuple[dict, dict]:
             return {"body": orjson.loads(raw)}, extras
         except orjson.JSONDecodeError:
             pass
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        extras["encoding"] = "base64"
-        text = base64.b64encode(raw).decode("ascii")
+    text, encoding = raw_body_text(raw)
+    if encoding:
+        extras["encoding"] = encoding
     if is_response:
         return {"body_raw": text}, extras
     return {"body": text}, extras
@@ -181,21 +195,55 @@ def logged_at(now: float | None = None) -> str:
     return f"{cached[1]}.{us // 1000:03d}Z"
 
 
-def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
+_DEFAULT_FILTER = Filter()
+
+
+def _redact_body(fields: dict, msg: Message, oauth: bool) -> None:
+    """Secret members of a JSON or form body (redact.py); other bodies are left alone."""
+    body = fields.get("body")
+    if isinstance(body, (dict, list)):
+        redact_json(body, oauth)
+        return
+    key = "body" if isinstance(body, str) else "body_raw"
+    text = fields.get(key)
+    if isinstance(text, str) and text and "x-www-form-urlencoded" in msg.header("content-type").lower():
+        fields[key] = redact_params(text, oauth)
+
+
+def build_record(ex: Exchange, clock: Clock, *, redact: bool = True, api_call: bool | None = None) -> Record:
+    """``api_call``: whether this is a model API call (Filter.is_api_call; default: by the default
+    filter's hosts) - its bodies are never altered by redaction."""
     req, resp = ex.request, ex.response
     t0 = req.ts_ns
     rq_fields, rq_extra = body_fields(req, False)
-    record: dict = {
+    url = url_of(req)
+    oauth = False
+    if redact:
+        if api_call is None:
+            api_call = _DEFAULT_FILTER.is_api_call(ex)
+        if not api_call:      # a model API call is not an OAuth exchange, and its bodies are kept
+            body = rq_fields.get("body")
+            oauth = oauth_request(req.target.split("?", 1)[0], body) or (
+                isinstance(body, str) and form_has_grant_type(body))
+            _redact_body(rq_fields, req, oauth)
+        if "?" in url or "@" in url:
+            url = redact_url(url, oauth)
+    record = Record({
         "request": {
             "timestamp": clock.epoch(t0),
             "method": req.method,
-            "url": url_of(req),
-            "headers": headers_dict(req.headers, redact),
+            "url": url,
+            "headers": headers_dict(req.headers, redact, oauth),
             **rq_fields,
         },
         "response": None,
         "logged_at": logged_at(),
-    }
+    })
+    # the writer's raw-text fallback re-reads these bytes: only where redaction left the bodies alone
+    # (a redacted body's raw text would put its secrets back; such a record falls back to a stub)
+    bodies_redacted = redact and not api_call
+    record.bodies = {} if bodies_redacted else {
+        "request": req.body, "response": resp.body if resp is not None else None}
     extras: dict = {
         "pid": ex.conn.pid, "tid": ex.conn.tid, "comm": ex.conn.comm, "conn_id": ex.conn.conn_id,
         "protocol": ex.protocol, "stream_id": ex.stream_id,
@@ -205,6 +253,8 @@ def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
         "request_bytes": req.wire_bytes,
         "request_body_bytes": req.body.size,
     }
+    if req.holes:
+        extras["request_holes"] = [list(h) for h in req.holes]
     if rq_extra.get("encoding"):
         extras["request_body_encoding"] = rq_extra["encoding"]
     if req.content_encoding:
@@ -217,11 +267,13 @@ def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
                                "from before the attach")
     if resp is not None:
         rs_fields, rs_extra = body_fields(resp, True)
+        if bodies_redacted:
+            _redact_body(rs_fields, resp, oauth)
         end = resp.end_ts_ns or resp.ts_ns
         record["response"] = {
             "timestamp": clock.epoch(end),
             "status_code": resp.status,
-            "headers": headers_dict(resp.headers, redact),
+            "headers": headers_dict(resp.headers, redact, oauth),
             **rs_fields,
         }
         extras.update({
@@ -242,7 +294,9 @@ def build_record(ex: Exchange, clock: Clock, *, redact: bool = True) -> dict:
         if resp.unknown_headers:
             extras["response_unknown_headers"] = resp.unknown_headers
         if resp.trailers:
-            extras["trailers"] = headers_dict(resp.trailers, redact)
+            extras["trailers"] = headers_dict(resp.trailers, redact, oauth)
+        if resp.holes:
+            extras["response_holes"] = [list(h) for h in resp.holes]
         if not resp.complete:
             extras["notes"].append("response incomplete")
     if extras["notes"] or resp is None or not resp.complete:

@@ -7,12 +7,15 @@ from pathlib import Path
 import orjson
 
 from tracer.sinks.jsonl import open_log
+from tracer.threads import who
 
 
 LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
           ("ring_drops_bytes", "ring-buffer drops (bytes)"),
           ("truncated_bytes", "bytes beyond the per-call copy limit"),
           ("copy_fail_bytes", "bytes unreadable in the target"),
+          ("denied_bytes", "bytes not copied: the process no longer ran with the approved credentials "
+                           "(setuid/setgid exec)"),
           ("gap_bytes", "bytes missing from streams (gaps)"),
           ("skipped_bytes", "bytes skipped to resynchronise"),
           ("parse_errors", "parse errors"), ("decode_errors", "decode errors"),
@@ -21,24 +24,53 @@ LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
           ("spool_lost_records", "ring records the spool could not take"),
           ("unparsed_bytes", "captured bytes never parsed (the parsing process failed)"),
           ("records_lost", "records lost (log write failures)"),
+          ("records_stub", "records written as stubs (not serialisable; bodies left out)"),
+          ("records_raw_body", "records with raw-text bodies (their JSON was not serialisable)"),
           ("worker_errors", "internal errors"))
 
 
 def losses(s: dict) -> str:
-    """Every non-zero loss counter with its meaning, or "none"."""
+    """Every non-zero loss counter with its meaning, and every process whose TLS traffic may be
+    missing, or "none"."""
     found = [f"{label}: {s[key]}" for key, label in LOSSES if s.get(key)]
+    found += process_problems(s.get("processes") or [])
     return "; ".join(found) if found else "none"
 
 
+def process_problems(procs: list[dict]) -> list[str]:
+    """Processes whose TLS traffic may be missing from the log (tracer/processes/table.py summary)."""
+    out = []
+    unprobed = [p for p in procs if p["traced"] and p["problems"]]
+    if unprobed:
+        out.append(f"TLS code not probed in {len(unprobed)} process(es): " + ", ".join(
+            f"pid {p['pid']} ({p['problems'][0]})" for p in unprobed[:5]))
+    late = [p for p in procs if p["traced"] and p["late"] and any(t["mapped"] for t in p["tls"])]
+    if late:
+        out.append(f"probed after they started running: {len(late)} process(es) ("
+                   + ", ".join(f"pid {p['pid']}" for p in late[:5]) + ")")
+    ran = [p for p in procs if p.get("unprobed")]
+    if ran:
+        out.append(f"ran before tracer could probe them: {len(ran)} process(es): " + ", ".join(
+            f"pid {p['pid']} ({p['unprobed']})" for p in ran[:5]))
+    dropped = [p for p in procs if not p["traced"] and "exited before" not in p["why_not"]]
+    if dropped:
+        out.append(f"not traced: {len(dropped)} process(es): " + ", ".join(
+            f"pid {p['pid']} ({p['why_not']})" for p in dropped[:5]))
+    return out
+
+
 def format_summary(s: dict) -> str:
-    lines = [
+    lines = [f"FAILED: tracer's {who(f['thread'])} died ({f['error']}"
+             + (f"; at {f['where']}" if f['where'] else "") + f"): {f['consequence']}"
+             for f in s.get("thread_failures") or ()]
+    lines += [
         f"pairs: {s['pairs_logged']} logged, {s['pairs_filtered_out']} filtered out, "
         f"{s['pairs_incomplete']} incomplete ({s['pairs_seen']} seen on {s['connections']} connections)",
         f"captured: {s['bytes_captured']} bytes in {s['ring_records']} ring records over {s['duration_s']} s",
         f"losses: {losses(s)}",
     ]
-    for f in s.get("internal_failures") or ():
-        lines.append(f"FAILED: {f}")
+    for note in s.get("notes") or ():      # e.g. a target that lost the right to be traced
+        lines.append(f"note: {note}")
     if s.get("stage") == "spool":
         lines.append(f"deferred parsing: {s['spool_bytes'] / 1e6:.1f} MB spooled, peak backlog "
                      f"{s['spool_peak_backlog_bytes'] / 1e6:.1f} MB, parsed "
@@ -48,6 +80,12 @@ def format_summary(s: dict) -> str:
                      f"{s['ring_max_drain_interval_ms']:.0f} ms")
     if s.get("last_worker_error"):
         lines.append(f"last internal error: {s['last_worker_error']}")
+    if s.get("last_serialization_error"):
+        lines.append(f"last serialisation error: {s['last_serialization_error']}")
+    if s.get("process_tree"):
+        n = sum(1 for p in s["processes"] if p["traced"])
+        lines.append(f"processes ({n} traced):")
+        lines += s["process_tree"]
     lines.append(f"log: {s['log']}")
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ from tracer.capture import event as ev
 from tracer.capture.ring import DropCounters, Ring
 from tracer.mock.certs import ensure_certs
 from tracer.probes.attach import Probes
+from tracer.probes.kcreds import CredGuard
 from tracer.probes.targets import Locator
 
 PERIOD = 251                      # the pump's byte pattern: stream offset i carries byte i % 251
@@ -129,6 +130,11 @@ class Traced:
         self.probes = Probes(prog, stderr=stderr)
         self.ring = Ring(prog.map_fd("events"), callback)
         self.counters = DropCounters(prog.map_fd("drops"), prog.map_info("drops"))
+
+    def approve(self, pid):
+        """The credential guard (bpf/tracer.bpf.c) copies nothing of a process user space has not
+        approved: approved unchecked, as Session does for root's own tracing."""
+        CredGuard(self.prog.map_fd("cred_layout"), self.prog.map_fd("target_ids")).approve(pid, 0, 0, False)
 
     def attach(self, pid, path, located):
         return self.probes.attach(pid, path, located)

@@ -29,13 +29,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tracer.paths import npm_cache_dir
+from tracer.paths import cache_root, npm_cache_dir
 
 _COMPLETE = ".tracer-complete"
 
 
 class ReleaseError(RuntimeError):
     """A release could not be downloaded or unpacked."""
+
+
+# npm's platform names for the native Claude Code packages: @anthropic-ai/claude-code-linux-<platform>
+CLAUDE_CODE_PLATFORMS = ("x64", "arm64", "x64-musl", "arm64-musl")
+_NPM_CPU = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def claude_code_package(platform_name: str | None = None) -> str:
+    """The native Claude Code package for a platform ("x64", "arm64", "arm64-musl", ...), by
+    default this machine's (glibc)."""
+    if platform_name is None:
+        import platform
+        platform_name = _NPM_CPU.get(platform.machine(), platform.machine())
+    if platform_name not in CLAUDE_CODE_PLATFORMS:
+        raise ReleaseError("no native Claude Code package for platform %r (known: %s)"
+                           % (platform_name, ", ".join(CLAUDE_CODE_PLATFORMS)))
+    return "@anthropic-ai/claude-code-linux-" + platform_name
 
 
 def release_dir(package: str, version: str) -> Path:
@@ -170,3 +187,37 @@ def npm_versions(package: str) -> list[str]:
         raise ReleaseError("npm view %s failed: %s" % (package, proc.stderr.strip()[-1000:]))
     v = json.loads(proc.stdout)
     return [v] if isinstance(v, str) else list(v)
+
+
+def pypi_venv(requirement: str) -> Path:
+    """A virtualenv (made once, cached next to the npm releases) with `requirement` installed from
+    PyPI, e.g. "claude-agent-sdk==0.2.189"; returns its python. A venv of its own: the package's
+    dependencies never meet tracer's pins. Built in a temporary directory, then renamed."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "+" for c in requirement)
+    vdir = cache_root() / "pypi" / safe
+    marker = vdir / _COMPLETE
+    if not marker.exists():
+        with _locked(vdir.parent / (safe + ".lock")):
+            if not marker.exists():
+                if vdir.exists():
+                    shutil.rmtree(vdir)
+                for stale in vdir.parent.glob(".tmp-%s-*" % safe):
+                    shutil.rmtree(stale, ignore_errors=True)
+                work = Path(tempfile.mkdtemp(prefix=".tmp-%s-" % safe, dir=vdir.parent))
+                try:
+                    # the venv's own paths must be the final ones: build it there under a lock
+                    subprocess.run(["/usr/bin/python3", "-m", "venv", str(vdir)], check=True,
+                                   capture_output=True, timeout=300)
+                    proc = subprocess.run(
+                        [str(vdir / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                         "--only-binary", ":all:", "--cache-dir", str(work / "pip-cache"), requirement],
+                        capture_output=True, text=True, timeout=1800)
+                    if proc.returncode != 0:
+                        raise ReleaseError("pip install %s failed: %s" % (requirement, proc.stderr.strip()[-2000:]))
+                    marker.write_text(requirement + "\n")
+                except BaseException:
+                    shutil.rmtree(vdir, ignore_errors=True)
+                    raise
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+    return vdir / "bin" / "python"

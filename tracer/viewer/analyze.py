@@ -59,6 +59,7 @@ from tracer.protocols.eventstream import reconstruct_eventstream
 from tracer.protocols.sse import reconstruct
 from tracer.viewer.cost import PriceTable, provider_for
 from tracer.viewer.logs import BigString, LogLine, dumps, iter_lines
+from tracer.viewer.processes import ProcessTree
 
 CONTINUATION_MARK = "This session is being continued from a previous conversation"
 SUBAGENT_TOOLS = ("Task", "Agent")
@@ -253,7 +254,8 @@ def analyze_call(index: int, rec: dict, max_field_chars: int | None = None) -> C
         if es:   # Bedrock: the same Anthropic events in binary AWS event-stream frames
             r = reconstruct_eventstream(chunks_in, max_field_chars=max_field_chars)
         else:
-            r = reconstruct(chunks_in, max_field_chars=max_field_chars)
+            r = reconstruct(chunks_in, tr.get("response_holes") or (),
+                            max_field_chars=max_field_chars)
         c.response = r.message
         c.rebuild_errors = r.errors
         c.truncated = r.truncated
@@ -486,6 +488,7 @@ class Analysis:
     calls: list[CallInfo]
     threads: list[Thread]
     sessions: list[Session]
+    processes: list[dict] = field(default_factory=list)   # tracer/viewer/processes.py
 
 
 def _tool_names(body: dict) -> tuple[str, ...]:
@@ -534,6 +537,7 @@ class Analyzer:
         self._facts: dict[int, _Facts] = {}
         self._intern: dict[Any, Any] = {}
         self._texts: dict[str, tuple[str, str, str]] = {}   # first fingerprint -> (text, prompt, title)
+        self._procs = ProcessTree()
 
     def _i(self, v: Any) -> Any:
         return self._intern.setdefault(v, v)
@@ -541,6 +545,7 @@ class Analyzer:
     def add(self, rec: dict) -> CallInfo:
         c = analyze_call(len(self.calls), rec, self.max_field_chars)
         self.calls.append(c)
+        self._procs.add(c.index, rec)
         if c.kind == "messages":
             req = rec.get("request") or {}
             body = req["body"]
@@ -564,7 +569,9 @@ class Analyzer:
         return c
 
     def finish(self) -> Analysis:
-        return _group(self.calls, self._facts, self._texts)
+        an = _group(self.calls, self._facts, self._texts)
+        an.processes = self._procs.summary()
+        return an
 
 
 def analyze(records, *, keep_responses: bool = True, max_field_chars: int | None = None) -> Analysis:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from tracer.invoker import InvokingUser, as_user
+from tracer.userfiles import UserDir
 from tracer.viewer.analyze import analyze_log
 
 
@@ -135,25 +136,29 @@ def render_index(dir_path: Path, logs: list[LogSummary]) -> str:
             f'<tbody>{body}</tbody></table></body></html>\n')
 
 
-def write_index(dir_path: str | Path, build_missing: bool = False) -> Path:
-    """Write ``index.html`` in ``dir_path``; with ``build_missing``, also build stale/missing viewers."""
+def write_index(dir_path: str | Path, build_missing: bool = False, *, user: InvokingUser | None = None) -> Path:
+    """Write ``index.html`` in ``dir_path``; with ``build_missing``, also build stale/missing viewers.
+
+    Everything - reading the logs, writing the viewers and the index - is done as the invoking user,
+    in a directory that must be theirs (tracer/userfiles.py); the index goes through a temporary file
+    created with O_EXCL | O_NOFOLLOW and renamed.
+    """
     from tracer.sinks.html import default_html_path, write_html
 
     d = Path(dir_path)
-    logs = []
-    for p in sorted(d.glob("*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True):
-        s = summarize_log(p)
-        h = default_html_path(p)
-        if build_missing and not s.error and (not h.exists() or h.stat().st_mtime < s.mtime):
-            try:
-                write_html(p, h)
-            except Exception as ex:  # one broken log must not hide the others
-                s.error = f"viewer not built: {ex}"
-        if h.exists():
-            s.html = h
-        logs.append(s)
-    out = d / "index.html"
-    tmp = d / f".index.html.{os.getpid()}.tmp"
-    tmp.write_text(render_index(d, logs), "utf-8")
-    os.replace(tmp, out)
-    return out
+    with as_user(user) as u, UserDir(d, u, create=False) as out:
+        logs = []
+        files = [p for p in d.glob("*.jsonl") if p.is_file()]
+        for p in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True):
+            s = summarize_log(p)
+            h = default_html_path(p)
+            if build_missing and not s.error and (not h.exists() or h.stat().st_mtime < s.mtime):
+                try:
+                    write_html(p, h, user=u)
+                except Exception as ex:  # one broken log must not hide the others
+                    s.error = f"viewer not built: {ex}"
+            if h.exists():
+                s.html = h
+            logs.append(s)
+        out.write_atomic("index.html", render_index(d, logs).encode("utf-8"))
+    return d / "index.html"

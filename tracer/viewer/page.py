@@ -243,6 +243,7 @@ def _summary(an: Analysis, source: str, warnings: list[str]) -> dict:
                       "title": an.threads[s.root].title, "totals": s.totals(an.calls)}
                      for s in an.sessions],
         "models": models,
+        "processes": an.processes,
         "skipped": len(warnings),
         "warnings": list(warnings[:50]),
         "limits": {"head_chars": HEAD_CHARS, "rebuilt_chars": REBUILT_CHARS},

@@ -320,7 +320,7 @@ function header() {
       h("span", { class: "cost-total", title: priceNote() }, "cost " + fmtCost(CALLS.map((c) => c.i))),
       h("span", { class: "price-date", title: priceNote() }, ` (prices as of ${PRICES.date || "?"})`)),
     searchBox(),
-    bar, filter,
+    bar, filter, processPanel(),
     SUMMARY.skipped ? h("div", { class: "warn skipped" }, `${SUMMARY.skipped} log line(s) skipped: ${SUMMARY.warnings.slice(0, 3).join("; ")}` +
       (SUMMARY.skipped > 3 ? ` (and ${SUMMARY.skipped - 3} more)` : "")) : null);
 }
@@ -1236,3 +1236,30 @@ function highlightIn(el, q) {
 window.addEventListener("hashchange", fromHash);
 if (!fromHash()) render();
 window.__tracerViewer = { painted: performance.now(), sessions: SESSIONS.length, calls: CALLS.length };
+
+// ---------------------------------------------------------------------------------- processes
+
+// The processes that made the calls (records' tracer.process chains), when there are several:
+// a collapsed tree of pid, command and calls.
+function processPanel() {
+  const procs = SUMMARY.processes || [];
+  if (procs.length < 2) return null;
+  const kids = new Map();
+  const known = new Set(procs.map((p) => p.pid));
+  for (const p of procs) {
+    const up = known.has(p.parent) ? p.parent : null;
+    if (!kids.has(up)) kids.set(up, []);
+    kids.get(up).push(p);
+  }
+  const seen = new Set();
+  const list = (parent) => h("ul", { class: "proc-tree" }, (kids.get(parent) || []).filter((p) => !seen.has(p.pid)).map((p) => {
+    seen.add(p.pid);
+    return h("li", null,
+      h("span", { class: "pid" }, String(p.pid)), " ", h("code", null, p.command), " ",
+      h("span", { class: "calls" }, p.calls ? `${fmtInt(p.calls)} call${p.calls === 1 ? "" : "s"}` : "no calls"),
+      kids.has(p.pid) ? list(p.pid) : null);
+  }));
+  const withCalls = procs.filter((p) => p.calls).length;
+  return h("details", { class: "procs" },
+    h("summary", null, `${procs.length} processes (${withCalls} with calls)`), list(null));
+}

@@ -1,7 +1,8 @@
 // Search, cost and "what changed" in a viewer page, in headless Chromium (Debian's).
-//   node features.mjs PAGE.html QUERY [QUERY ...] [--changes CALL] [--timing]
+//   node features.mjs PAGE.html QUERY [QUERY ...] [--changes CALL] [--timing] [--processes]
 // Prints JSON: the header's cost, each session's cost, per query the matches, the first result's label
-// and what got highlighted after clicking it; with --changes, the "what changed" view of that call.
+// and what got highlighted after clicking it; with --changes, the "what changed" view of that call;
+// with --processes, the process panel's summary and, opened, each process line with its depth.
 import { chromium } from "playwright-core";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -12,8 +13,10 @@ const args = process.argv.slice(2);
 const page_path = resolve(args[0]);
 const queries = [];
 let changes = null;
+let processes = false;
 for (let i = 1; i < args.length; i++) {
   if (args[i] === "--changes") changes = Number(args[++i]);
+  else if (args[i] === "--processes") processes = true;
   else if (!args[i].startsWith("--")) queries.push(args[i]);
 }
 const userDataDir = mkdtempSync(join(tmpdir(), "tracer-chromium-"));
@@ -58,6 +61,18 @@ try {
       await page.evaluate(() => { window.__tracerViewer.lastHighlight = null; });
     }
     out.queries[q] = r;
+  }
+  if (processes) {
+    out.panels = await page.locator("details.procs").count();
+    if (out.panels) {
+      out.procSummary = await page.locator("details.procs > summary").innerText();
+      await page.locator("details.procs > summary").click();
+      out.procLines = await page.evaluate(() => [...document.querySelectorAll("details.procs li")].map((li) => {
+        let depth = 0;
+        for (let e = li.parentElement; e && !e.matches("details"); e = e.parentElement) if (e.tagName === "UL") depth++;
+        return { depth, text: [...li.childNodes].filter((n) => n.tagName !== "UL").map((n) => n.textContent).join("").trim() };
+      }));
+    }
   }
   if (changes !== null) {
     await page.evaluate((n) => { location.hash = "#call=" + n; }, changes);
