@@ -306,22 +306,30 @@ def test_request_nested_300_levels_is_logged_between_its_neighbours(mock, tmp_pa
     assert "FAILED" not in p.stderr
 
 
-KILL_WRITER = r"""
-import sys
+BREAK_WRITER = r"""
 from tracer.sinks import jsonl
 def broken(self, batch):
     raise RuntimeError("injected: the writer thread dies")
 jsonl.JsonlWriter._write_batch = broken
+"""
+# in the tracer process (--no-deferred-parsing), and in the parsing process it starts (tracer/worker.py)
+KILL_WRITER = BREAK_WRITER + "BREAK = " + repr(BREAK_WRITER) + r"""
+import sys
+from tracer import worker
+worker.BOOT = worker.BOOT.replace("from tracer.worker import main", BREAK + "from tracer.worker import main")
 from tracer.cli import main
 main(sys.argv[1:])
 """
 
 
-def test_a_dead_writer_thread_is_loud_and_fails_the_run(mock, tmp_path):
-    """Any tracer thread's death: an error at once, FAILED first in the summary, records counted as
-    lost, and exit status 70 instead of the command's."""
+@pytest.mark.parametrize("parsing", ["deferred", "inline"])
+def test_a_dead_writer_thread_is_loud_and_fails_the_run(mock, tmp_path, parsing):
+    """Any tracer thread's death - in the tracer process or in its parsing process: an error at
+    once, FAILED first in the summary, records counted as lost, and exit status 70 instead of the
+    command's."""
     out = tmp_path / "log"
-    cmd = [sys.executable, "-c", KILL_WRITER, "run", "-o", str(out), "--quiet", "--no-html", "--",
+    mode = ["--no-deferred-parsing"] if parsing == "inline" else []
+    cmd = [sys.executable, "-c", KILL_WRITER, "run", *mode, "-o", str(out), "--quiet", "--no-html", "--",
            "/usr/bin/python3", str(Path(__file__).parent / "clients" / "py_client.py"), mock.url,
            str(mock.ca_path), "--count", "2"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=client_env(mock),
