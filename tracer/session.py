@@ -22,6 +22,7 @@ from tracer.probes.load import load_program
 from tracer.probes.targets import Locator, mapped_objects
 from tracer.protocols.base import Exchange
 from tracer.sinks.jsonl import JsonlWriter, make_log_dir
+from tracer.sinks.otlp.config import OtlpOptions
 from tracer.sinks.record import Clock, Filter, build_record
 
 
@@ -41,6 +42,7 @@ class Options:
     status: bool = True
     summary_json: Path | None = None
     watch_interval: float = 0.25
+    otlp: OtlpOptions | None = None     # live OpenTelemetry export (tracer.sinks.otlp)
 
 
 @dataclass
@@ -147,6 +149,7 @@ class Session:
         self.pairs_filtered = 0
         self.pairs_incomplete = 0
         self.started = time.monotonic()
+        self.stopped: float | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._cycles = 0
@@ -156,20 +159,36 @@ class Session:
         self.prog = load_program(ring_buffer_mb=opts.ring_buffer_mb, copy_limit=opts.copy_limit,
                                  stderr=self.stderr)
         self.load_seconds = time.monotonic() - t
+        self.otlp = None
+        self.otlp_summary: dict = {}
         try:
             self.probes = Probes(self.prog, stderr=self.stderr)
             self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
             self.log_path = new_log_path(opts)
             self.writer = JsonlWriter(self.log_path, batch_size=opts.batch_size, flush_ms=opts.flush_ms,
                                       durable=opts.durable, stderr=self.stderr)
+            self.otlp = self._start_otlp(opts.otlp)
             self.capture = Capture(self._on_exchange, deferred=opts.deferred)
             self.ring = Ring(self.prog.map_fd("events"), self.capture.feed)
         except BaseException:
+            if self.otlp:
+                self.otlp.abort()
             self.prog.close()
             raise
         self.capture.start()
         self._poller = threading.Thread(target=self._poll, name="tracer-ring", daemon=True)
         self._poller.start()
+
+    def _start_otlp(self, o: OtlpOptions | None):
+        """The OTLP exporter process follows the log; the capture path does nothing for it."""
+        if o is None:
+            return None
+        from tracer.sinks.otlp.sink import OtlpSink
+        try:
+            return OtlpSink(o, self.log_path, stderr=self.stderr)
+        except OSError as e:
+            print(f"tracer: cannot start the OTLP exporter ({e}); tracing without it", file=self.stderr)
+            return None
 
     # -- pipeline ends -------------------------------------------------------------------------
     POLL_MS = 50   # records are submitted without wake-ups (see bpf/tracer.bpf.c): drain on this timer
@@ -204,8 +223,12 @@ class Session:
         self.pairs_logged += 1
 
     # -- targets -------------------------------------------------------------------------------
-    def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None) -> Target:
+    def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None,
+                   command: tuple[str, list[str]] | None = None) -> Target:
+        """command: (executable, argv) of a process that has not exec'ed it yet (tracer run)."""
         tgt = self.targets.setdefault(pid, Target(pid))
+        if self.otlp:
+            self.otlp.add_target(pid, command)
         env = env if env is not None else read_environ(pid)
         if env.get("ANTHROPIC_BASE_URL"):
             self.filter.add_base_url(env["ANTHROPIC_BASE_URL"])
@@ -252,6 +275,8 @@ class Session:
         self.wait_ring_drained()   # its last records are in the ring already: let them through first
         self.capture.close_pid(pid, reason)
         self.probes.detach_pid(pid)
+        if self.otlp:
+            self.otlp.target_exited(pid)
 
     def live_targets(self) -> list[int]:
         return [p for p, t in self.targets.items() if t.alive]
@@ -262,7 +287,7 @@ class Session:
         s = self.capture.stats
         return (f"tracer: {self.pairs_logged} logged / {self.pairs_seen} pairs, "
                 f"{s.bytes_captured / 1e6:.1f} MB, {s.connections} conns, "
-                f"drops {drops.get('events', 0)}")
+                f"drops {drops.get('events', 0)}" + (f", {self.otlp.status()}" if self.otlp else ""))
 
     def finish(self) -> dict:
         self._stop.set()
@@ -274,9 +299,12 @@ class Session:
         self.capture.stop()
         self.writer.flush()
         self.writer.close()
-        summary = self.summary()
+        self.stopped = time.monotonic()
         self.probes.close()
         self.ring.close()
+        if self.otlp:       # the exporter reads the rest of the closed log: no probes wait for it
+            self.otlp_summary = self.otlp.finish(self.writer.stats.records)
+        summary = self.summary()
         self.drops.close()
         self.prog.close()
         return summary
@@ -288,7 +316,7 @@ class Session:
         w = self.writer.stats
         return {
             "log": str(self.log_path),
-            "duration_s": round(time.monotonic() - self.started, 3),
+            "duration_s": round((self.stopped or time.monotonic()) - self.started, 3),
             "targets": {str(pid): [f[0] for f in t.files] for pid, t in self.targets.items()},
             "pairs_seen": self.pairs_seen,
             "pairs_logged": self.pairs_logged,
@@ -314,5 +342,6 @@ class Session:
             "records_lost": w.lost_records,
             "write_errors": w.write_errors,
             "queue_peak": c.queue_peak,
+            **self.otlp_summary,
         }
 

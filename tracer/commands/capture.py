@@ -17,6 +17,8 @@ import click
 
 from tracer.errors import TracerError
 from tracer.session import Options, Session, command_files, ssl_library_candidates
+from tracer.sinks.otlp.config import (DEFAULT_SESSION_IDLE_S, DEFAULT_SHUTDOWN_TIMEOUT_S, OtlpConfigError,
+                                      OtlpOptions, otel_environment, resolve_endpoint)
 from tracer.sinks.summary import format_summary, write_summary_json
 
 
@@ -48,6 +50,23 @@ def capture_options(f):
                           "file as JSON. A new file: an existing one is refused."),
         click.option("--quiet", "-q", is_flag=True, help="No live status line."),
         click.option("--duration", type=float, default=None, help="Stop after this many seconds."),
+        click.option("--otlp-endpoint", metavar="URL", default=None,
+                     help="Also export spans (OpenTelemetry GenAI conventions + OpenInference) over OTLP/HTTP to "
+                          "this base URL, e.g. http://localhost:4318 (/v1/traces is appended). Without it, "
+                          "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT turn export on; "
+                          "OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES apply."),
+        click.option("--otlp-content", is_flag=True,
+                     help="Put message content (prompts, answers, tool arguments and results) on the spans, "
+                          "as redacted in the log. Off by default: content is sensitive."),
+        click.option("--otlp-session-idle", type=click.FloatRange(1, 86400), default=DEFAULT_SESSION_IDLE_S,
+                     show_default=True, metavar="SECONDS",
+                     help="End (and export) a session's span after this long without a call; a later call "
+                          "continues the session in a new span with the same session.id."),
+        click.option("--otlp-shutdown-timeout", type=click.FloatRange(0.1, 600), default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+                     show_default=True, metavar="SECONDS",
+                     help="At the end, wait at most this long for spans to be delivered (the rest is counted "
+                          "as undelivered in the summary)."),
+        click.option("--no-otlp", is_flag=True, help="Do not export, whatever the OTEL_* environment says."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -60,7 +79,29 @@ def _options(kw) -> Options:
         batch_size=kw["write_buffer_size"], flush_ms=kw["flush_ms"], durable=kw["durable"],
         ring_buffer_mb=kw["ring_buffer_mb"], copy_limit=kw["copy_limit_kb"] * 1024,
         deferred=not kw["no_deferred_parsing"], html=not kw["no_html"], status=not kw["quiet"],
-        summary_json=kw["summary_json"])
+        summary_json=kw["summary_json"], otlp=_otlp_options(kw))
+
+
+def _otlp_options(kw) -> OtlpOptions | None:
+    """OTLP export settings from the options and the invoking user's OTEL_* environment (under sudo,
+    pass them with `sudo --preserve-env=...` or use --otlp-endpoint)."""
+    if kw["no_otlp"]:
+        return None
+    try:
+        url, source = resolve_endpoint(kw["otlp_endpoint"], os.environ)
+    except OtlpConfigError as e:
+        _fail(str(e))
+    if not url:
+        if kw["otlp_content"]:
+            _fail("--otlp-content needs an endpoint: --otlp-endpoint URL or OTEL_EXPORTER_OTLP_ENDPOINT")
+        return None
+    creds = _child_credentials()
+    o = OtlpOptions(endpoint=url, source=source, content=kw["otlp_content"],
+                    session_idle_s=kw["otlp_session_idle"], shutdown_timeout_s=kw["otlp_shutdown_timeout"],
+                    env=otel_environment(os.environ), run_as=creds[:3] if creds else None)
+    click.echo(f"tracer: exporting spans to {o.display_endpoint} (OTLP/HTTP, from {source}"
+               + (", with message content" if o.content else "") + ")", err=True)
+    return o
 
 
 def _fail(msg: str, code: int = 2):
@@ -301,7 +342,8 @@ def run_cmd(command, **kw):
         _fail(f"cannot start {command[0]}: {e}", 127)
     os.close(r)
     try:
-        session.add_target(child.pid, extra_files=files + ssl_library_candidates(), env=env)
+        session.add_target(child.pid, extra_files=files + ssl_library_candidates(), env=env,
+                           command=(files[0], list(command)))
     except TracerError as e:
         child.kill()
         session.finish()

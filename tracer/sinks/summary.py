@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 
 from tracer.sinks.jsonl import open_log
+from tracer.sinks.otlp.sink import format_otlp
 
 
 LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
@@ -19,6 +20,8 @@ LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
           ("non_http_connections", "non-HTTP connections"),
           ("unknown_header_blocks", "HTTP/2 header blocks undecodable (attached mid-connection)"),
           ("records_lost", "records lost (log write failures)"),
+          ("otlp_spans_undelivered", "OTLP spans undelivered"),
+          ("otlp_records_not_exported", "logged calls not exported over OTLP"),
           ("worker_errors", "internal errors"))
 
 
@@ -37,6 +40,8 @@ def format_summary(s: dict) -> str:
     ]
     if s.get("last_worker_error"):
         lines.append(f"last internal error: {s['last_worker_error']}")
+    if "otlp_endpoint" in s:
+        lines.append(format_otlp(s))
     lines.append(f"log: {s['log']}")
     return "\n".join(lines)
 
