@@ -51,7 +51,11 @@ if [ ! -f "$STAMP" ]; then
     echo "bootstrap-phoenix: installing arize-phoenix==$PHOENIX_VERSION into $VENV (first time: a few minutes)" >&2
     rm -rf "$VENV"
     "$SYS_PY" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "arize-phoenix==$PHOENIX_VERSION" >&2
+    log=$(mktemp)
+    if ! "$VENV/bin/pip" install -q --disable-pip-version-check "arize-phoenix==$PHOENIX_VERSION" >"$log" 2>&1; then
+        tail -30 "$log" >&2; rm -f "$log"; exit 1
+    fi
+    rm -f "$log"
     touch "$STAMP"
 fi
 echo "$VENV/bin/python"

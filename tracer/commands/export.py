@@ -51,7 +51,8 @@ def export_otlp(logs, endpoint, content, timeout):
         click.echo(f"tracer: export to {display_url(url)} " + (f"failing: {msg}" if failing else "works again"),
                    err=True)
 
-    exporter = Exporter(url, os.environ, on_change=note)
+    from tracer.sinks.otlp.export import Resources
+    exporter = Exporter(url, os.environ, on_change=note, resources=Resources(os.environ, command_line=content))
     undelivered = 0
     for path in logs:
         engine = SpanEngine(content=content, prune=False)

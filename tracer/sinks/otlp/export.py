@@ -8,8 +8,10 @@ first failure and the recovery are reported once each, never the request headers
 
 Resources: one per traced process: ``service.name=tracer`` (``OTEL_SERVICE_NAME`` /
 ``OTEL_RESOURCE_ATTRIBUTES`` override it and add to it), ``service.version``, ``host.name``, ``host.arch``,
-``os.type``, ``process.pid``, ``process.executable.name``/``path``, ``process.command_line``/
-``process.command_args``, ``process.owner``, ``claude_code.version``. Backends that drop resource
+``os.type``, ``process.pid``, ``process.executable.name``/``path``, ``process.command``, ``process.owner``,
+``claude_code.version``, and with content on ``process.command_line``/``process.command_args`` (the
+arguments can carry a prompt, as in ``claude -p "..."``; the OpenTelemetry SDK's own process detector
+leaves them out by default for the same reason). Backends that drop resource
 attributes (Phoenix keeps only ``openinference.project.name``, which selects the project) still see them:
 every span carries them as OpenInference ``metadata`` (a JSON object) and the owner as ``user.id``.
 """
@@ -86,7 +88,8 @@ def process_info(pid: int) -> ProcessInfo:
 class Resources:
     """One Resource per traced process, built on first use; the environment's attributes win."""
 
-    def __init__(self, env: Mapping[str, str], host: str | None = None):
+    def __init__(self, env: Mapping[str, str], host: str | None = None, *, command_line: bool = False):
+        self.command_line = command_line
         base = {
             "telemetry.sdk.language": "python", "telemetry.sdk.name": "opentelemetry",
             "telemetry.sdk.version": sdk_version,
@@ -157,8 +160,10 @@ class Resources:
                 attrs["process.executable.path"] = info.exe
                 attrs["process.executable.name"] = os.path.basename(info.exe)
             if info.argv:
-                attrs["process.command_args"] = list(info.argv)
-                attrs["process.command_line"] = " ".join(info.argv)
+                attrs["process.command"] = info.argv[0]
+                if self.command_line:     # arguments can be content (claude -p "PROMPT"): only with content
+                    attrs["process.command_args"] = list(info.argv)
+                    attrs["process.command_line"] = " ".join(info.argv)
             if info.owner:
                 attrs["process.owner"] = info.owner
             if info.client in ("claude-cli", "claude-code") and info.client_version:

@@ -39,7 +39,7 @@ class Worker:
         self.endpoint_label = config.get("display_endpoint") or "the OTLP endpoint"
         self.reader = LineReader(log_fd)
         self.engine = SpanEngine(content=bool(config.get("content")), idle_s=float(config.get("idle_s", 300)))
-        self.resources = Resources(os.environ, host=config.get("host"))
+        self.resources = Resources(os.environ, host=config.get("host"), command_line=bool(config.get("content")))
         self.exporter = Exporter(config["endpoint"], os.environ, resources=self.resources, on_change=self._changed)
         self.records = 0
         self._last_run = 0.0
@@ -124,12 +124,19 @@ class Worker:
         return self.stats()
 
 
-def _read_config() -> dict:
-    line = sys.stdin.readline()
+def _read_config(fd: int) -> tuple[dict, bytes]:
+    """The first control line (unbuffered: what follows it stays for the main loop)."""
+    buf = b""
+    while b"\n" not in buf:
+        data = os.read(fd, 65536)
+        if not data:
+            break
+        buf += data
+    line, _, rest = buf.partition(b"\n")
     msg = json.loads(line) if line.strip() else {}
-    if "config" not in msg:
+    if not isinstance(msg, dict) or "config" not in msg:
         raise SystemExit("tracer otlp worker: no configuration on stdin")
-    return msg["config"]
+    return msg["config"], rest
 
 
 def main(argv: list[str]) -> int:
@@ -141,35 +148,36 @@ def main(argv: list[str]) -> int:
     except OSError:
         pass
     log_fd = int(argv[0])
-    config = _read_config()
+    stdin = sys.stdin.fileno()
+    config, buf = _read_config(stdin)
     w = Worker(log_fd, config)
     sel = selectors.DefaultSelector()
-    stdin = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
-    os.set_blocking(stdin.fileno(), False)
-    sel.register(stdin.fileno(), selectors.EVENT_READ)
-    buf = b""
+    os.set_blocking(stdin, False)
+    sel.register(stdin, selectors.EVENT_READ)
     timeout = float(config.get("shutdown_timeout_s", 5.0))
-    running = True
+    running, eof = True, False
     while running:
-        for _key, _ev in sel.select(POLL_S):
+        if b"\n" not in buf and sel.select(POLL_S):
             try:
-                data = os.read(stdin.fileno(), 65536)
+                data = os.read(stdin, 65536)
             except BlockingIOError:
+                data = None
+            if data == b"":
+                eof = True          # tracer is gone: finish as if told to
+            elif data:
+                buf += data
+        while b"\n" in buf and running:
+            line, buf = buf.split(b"\n", 1)
+            try:
+                msg = json.loads(line)
+            except ValueError:
                 continue
-            if not data:
-                running = False
-                break
-            buf += data
-            while b"\n" in buf and running:
-                line, buf = buf.split(b"\n", 1)
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(msg, dict):
-                    if "finish" in msg:
-                        timeout = float((msg.get("finish") or {}).get("timeout_s", timeout))
-                    running = w.control(msg)
+            if isinstance(msg, dict):
+                if "finish" in msg:
+                    timeout = float((msg.get("finish") or {}).get("timeout_s", timeout))
+                running = w.control(msg)
+        if eof:
+            running = False
         w.pump()
         w.report()
     w.finish(timeout)
