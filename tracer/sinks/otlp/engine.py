@@ -30,6 +30,7 @@ from tracer.sinks.otlp.grouping import Assignment, Grouper
 from tracer.viewer.analyze import analyze_call, chunk_time_ms, message_text, user_text
 
 MAX_PENDING_TOOLS = 10_000
+AUX_HOLD_S = 30.0            # live: a side call waits this long for its main conversation to show up
 MAX_ENDED_TOOLS = 10_000     # ended Task/Agent calls remembered as parents (background subagents outlive them)
 
 
@@ -104,6 +105,7 @@ class SpanEngine:
         self.stats = EngineStats()
         self._queued: list[tuple[int, dict, object]] = []
         self._planned: dict[int, Assignment] = {}
+        self._held: dict[int, list] = {}     # side calls waiting: index -> [deadline, rec, call, assignment, seen]
 
     # -- input ---------------------------------------------------------------------------------
     def add(self, index: int, rec: dict) -> None:
@@ -112,23 +114,38 @@ class SpanEngine:
         call = call_info(index, rec)
         if S.is_llm_call(rec, call):
             self.grouper.add(index, rec, call)
-        self._queued.append((index, rec, call))
+        self._queued.append((index, rec, call, self.clock()))
 
-    def flush(self) -> list[S.SpanData]:
-        """Group what was added since the last flush and return the spans that are finished now."""
-        if not self._queued:
+    def flush(self, *, hold: bool = True) -> list[S.SpanData]:
+        """Group what was added since the last flush and return the spans that are finished now.
+
+        A side call (an auxiliary thread: one call, no tools) is held for up to ``AUX_HOLD_S``: it usually
+        completes before the first call of the conversation it belongs to, and only that call tells
+        where it goes. Held calls are placed by the latest grouping when they leave."""
+        if not self._queued and not self._held:
             return []
         t = time.perf_counter()
-        assigned = self.grouper.assign(prune=self.prune)
+        assigned = self.grouper.assign(prune=self.prune, also=tuple(self._held))
         self.stats.analysis_runs = self.grouper.runs
         self.stats.analysis_s += time.perf_counter() - t
         out: list[S.SpanData] = []
         queued, self._queued = self._queued, []
-        for index, rec, call in queued:
+        now = self.clock()
+        for index, rec, call, seen in queued:
             if index not in assigned:
                 self.stats.skipped += 1
                 continue
-            out.extend(self._call(index, rec, call, assigned[index]))
+            a = assigned[index]
+            if hold and a.thread_kind == "aux":
+                self._held[index] = [seen + AUX_HOLD_S, rec, call, a, seen]
+                continue
+            out.extend(self._call(index, rec, call, a, seen))
+        for index, h in list(self._held.items()):
+            if index in assigned:
+                h[3] = assigned[index]
+            if not hold or now >= h[0]:
+                del self._held[index]
+                out.extend(self._call(index, h[1], h[2], h[3], h[4]))
         return out
 
     # -- a whole log at once (tracer export otlp): two passes, records need not stay in memory --------
@@ -152,12 +169,14 @@ class SpanEngine:
         if a is None:
             self.stats.skipped += 1
             return []
-        return self._call(index, rec, call_info(index, rec), a)
+        return self._call(index, rec, call_info(index, rec), a, self.clock())
 
     def tick(self) -> list[S.SpanData]:
         """End the sessions that have been idle for ``idle_s``."""
         now = self.clock()
         out: list[S.SpanData] = []
+        if any(now >= h[0] for h in self._held.values()):
+            out.extend(self.flush())
         for ls in list(self.sessions.values()):
             if now - ls.last_activity >= self.idle_s:
                 out.extend(self._end_session(ls))
@@ -166,14 +185,14 @@ class SpanEngine:
     def target_exited(self, pid: int) -> list[S.SpanData]:
         """A traced process exited: its sessions cannot get more calls."""
         self.exited.add(pid)
-        out: list[S.SpanData] = []
+        out: list[S.SpanData] = self.flush(hold=False) if self._held else []
         for ls in list(self.sessions.values()):
             if ls.pids and ls.pids <= self.exited:
                 out.extend(self._end_session(ls))
         return out
 
     def finish(self) -> list[S.SpanData]:
-        out = self.flush()
+        out = self.flush(hold=False)
         for ls in list(self.sessions.values()):
             out.extend(self._end_session(ls))
         for tid in list(self.tools):     # tools of calls outside sessions
@@ -204,7 +223,7 @@ class SpanEngine:
             self.sessions[a.session_key] = ls
         return ls
 
-    def _call(self, index: int, rec: dict, call, a: Assignment) -> list[S.SpanData]:
+    def _call(self, index: int, rec: dict, call, a: Assignment, seen: float) -> list[S.SpanData]:
         out: list[S.SpanData] = []
         tr = rec.get("tracer") if isinstance(rec.get("tracer"), dict) else {}
         pid = tr.get("pid") if isinstance(tr.get("pid"), int) else None
@@ -232,7 +251,7 @@ class SpanEngine:
             self.call_session[index] = ls.key
             if pid is not None:
                 ls.pids.add(pid)
-            ls.last_activity = self.clock()
+            ls.last_activity = max(ls.last_activity, seen)
 
         # results of earlier tool calls, carried by this request
         for block in S.tool_results(S.last_user_message(body.get("messages"))):

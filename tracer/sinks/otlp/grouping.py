@@ -144,8 +144,11 @@ class Grouper:
                 if c["request"]["body"] and c["request"]["body"]["messages"]}
         self._interned = {k: v for k, v in self._interned.items() if id(v) in live}
 
-    def assign(self, prune: bool = True) -> dict[int, Assignment]:
-        if not self._new:
+    def assign(self, prune: bool = True, also: tuple = ()) -> dict[int, Assignment]:
+        """Analyse the window; the assignments of the calls added since the last run, and of ``also``
+        (earlier calls whose placement is still wanted)."""
+        also = [i for i in also if i in self._compact]
+        if not self._new and not also:
             return {}
         order = sorted(self._compact)
         recs = [self._compact[i] for i in order]
@@ -153,7 +156,7 @@ class Grouper:
         self.runs += 1
         pos = {idx: p for p, idx in enumerate(order)}
         out: dict[int, Assignment] = {}
-        for idx in self._new:
+        for idx in self._new + also:
             c = an.calls[pos[idx]]
             if c.session is None or c.thread is None:
                 out[idx] = Assignment(None)
