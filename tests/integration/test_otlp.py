@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import (assert_pair_matches, client_env, node_client, py_client, read_log,
-                                        tracer_cmd)
+                                        start_attach, tracer_cmd)
 from tracer.mock import MockServer, body_bytes
 from tracer.testing.releases import fetch_npm_release
 
@@ -603,3 +603,30 @@ def test_two_hosts_in_one_phoenix(phoenix, mock, tmp_path):
     for host, ss in hosts.items():
         assert {s["attributes"]["metadata.process.pid"] for s in ss} == {runs[host]["tracer"]["pid"]}
         assert len({s["context"]["trace_id"] for s in ss}) == 1
+
+
+def test_attach_under_sudo_exports_as_the_invoking_user(phoenix, mock, tmp_path):
+    """`sudo tracer attach` with the endpoint and headers from the (preserved) OTEL_* environment: the
+    exporter process runs as the invoking user (SUDO_UID), not root; the spans name the attached
+    process' executable."""
+    go = tmp_path / "go"
+    client = subprocess.Popen(py_client(mock, "--stream", "--go-file", str(go)), env=client_env(mock),
+                              stdout=subprocess.PIPE)
+    project = _project()
+    env = _otel_env(dict(os.environ), project, OTEL_EXPORTER_OTLP_ENDPOINT=phoenix.endpoint,
+                    SUDO_UID="65534", SUDO_GID="65534", SUDO_USER="nobody")
+    out = tmp_path / "log"
+    t, lines = start_attach(client.pid, out, "--allow-other-users", env=env)   # the client is root's
+    assert any("exporting spans to" in line for line in lines), lines
+    go.touch()
+    assert client.wait(60) == 0
+    rest = t.communicate(timeout=60)[1]
+    assert t.returncode == 0, rest
+    assert "2 of 2 spans exported" in rest, rest
+    spans = phoenix.wait_spans(project, 2)
+    chat = next(s for s in spans if s["name"].startswith("chat"))
+    a = chat["attributes"]
+    assert a["metadata.process.pid"] == client.pid
+    assert a["metadata.process.executable.name"].startswith("python3")
+    assert a["metadata.process.owner"] == "root" and a["user.id"] == "root"
+    assert "; sent as uid 65534" in rest, rest

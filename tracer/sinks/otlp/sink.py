@@ -162,6 +162,7 @@ class OtlpSink:
             "otlp_tool_spans": int(s.get("tool_spans", 0)),
             "otlp_session_spans": int(s.get("session_spans", 0)),
             "otlp_shutdown_s": round(time.monotonic() - t0, 3),
+            "otlp_exporter_uid": s.get("uid"),
             "otlp_last_error": s.get("last_error", "") or ("" if self.final else self.dead_reason),
         }
         if killed:
@@ -175,6 +176,9 @@ def format_otlp(s: dict) -> str | None:
         return None
     line = (f"otlp: {s['otlp_spans_exported']} of {s['otlp_spans']} spans exported to {s['otlp_endpoint']} "
             f"({s['otlp_chat_spans']} calls, {s['otlp_tool_spans']} tool calls, {s['otlp_session_spans']} sessions)")
+    uid = s.get("otlp_exporter_uid")
+    if uid is not None and uid != os.geteuid():
+        line += f"; sent as uid {uid}"
     lost = []
     if s.get("otlp_spans_undelivered"):
         lost.append(f"{s['otlp_spans_undelivered']} spans undelivered")

@@ -100,7 +100,7 @@ class Worker:
                 "chat_spans": e.calls, "tool_spans": e.tool_spans, "session_spans": e.session_spans,
                 "skipped_records": e.skipped, "orphan_calls": e.orphan_calls, "bad_lines": r.bad_lines,
                 "partial_records": r.partial_records, "pending_bytes": self.reader.pending(),
-                "analysis_runs": e.analysis_runs, "analysis_s": round(e.analysis_s, 3)}
+                "analysis_runs": e.analysis_runs, "analysis_s": round(e.analysis_s, 3), "uid": os.getuid()}
 
     def report(self, key: str = "stats", force: bool = False) -> None:
         now = time.monotonic()
