@@ -5,9 +5,11 @@
 A compact record keeps exactly what ``analyze`` groups by, and nothing big:
 - the request's timestamp, URL, the Claude Code session-id header, model, stream flag, tool names;
 - the system prompt replaced by a stand-in with the same fingerprint;
-- the first message's text blocks plus a fingerprint block of the original (same fingerprint, same
-  text for the subagent-prompt and continuation matching, no images or tool payloads);
-- later messages reduced to their role and their Task/Agent tool calls (subagent detection);
+- the first message's text blocks, each cut to its first ``TEXT_HEAD`` characters, plus a fingerprint
+  block of the original (same fingerprint; enough text for the subagent-prompt, continuation and warm-up
+  matching; no images or tool payloads);
+- later messages reduced to their role and their Task/Agent tool calls (subagent detection), each prompt
+  cut to its first ``TEXT_HEAD`` characters like the text it is matched against;
 - the response reduced to its Task/Agent tool calls, model and stop reason.
 A test runs ``analyze`` on full and on compact records of synthetic Claude Code sessions and checks that
 the grouping is the same.
@@ -32,6 +34,8 @@ from tracer.viewer.analyze import (SESSION_HEADER, SUBAGENT_TOOLS, CallInfo, Thr
                                    header, system_fingerprint)
 
 FP_BLOCK = "x-tracer-fingerprint"
+TEXT_HEAD = 1024        # characters kept of each text block of a first message, and of each Task prompt
+MAX_BLOCKS = 32         # text blocks kept of a first message (the first and the last halves)
 
 
 def _subagent_blocks(content: Any) -> list[dict]:
@@ -41,7 +45,7 @@ def _subagent_blocks(content: Any) -> list[dict]:
             if (isinstance(b, dict) and b.get("type") == "tool_use" and b.get("name") in SUBAGENT_TOOLS
                     and isinstance(b.get("input"), dict) and isinstance(b["input"].get("prompt"), str)):
                 out.append({"type": "tool_use", "id": b.get("id"), "name": b["name"],
-                            "input": {"prompt": b["input"]["prompt"]}})
+                            "input": {"prompt": b["input"]["prompt"].strip()[:TEXT_HEAD]}})
     return out
 
 
@@ -50,8 +54,10 @@ def _first_message(msg: Any) -> Any:
         return msg
     content = msg.get("content")
     blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
-    texts = [{"type": "text", "text": b["text"]} for b in blocks or []
+    texts = [{"type": "text", "text": b["text"].strip()[:TEXT_HEAD]} for b in blocks or []
              if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)]
+    if len(texts) > MAX_BLOCKS:
+        texts = texts[:MAX_BLOCKS // 2] + texts[-MAX_BLOCKS // 2:]
     return {"role": msg.get("role"), "content": texts + [{"type": FP_BLOCK, "fp": fingerprint(msg)}]}
 
 
