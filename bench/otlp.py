@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import ASYNC_CLIENT, MemWatch, cpu_seconds, machine, start_attach, status_kb, stop_tracer  # noqa: E402
+from _util import ASYNC_CLIENT, MemWatch, cpu_seconds, machine, start_attach, stop_tracer  # noqa: E402
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 

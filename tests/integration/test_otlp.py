@@ -17,7 +17,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -388,7 +387,6 @@ def test_claude_code_subagent_in_phoenix(phoenix, subagent_mock, tmp_path, kind,
 
     tools_expected = sum(len(_expected(m)["tool_uses"]) for m in served.values())
     spans = phoenix.wait_spans(project, len(recs) + tools_expected + 1)
-    ids = _by_id(spans)
     chats = [s for s in spans if s["name"].startswith("chat")]
     tools = [s for s in spans if s["name"].startswith("execute_tool")]
     sessions = [s for s in spans if s["name"].startswith("invoke_agent")]

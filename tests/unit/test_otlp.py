@@ -23,7 +23,7 @@ from tracer.sinks.otlp import spans as S
 from tracer.sinks.otlp.config import OtlpConfigError, display_url, resolve_endpoint
 from tracer.sinks.otlp.engine import SpanEngine
 from tracer.sinks.otlp.export import Exporter, ProcessInfo, Resources
-from tracer.sinks.otlp.grouping import Grouper, compact_record
+from tracer.sinks.otlp.grouping import compact_record
 from tracer.sinks.otlp.reader import LineReader, parse_line, partial_record
 from tracer.viewer import synth
 from tracer.viewer.analyze import analyze, analyze_call
@@ -540,7 +540,6 @@ def test_exporter_process_follows_a_growing_log(tmp_path):
         out = w.stdout.read().decode()
         assert w.wait(20) == 0
         final = [json.loads(line)["final"] for line in out.splitlines() if '"final"' in line][-1]
-        engine = SpanEngine()
         expected = _live(recs, 1)
         assert final["records"] == len(recs)
         assert final["spans"] == final["exported"] == len(expected) and final["undelivered"] == 0
@@ -553,6 +552,5 @@ def test_exporter_process_follows_a_growing_log(tmp_path):
         assert res["service.name"].string_value == "tracer"
         assert all(p == "/v1/traces" for p, _ in recv.requests)
         assert recv.headers_seen[0].get("x-tenant") == "team a"
-        del engine
     finally:
         recv.shutdown()

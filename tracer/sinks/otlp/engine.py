@@ -254,7 +254,7 @@ class SpanEngine:
             ls.last_activity = max(ls.last_activity, seen)
 
         # results of earlier tool calls, carried by this request
-        for block in S.tool_results(S.last_user_message(body.get("messages"))):
+        for block in S.new_turn(body.get("messages"))[1]:
             pend = self.tools.pop(block["tool_use_id"], None)
             if pend is not None:
                 out.append(self._tool_span(pend, block, start))

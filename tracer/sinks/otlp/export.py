@@ -61,30 +61,6 @@ class ProcessInfo:
     client_version: str = ""
 
 
-def process_info(pid: int) -> ProcessInfo:
-    """What /proc says about a (live) process; empty fields where it cannot be read."""
-    info = ProcessInfo(pid)
-    try:
-        info.exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        pass
-    try:
-        raw = open(f"/proc/{pid}/cmdline", "rb").read()
-        info.argv = tuple(a.decode("utf-8", "replace") for a in raw.split(b"\0") if a)
-    except OSError:
-        pass
-    try:
-        info.comm = open(f"/proc/{pid}/comm").read().strip()
-    except OSError:
-        pass
-    try:
-        import pwd
-        info.owner = pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_name
-    except (OSError, KeyError):
-        pass
-    return info
-
-
 class Resources:
     """One Resource per traced process, built on first use; the environment's attributes win."""
 

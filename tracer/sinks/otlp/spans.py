@@ -145,20 +145,14 @@ def request_body(rec: dict) -> dict:
     return b if isinstance(b, dict) else {}
 
 
-def last_user_message(messages: Any) -> dict | None:
-    if not isinstance(messages, list):
-        return None
-    for m in reversed(messages):
-        if isinstance(m, dict) and m.get("role") == "user":
-            return m
-    return None
-
-
-def tool_results(msg: dict | None) -> list[dict]:
-    if not msg or not isinstance(msg.get("content"), list):
-        return []
-    return [b for b in msg["content"] if isinstance(b, dict) and b.get("type") == "tool_result"
-            and isinstance(b.get("tool_use_id"), str)]
+def new_turn(messages: Any) -> tuple[dict | None, list[dict]]:
+    """What a request adds to its conversation: its last user message, and the tool results in it."""
+    last = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None) \
+        if isinstance(messages, list) else None
+    blocks = last.get("content") if last is not None else None
+    results = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"
+               and isinstance(b.get("tool_use_id"), str)] if isinstance(blocks, list) else []
+    return last, results
 
 
 def tool_uses(response: dict | None) -> list[dict]:
@@ -311,9 +305,8 @@ def content_attributes(body: dict, response: dict | None, stop: str | None) -> d
     _flatten("llm.input_messages", oi_kept, attrs)
     if omitted or oi_omitted:
         attrs["tracer.content.messages_omitted"] = max(omitted, oi_omitted)
-    last = last_user_message(messages)
+    last, res = new_turn(messages)
     if last is not None:
-        res = tool_results(last)
         text = message_text(last) or "\n".join(result_text(b) for b in res)
         attrs["input.value"] = cut(text)
         attrs["input.mime_type"] = "text/plain"
