@@ -5,6 +5,7 @@ that grows, against a small in-test OTLP/HTTP receiver that decodes the protobuf
 from __future__ import annotations
 
 import copy
+import functools
 import http.server
 import json
 import os
@@ -76,6 +77,7 @@ def _partition(values: dict) -> list:
     return sorted(sorted(g) for g in groups.values())
 
 
+@functools.lru_cache(maxsize=1)
 def _logs():
     big = synth.big_log(300, 6 << 20, sessions=4)
     two = synth.claude_code_session().records + synth.claude_code_session(
@@ -87,7 +89,7 @@ def _logs():
 
 @pytest.mark.parametrize("name", ["session", "compacted", "no-session-header", "two", "big"])
 def test_compact_records_group_like_full_records(name):
-    recs = _logs()[name]
+    recs = copy.deepcopy(_logs()[name])
     full = analyze(recs)
     compact = analyze([compact_record(r, analyze_call(i, r)) for i, r in enumerate(recs)])
     assert [c.session for c in compact.calls] == [c.session for c in full.calls]
@@ -132,7 +134,7 @@ def _offline(recs) -> list[S.SpanData]:
 @pytest.mark.parametrize("name", ["session", "compacted", "no-session-header", "two", "big"])
 @pytest.mark.parametrize("batch", [1, 7])
 def test_live_export_groups_like_the_whole_log(name, batch):
-    recs = _logs()[name]
+    recs = copy.deepcopy(_logs()[name])
     live, whole = _structure(_live(recs, batch)), _structure(_offline(recs))
     assert sorted(live) == sorted(whole)
     assert _partition({i: v[0] for i, v in live.items()}) == _partition({i: v[0] for i, v in whole.items()})
