@@ -56,8 +56,9 @@ def capture_options(f):
                           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT turn export on; "
                           "OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES apply."),
         click.option("--otlp-content", is_flag=True,
-                     help="Put message content (prompts, answers, tool arguments and results) on the spans, "
-                          "as redacted in the log. Off by default: content is sensitive."),
+                     help="Put message content (prompts, answers, system prompt, tool arguments and results, "
+                          "the traced command's arguments) on the spans, as in the log. Off by default: "
+                          "content is sensitive."),
         click.option("--otlp-session-idle", type=click.FloatRange(1, 86400), default=DEFAULT_SESSION_IDLE_S,
                      show_default=True, metavar="SECONDS",
                      help="End (and export) a session's span after this long without a call; a later call "

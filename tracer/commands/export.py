@@ -23,9 +23,10 @@ def export_group() -> None:
                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT.")
 @click.option("--content", is_flag=True,
               help="Put message content on the spans (as it is in the log, i.e. after its redaction).")
-@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True, metavar="SECONDS",
-              help="Per request: the exporter retries with backoff within this time "
-                   "(OTEL_EXPORTER_OTLP_TIMEOUT also sets it).")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=None, metavar="SECONDS",
+              help="Per request: the exporter retries with backoff within this time. Default: "
+                   "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT / OTEL_EXPORTER_OTLP_TIMEOUT (seconds, as the Python "
+                   "SDK reads them), else 30.")
 def export_otlp(logs, endpoint, content, timeout):
     """Export the calls of LOG files as OpenTelemetry spans (GenAI conventions + OpenInference).
 
@@ -42,7 +43,9 @@ def export_otlp(logs, endpoint, content, timeout):
         raise click.UsageError(str(e))
     if not url:
         raise click.UsageError("no endpoint: pass --endpoint URL or set OTEL_EXPORTER_OTLP_ENDPOINT")
-    os.environ.setdefault("OTEL_EXPORTER_OTLP_TIMEOUT", str(timeout))
+    if timeout is None and not (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+                                or os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT")):
+        timeout = 30.0
     from tracer.sinks.otlp.engine import SpanEngine
     from tracer.sinks.otlp.export import Exporter
     from tracer.sinks.otlp.reader import LineReader, parse_line
@@ -52,7 +55,8 @@ def export_otlp(logs, endpoint, content, timeout):
                    err=True)
 
     from tracer.sinks.otlp.export import Resources
-    exporter = Exporter(url, os.environ, on_change=note, resources=Resources(os.environ, command_line=content))
+    exporter = Exporter(url, os.environ, on_change=note, resources=Resources(os.environ, command_line=content),
+                        timeout=timeout)
     undelivered = 0
     for path in logs:
         engine = SpanEngine(content=content, prune=False)

@@ -254,7 +254,7 @@ class Exporter:
 
     def __init__(self, endpoint: str, env: Mapping[str, str], *, resources: Resources | None = None,
                  on_change: Callable[[bool, str], None] | None = None, schedule_delay_ms: int = 500,
-                 inner: SpanExporter | None = None):
+                 inner: SpanExporter | None = None, timeout: float | None = None):
         self.stats = DeliveryStats()
         self.resources = resources or Resources(env)
         self._on_change = on_change or (lambda failing, msg: None)
@@ -264,7 +264,7 @@ class Exporter:
             lg.addHandler(handler)
             lg.propagate = False
             lg.setLevel(logging.WARNING)
-        self._inner = inner or OTLPSpanExporter(endpoint=endpoint)
+        self._inner = inner or OTLPSpanExporter(endpoint=endpoint, timeout=timeout)
         self.exporter = CountingExporter(self._inner, self.stats, self._on_change)
         kw = {}
         if "OTEL_BSP_SCHEDULE_DELAY" not in env:
