@@ -10,9 +10,12 @@ local OTLP/HTTP receiver in this process (it decodes every request and counts th
   * exporter process CPU per pair (its own utime+stime), and spans received / undelivered;
   * VmHWM of the tracer process, of the exporter process, their sum (the whole run, shared pages counted
     twice), and the peak of their summed PSS (shared pages counted once; sampled every 100 ms);
-  * with --mb M, the same for one streamed answer of M MB (memory of the partial-record path).
+  * with --mb M, the same for one streamed answer of M MB (memory of the partial-record path);
+  * with --claude VERSION, the same for `tracer run -- claude -p` (native release from npm, cached) whose
+    main conversation starts a subagent that runs a Bash round trip (the mock's subagent scenario).
 
     .venv/bin/python bench/otlp.py [--pairs 1000] [--concurrency 8] [--prompt-bytes 50000] [--mb 100]
+                                   [--claude 2.1.332]
 """
 
 from __future__ import annotations
@@ -109,13 +112,14 @@ class PssWatch:
 
 
 def run(srv, tmp: Path, mode: str, client_args: list[str], endpoint: str | None, n_pairs: int) -> dict:
-    go = tmp / f"go-{mode}"
+    run.n = getattr(run, "n", 0) + 1
+    go = tmp / f"go-{run.n}-{mode}"
     c = subprocess.Popen([sys.executable, str(ASYNC_CLIENT), srv.url, str(srv.ca_path), "--go-file", str(go),
                           *client_args], stdout=subprocess.PIPE, text=True,
                          env=dict(os.environ, ANTHROPIC_BASE_URL=srv.url))
     time.sleep(0.5)
     extra = ["--otlp-endpoint", endpoint] if endpoint else ["--no-otlp"]
-    tr, _t, _lines = start_attach([c.pid], tmp / f"log-{mode}", *extra, env=dict(os.environ))
+    tr, _t, _lines = start_attach([c.pid], tmp / f"log-{run.n}-{mode}", *extra, env=dict(os.environ))
     tw = MemWatch(tr.pid, 0.02)
     wpid = worker_pid(tr.pid) if endpoint else None
     ww = MemWatch(wpid, 0.02) if wpid else None
@@ -149,6 +153,45 @@ def run(srv, tmp: Path, mode: str, client_args: list[str], endpoint: str | None,
     return out
 
 
+def run_claude(tmp: Path, mode: str, version: str, endpoint: str | None) -> dict:
+    from tracer.mock import MockServer
+    from tracer.testing.releases import fetch_npm_release
+    exe = str(fetch_npm_release("@anthropic-ai/claude-code-linux-x64", version))
+    home = tmp / f"home-{mode}"
+    home.mkdir()
+    with MockServer(knobs={"scenario": "subagent"}) as mock:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE", "OTEL_"))}
+        env.update(HOME=str(home), ANTHROPIC_BASE_URL=mock.url, ANTHROPIC_API_KEY="sk-test",
+                   NODE_EXTRA_CA_CERTS=str(mock.ca_path), DISABLE_TELEMETRY="1",
+                   CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
+        extra = ["--otlp-endpoint", endpoint] if endpoint else ["--no-otlp"]
+        t0 = time.monotonic()
+        tr = subprocess.Popen([sys.executable, "-m", "tracer.cli", "run", "-o", str(tmp / f"log-cc-{mode}"),
+                               "--quiet", *extra, "--", exe, "-p", "say hi through a subagent",
+                               "--allowedTools", "Bash,Task,Agent"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+        tw = MemWatch(tr.pid, 0.02)
+        wpid = worker_pid(tr.pid) if endpoint else None
+        ww = MemWatch(wpid, 0.02) if wpid else None
+        pw = PssWatch(lambda: (tr.pid, wpid))
+        err = tr.communicate(timeout=600)[1]
+        wall = time.monotonic() - t0
+        for w in (tw, pw, ww):
+            if w:
+                w.stop()
+    out = {"mode": mode, "client_s": wall, "wall_s": wall, "tracer_cpu_s": tw.cpu_s,
+           "tracer_hwm_mb": tw.hwm_kb / 1024, "exporter_cpu_s": ww.cpu_s if ww else 0.0,
+           "exporter_hwm_mb": (ww.hwm_kb / 1024) if ww else 0.0, "pss_peak_mb": pw.peak_kb / 1024}
+    out["sum_hwm_mb"] = out["tracer_hwm_mb"] + out["exporter_hwm_mb"]
+    for line in err.splitlines():
+        if line.startswith("pairs:"):
+            out["pairs"] = int(line.split()[1])
+        if line.startswith(("pairs:", "losses:", "otlp:", "html:")):
+            out.setdefault("lines", []).append(line)
+    out.setdefault("pairs", 0)
+    return out
+
+
 def report(rows: list[dict], receiver: Receiver | None) -> None:
     print(f"{'mode':5} {'pairs':>6} {'client s':>9} {'wall s':>7} {'tracer CPU/pair':>16} {'exporter CPU/pair':>18} "
           f"{'tracer VmHWM':>13} {'exporter VmHWM':>15} {'sum':>8} {'PSS peak':>9}")
@@ -170,6 +213,7 @@ def main():
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--prompt-bytes", type=int, default=50000)
     ap.add_argument("--mb", type=int, default=0, help="also one streamed answer of this many MB")
+    ap.add_argument("--claude", default="", help="also `tracer run -- claude -p` of this native release")
     args = ap.parse_args()
     print(machine())
     recv = Receiver()
@@ -187,6 +231,13 @@ def main():
             big = ["--n", "1", "--stream", "--header", f"x-mock-text-bytes: {args.mb * 1_000_000}"]
             before = recv.spans
             rows = [run(srv, tmp, "off", big, None, 1), run(srv, tmp, "on", big, endpoint, 1)]
+            report(rows, None)
+            print(f"      receiver: {recv.spans - before} spans")
+        if args.claude:
+            print(f"== tracer run (viewer on) -- claude {args.claude} -p, a subagent with a Bash round trip "
+                  "(CPU: whole run)")
+            before = recv.spans
+            rows = [run_claude(tmp, "off", args.claude, None), run_claude(tmp, "on", args.claude, endpoint)]
             report(rows, None)
             print(f"      receiver: {recv.spans - before} spans")
     recv.shutdown()

@@ -49,6 +49,69 @@ def call_info(index: int, rec: dict):
 
 
 @dataclass
+class Digest:
+    """What the spans of one call need, taken from its record at once: queued and held calls do not keep
+    their records (a request can be megabytes)."""
+
+    index: int
+    name: str
+    pid: int | None
+    start: int
+    end: int
+    attrs: dict
+    status: str
+    msg: str
+    uses: list            # the response's tool_use blocks (inputs only as far as the spans need them)
+    results: list         # tool_result blocks the request carries
+    model: str
+    tokens: tuple         # input (cache included), output, cache read, cache creation
+    ua: str
+    prompt: str = ""      # content: the conversation's first prompt and this call's answer
+    answer: str = ""
+    seen: float = 0.0
+
+
+def _slim_use(b: dict, content: bool) -> dict:
+    inp = b.get("input") if isinstance(b.get("input"), dict) else {}
+    if content:
+        return {"id": b.get("id"), "name": b.get("name"), "input": b.get("input")}
+    keep = {"subagent_type": inp["subagent_type"]} if isinstance(inp.get("subagent_type"), str) else {}
+    return {"id": b.get("id"), "name": b.get("name"), "input": keep}
+
+
+def _slim_result(b: dict, content: bool) -> dict:
+    if content:
+        return b
+    return {"tool_use_id": b.get("tool_use_id"), "is_error": bool(b.get("is_error"))}
+
+
+def digest(index: int, rec: dict, call, content: bool, seen: float) -> Digest:
+    tr = rec.get("tracer") if isinstance(rec.get("tracer"), dict) else {}
+    pid = tr.get("pid") if isinstance(tr.get("pid"), int) else None
+    start = S.to_ns(call.t)
+    end = S.to_ns(call.t_end)
+    if start is None:
+        start = end if end is not None else time.time_ns()
+    if end is None or end < start:
+        end = start + int((call.duration_ms or 0) * 1e6)
+    body = S.request_body(rec)
+    attrs, status, msg = S.chat_attributes(rec, call, content=content)
+    attrs["tracer.log.index"] = index
+    d = Digest(index, S.chat_name(rec, call), pid, start, end, attrs, status, msg,
+               [_slim_use(u, content) for u in S.tool_uses(call.response)],
+               [_slim_result(r, content) for r in S.new_turn(body.get("messages"))[1]],
+               call.model,
+               (call.input_tokens + call.cache_read_tokens + call.cache_creation_tokens, call.output_tokens,
+                call.cache_read_tokens, call.cache_creation_tokens),
+               S.header((rec.get("request") or {}).get("headers"), "user-agent"), seen=seen)
+    if content:
+        msgs = body.get("messages") if isinstance(body.get("messages"), list) else []
+        d.prompt = user_text(msgs[0]) if msgs else ""
+        d.answer = message_text(call.response) if isinstance(call.response, dict) else ""
+    return d
+
+
+@dataclass
 class PendingTool:
     use: dict
     trace_id: int
@@ -103,9 +166,9 @@ class SpanEngine:
         self.call_session: dict[int, str] = {}      # call index (in the grouping window) -> session key
         self.exited: set[int] = set()
         self.stats = EngineStats()
-        self._queued: list[tuple[int, dict, object]] = []
+        self._queued: list[Digest] = []
         self._planned: dict[int, Assignment] = {}
-        self._held: dict[int, list] = {}     # side calls waiting: index -> [deadline, rec, call, assignment, seen]
+        self._held: dict[int, list] = {}     # side calls waiting: index -> [deadline, digest, assignment]
 
     # -- input ---------------------------------------------------------------------------------
     def add(self, index: int, rec: dict) -> None:
@@ -114,7 +177,7 @@ class SpanEngine:
         call = call_info(index, rec)
         if S.is_llm_call(rec, call):
             self.grouper.add(index, rec, call)
-        self._queued.append((index, rec, call, self.clock()))
+        self._queued.append(digest(index, rec, call, self.content, self.clock()))
 
     def flush(self, *, hold: bool = True) -> list[S.SpanData]:
         """Group what was added since the last flush and return the spans that are finished now.
@@ -131,21 +194,21 @@ class SpanEngine:
         out: list[S.SpanData] = []
         queued, self._queued = self._queued, []
         now = self.clock()
-        for index, rec, call, seen in queued:
-            if index not in assigned:
+        for d in queued:
+            if d.index not in assigned:
                 self.stats.skipped += 1
                 continue
-            a = assigned[index]
+            a = assigned[d.index]
             if hold and a.thread_kind == "aux":
-                self._held[index] = [seen + AUX_HOLD_S, rec, call, a, seen]
+                self._held[d.index] = [d.seen + AUX_HOLD_S, d, a]
                 continue
-            out.extend(self._call(index, rec, call, a, seen))
+            out.extend(self._call(d, a))
         for index, h in list(self._held.items()):
             if index in assigned:
-                h[3] = assigned[index]
+                h[2] = assigned[index]
             if not hold or now >= h[0]:
                 del self._held[index]
-                out.extend(self._call(index, h[1], h[2], h[3], h[4]))
+                out.extend(self._call(h[1], h[2]))
         return out
 
     # -- a whole log at once (tracer export otlp): two passes, records need not stay in memory --------
@@ -169,7 +232,7 @@ class SpanEngine:
         if a is None:
             self.stats.skipped += 1
             return []
-        return self._call(index, rec, call_info(index, rec), a, self.clock())
+        return self._call(digest(index, rec, call_info(index, rec), self.content, self.clock()), a)
 
     def tick(self) -> list[S.SpanData]:
         """End the sessions that have been idle for ``idle_s``."""
@@ -223,19 +286,9 @@ class SpanEngine:
             self.sessions[a.session_key] = ls
         return ls
 
-    def _call(self, index: int, rec: dict, call, a: Assignment, seen: float) -> list[S.SpanData]:
+    def _call(self, d: Digest, a: Assignment) -> list[S.SpanData]:
         out: list[S.SpanData] = []
-        tr = rec.get("tracer") if isinstance(rec.get("tracer"), dict) else {}
-        pid = tr.get("pid") if isinstance(tr.get("pid"), int) else None
-        start = S.to_ns(call.t)
-        end = S.to_ns(call.t_end)
-        if start is None:
-            start = end if end is not None else time.time_ns()
-        if end is None or end < start:
-            end = start + int((call.duration_ms or 0) * 1e6)
-        body = S.request_body(rec)
-
-        ls = self._session(a, pid) if a.session_key else None
+        ls = self._session(a, d.pid) if a.session_key else None
         if ls is None:
             self.stats.orphan_calls += 1
             trace_id, parent_id = S.new_trace_id(), None
@@ -247,35 +300,34 @@ class SpanEngine:
             elif a.parent_tool_id and a.parent_tool_id in self.ended_agents:
                 # a subagent running in the background after its Task/Agent call returned
                 trace_id, parent_id = self.ended_agents[a.parent_tool_id]
-            ls.calls.add(index)
-            self.call_session[index] = ls.key
-            if pid is not None:
-                ls.pids.add(pid)
-            ls.last_activity = max(ls.last_activity, seen)
+            ls.calls.add(d.index)
+            self.call_session[d.index] = ls.key
+            if d.pid is not None:
+                ls.pids.add(d.pid)
+            ls.last_activity = max(ls.last_activity, d.seen)
 
         # results of earlier tool calls, carried by this request
-        for block in S.new_turn(body.get("messages"))[1]:
+        for block in d.results:
             pend = self.tools.pop(block["tool_use_id"], None)
             if pend is not None:
-                out.append(self._tool_span(pend, block, start))
+                out.append(self._tool_span(pend, block, d.start))
 
-        attrs, status, msg = S.chat_attributes(rec, call, content=self.content)
+        attrs = d.attrs
         if ls is not None:
             attrs["session.id"] = ls.facts.session_id
             attrs["gen_ai.conversation.id"] = ls.facts.session_id
             attrs["tracer.thread.kind"] = a.thread_kind
-        attrs["tracer.log.index"] = index
-        out.append(S.SpanData(S.chat_name(rec, call), "CLIENT", trace_id, S.new_span_id(), parent_id, start, end,
-                              attrs, status, msg, pid, "chat"))
+        out.append(S.SpanData(d.name, "CLIENT", trace_id, S.new_span_id(), parent_id, d.start, d.end,
+                              attrs, d.status, d.msg, d.pid, "chat"))
         self.stats.calls += 1
 
         # tool calls this response asks for
-        for use in S.tool_uses(call.response):
+        for use in d.uses:
             if len(self.tools) >= MAX_PENDING_TOOLS:
                 oldest = next(iter(self.tools))
                 out.append(self._tool_span(self.tools.pop(oldest), None, None))
                 self.stats.tools_evicted += 1
-            self.tools[use["id"]] = PendingTool(use, trace_id, S.new_span_id(), parent_id, end, pid,
+            self.tools[use["id"]] = PendingTool(use, trace_id, S.new_span_id(), parent_id, d.end, d.pid,
                                                 ls.key if ls else None)
             if ls is not None:
                 ls.tools.add(use["id"])
@@ -284,35 +336,30 @@ class SpanEngine:
                     ls.facts.subagents += 1
 
         if ls is not None:
-            self._account(ls, rec, call, body, start, end, status, a.thread_kind)
+            self._account(ls, d, a.thread_kind)
         return out
 
-    def _account(self, ls: LiveSession, rec: dict, call, body: dict, start: int, end: int, status: str,
-                 kind: str) -> None:
+    def _account(self, ls: LiveSession, d: Digest, kind: str) -> None:
         f = ls.facts
         f.calls += 1
-        if status == "ERROR":
+        if d.status == "ERROR":
             f.errors += 1
-        f.input_tokens += call.input_tokens + call.cache_read_tokens + call.cache_creation_tokens
-        f.output_tokens += call.output_tokens
-        f.cache_read_tokens += call.cache_read_tokens
-        f.cache_creation_tokens += call.cache_creation_tokens
-        if call.model:
-            f.models.add(call.model)
-        ua = S.header((rec.get("request") or {}).get("headers"), "user-agent")
-        product, version = S.parse_user_agent(ua)
+        f.input_tokens += d.tokens[0]
+        f.output_tokens += d.tokens[1]
+        f.cache_read_tokens += d.tokens[2]
+        f.cache_creation_tokens += d.tokens[3]
+        if d.model:
+            f.models.add(d.model)
+        product, version = S.parse_user_agent(d.ua)
         if S.agent_name(product) and not f.agent:
             f.agent, f.agent_version = S.agent_name(product), version
-        ls.start_ns = start if ls.start_ns is None else min(ls.start_ns, start)
-        ls.end_ns = end if ls.end_ns is None else max(ls.end_ns, end)
+        ls.start_ns = d.start if ls.start_ns is None else min(ls.start_ns, d.start)
+        ls.end_ns = d.end if ls.end_ns is None else max(ls.end_ns, d.end)
         if self.content and kind == "main":     # the conversation's prompt and latest answer, not side calls
-            msgs = body.get("messages") if isinstance(body.get("messages"), list) else []
-            if msgs and not f.first_prompt:
-                f.first_prompt = user_text(msgs[0])
-            if isinstance(call.response, dict):
-                text = message_text(call.response)
-                if text:
-                    f.last_answer = text
+            if d.prompt and not f.first_prompt:
+                f.first_prompt = d.prompt
+            if d.answer:
+                f.last_answer = d.answer
 
     # -- ends ------------------------------------------------------------------------------------
     def _tool_span(self, pend: PendingTool, result: dict | None, end_ns: int | None) -> S.SpanData:

@@ -23,7 +23,8 @@ import time
 
 POLL_S = 0.2
 REPORT_S = 1.0
-MAX_QUEUED = 256            # records waiting for a grouping run before one is forced
+MAX_QUEUED = 256            # calls waiting for a grouping run before one is forced
+READ_BYTES = 4 << 20        # log bytes read between two looks at the queue
 ANALYSIS_SHARE = 0.25       # at most this share of wall time in grouping runs while records stream in
 
 
@@ -72,24 +73,32 @@ class Worker:
 
     # -- the log ---------------------------------------------------------------------------------
     def pump(self, force: bool = False) -> None:
+        """Read what the log has gained, a few MB at a time (lines are parsed and dropped as they come)."""
         from tracer.sinks.otlp.reader import parse_line
-        for item in self.reader.read():
-            rec = parse_line(item, self.reader.stats)
-            if rec is None:
-                continue
-            tr = rec.get("tracer") if isinstance(rec.get("tracer"), dict) else {}
-            self.resources.note_record(tr.get("pid") if isinstance(tr.get("pid"), int) else None, rec)
-            self.engine.add(self.records, rec)
-            self.records += 1
+        while True:
+            for item in self.reader.read(READ_BYTES):
+                rec = parse_line(item, self.reader.stats)
+                if rec is None:
+                    continue
+                tr = rec.get("tracer") if isinstance(rec.get("tracer"), dict) else {}
+                self.resources.note_record(tr.get("pid") if isinstance(tr.get("pid"), int) else None, rec)
+                self.engine.add(self.records, rec)
+                self.records += 1
+                if len(self.engine._queued) >= MAX_QUEUED:
+                    self._group()
+            if self.reader.at_eof:
+                break
         queued = len(self.engine._queued)
-        now = time.monotonic()
-        due = now - self._last_run >= max(POLL_S, self._last_cost / ANALYSIS_SHARE)
-        if queued and (force or due or queued >= MAX_QUEUED):
-            t = time.perf_counter()
-            self.exporter.submit(self.engine.flush())
-            self._last_cost = time.perf_counter() - t
-            self._last_run = now
+        due = time.monotonic() - self._last_run >= max(POLL_S, self._last_cost / ANALYSIS_SHARE)
+        if queued and (force or due):
+            self._group()
         self.exporter.submit(self.engine.tick())
+
+    def _group(self) -> None:
+        t = time.perf_counter()
+        self.exporter.submit(self.engine.flush())
+        self._last_cost = time.perf_counter() - t
+        self._last_run = time.monotonic()
 
     def stats(self) -> dict:
         d = self.exporter.stats
