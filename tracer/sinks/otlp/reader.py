@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from tracer.protocols.sse import MessageBuilder, SSEParser
 from tracer.viewer.logs import loads
 
-MAX_LINE = 16 << 20     # bytes; longer lines become partial records (the same bound as the log's inline bodies)
+MAX_LINE = 8 << 20      # bytes; longer lines become partial records: a whole line is held and parsed (about
+                        # twice its size in memory), so this bounds the exporter's peak; a Claude Code request
+                        # with a full 1M-token context is about 4 MB
 EDGE = 256 << 10        # head and tail kept of a longer line
 READ_SIZE = 1 << 20
 
@@ -96,9 +98,8 @@ class LineReader:
             out.append((self._head, bytes(self._tail)))
             self._long, self._head, self._tail = False, b"", bytearray()
         else:
-            line = bytes(self._buf).strip()
-            self._buf = bytearray()
-            if line:
+            line, self._buf = self._buf, bytearray()     # handed over, not copied (orjson reads bytearrays)
+            if line and not line.isspace():
                 out.append((line, None))
 
     def flush_last(self) -> list[tuple[bytes, bytes | None]]:
@@ -113,7 +114,7 @@ class LineReader:
         return len(self._buf) + len(self._head) + len(self._tail)
 
 
-def parse_line(item: tuple[bytes, bytes | None], stats: ReaderStats) -> dict | None:
+def parse_line(item: tuple[bytes | bytearray, bytes | None], stats: ReaderStats) -> dict | None:
     line, tail = item
     if tail is not None:
         rec = partial_record(line, tail)
