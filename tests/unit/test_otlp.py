@@ -399,6 +399,34 @@ def test_reader_oversize_record_becomes_partial(req_big, tmp_path):
     assert reader.pending() == 0
 
 
+def test_reader_keeps_the_whole_request_of_a_long_answer(tmp_path):
+    """A long answer to a big request: the request is kept whole (grouping and content need it), the
+    answer only by its ends; the same text as the response key inside the request body does not fool it."""
+    rec = _big_record(4 << 20, req_bytes=2 << 20)
+    rec["request"]["body"]["tools"] = [{"name": "T", "input_schema": {"x": 1, "response": {"timestamp": 5}}}]
+    line = json.dumps(rec, separators=(",", ":")).encode()
+    peak = [0]
+
+    class Watch(LineReader):
+        def _feed(self, chunk, out):
+            super()._feed(chunk, out)
+            peak[0] = max(peak[0], self.pending())
+    path = tmp_path / "l.jsonl"
+    path.write_bytes(line + b"\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        r = Watch(fd)
+        items = r.read()
+    finally:
+        os.close(fd)
+    assert len(items) == 1 and items[0][1] is not None
+    part = parse_line(items[0], r.stats)
+    assert part["request"] == rec["request"]                 # whole, body included
+    assert part["response"]["body"]["usage"] == analyze_call(0, rec).response["usage"]
+    assert analyze_call(0, part).kind == "messages"
+    assert peak[0] < (2 << 20) + (3 << 20)                   # not the 4 MB answer (plus a read's worth)
+
+
 def test_partial_record_with_big_request_and_small_response():
     rec = _big_record(100, req_bytes=2 << 20)
     line = json.dumps(rec, separators=(",", ":")).encode()

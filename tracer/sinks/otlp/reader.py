@@ -1,8 +1,10 @@
 """Log lines -> records, with bounded memory.
 
 ``LineReader`` splits a growing JSONL file (read through a file descriptor, so it works on the log while
-tracer still writes it) into whole lines. A line longer than ``max_line`` bytes is not held whole: its
-first and last ``EDGE`` bytes are kept and turned into a *partial record* by ``partial_record``:
+tracer still writes it) into whole lines. A line past ``RESPONSE_SPLIT`` bytes whose request is complete
+(a big answer) keeps its whole request and only the first and last ``EDGE`` bytes of the response; any
+line longer than ``max_line`` bytes keeps its first and last ``EDGE`` bytes. Either becomes a *partial
+record* (``partial_record``):
 
 - from the head, the request's and the response's small members, parsed with the standard JSON decoder
   member by member (timestamp, method, url, headers, the request body when it fits, status code) and, when
@@ -20,6 +22,8 @@ import json
 import os
 from dataclasses import dataclass
 
+import orjson
+
 from tracer.protocols.sse import MessageBuilder, SSEParser
 from tracer.viewer.logs import loads
 
@@ -28,6 +32,9 @@ MAX_LINE = 8 << 20      # bytes; longer lines become partial records: a whole li
                         # with a full 1M-token context is about 4 MB
 EDGE = 256 << 10        # head and tail kept of a longer line
 READ_SIZE = 1 << 20
+RESPONSE_SPLIT = 1 << 20  # a line longer than this whose request is whole keeps only its response's ends
+RESPONSE_KEY = b',"response":{"timestamp":'
+REQUEST_KEY = b'{"request":'
 
 
 @dataclass
@@ -50,6 +57,8 @@ class LineReader:
         self._long = False          # inside a line longer than max_line
         self._head = b""
         self._tail = bytearray()
+        self._scan = 0              # where to look for the request's end next
+        self._split: int | None = None   # where the (whole) request ends, once found
         self.at_eof = False         # the last read() reached the current end of the file
 
     def read(self, limit: int = 64 << 20) -> list[tuple[bytes, bytes | None]]:
@@ -82,7 +91,9 @@ class LineReader:
                     del self._tail[:len(self._tail) - self.edge]
             else:
                 self._buf += piece
-                if len(self._buf) > self.max_line:
+                if len(self._buf) > RESPONSE_SPLIT and self._split_at_response():
+                    pass
+                elif len(self._buf) > self.max_line:
                     self._long = True
                     self._head = bytes(self._buf[:self.edge])
                     self._tail = bytearray(self._buf[-self.edge:])
@@ -92,8 +103,35 @@ class LineReader:
             self._end_line(out)
             start = nl + 1
 
+    def _split_at_response(self) -> bool:
+        """A long line whose request object is complete: keep the request and the response's head; the
+        rest of the line only feeds the tail. The request's end is where ``,"response":{"timestamp":``
+        follows a whole JSON object (the same text inside the request body would not close it)."""
+        buf = self._buf
+        while self._split is None:
+            pos = buf.find(RESPONSE_KEY, self._scan)
+            if pos < 0:
+                self._scan = max(self._scan, len(buf) - len(RESPONSE_KEY))
+                return False
+            self._scan = pos + 1
+            if not buf.startswith(REQUEST_KEY):
+                return False
+            try:
+                orjson.loads(memoryview(buf)[len(REQUEST_KEY):pos])
+            except orjson.JSONDecodeError:
+                continue
+            self._split = pos
+        if len(buf) - self._split <= self.edge:
+            return False            # the response's head is not all here yet
+        self._long = True
+        self._head = bytes(buf[:self._split + self.edge])
+        self._tail = bytearray(buf[-self.edge:])
+        self._buf = bytearray()
+        return True
+
     def _end_line(self, out: list) -> None:
         self.stats.lines += 1
+        self._scan, self._split = 0, None
         if self._long:
             out.append((self._head, bytes(self._tail)))
             self._long, self._head, self._tail = False, b"", bytearray()
