@@ -614,7 +614,7 @@ def test_attach_under_sudo_exports_as_the_invoking_user(phoenix, mock, tmp_path)
     env = _otel_env(dict(os.environ), project, OTEL_EXPORTER_OTLP_ENDPOINT=phoenix.endpoint,
                     SUDO_UID="65534", SUDO_GID="65534", SUDO_USER="nobody")
     out = tmp_path / "log"
-    t, lines = start_attach(client.pid, out, "--allow-other-users", env=env)   # the client is root's
+    t, _s, lines = start_attach(client.pid, out, "--allow-other-users", env=env)   # the client is root's
     assert any("exporting spans to" in line for line in lines), lines
     go.touch()
     assert client.wait(60) == 0
