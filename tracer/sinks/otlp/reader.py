@@ -1,7 +1,7 @@
 """Log lines -> records, with bounded memory.
 
 ``LineReader`` splits a growing JSONL file (read through a file descriptor, so it works on the log while
-tracer still writes it) into whole lines. A line past ``RESPONSE_SPLIT`` bytes whose request is complete
+tracer still writes it) into whole lines. A line whose response part grows past ``RESPONSE_SPLIT`` bytes
 (a big answer) keeps its whole request and only the first and last ``EDGE`` bytes of the response; any
 line longer than ``max_line`` bytes keeps its first and last ``EDGE`` bytes. Either becomes a *partial
 record* (``partial_record``):
@@ -32,7 +32,7 @@ MAX_LINE = 8 << 20      # bytes; longer lines become partial records: a whole li
                         # with a full 1M-token context is about 4 MB
 EDGE = 256 << 10        # head and tail kept of a longer line
 READ_SIZE = 1 << 20
-RESPONSE_SPLIT = 1 << 20  # a line longer than this whose request is whole keeps only its response's ends
+RESPONSE_SPLIT = 1 << 20  # an answer longer than this (after a whole request) is kept by its ends only
 RESPONSE_KEY = b',"response":{"timestamp":'
 REQUEST_KEY = b'{"request":'
 
@@ -121,8 +121,8 @@ class LineReader:
             except orjson.JSONDecodeError:
                 continue
             self._split = pos
-        if len(buf) - self._split <= self.edge:
-            return False            # the response's head is not all here yet
+        if len(buf) - self._split <= max(self.edge, RESPONSE_SPLIT):
+            return False            # not a long answer (yet)
         self._long = True
         self._head = bytes(buf[:self._split + self.edge])
         self._tail = bytearray(buf[-self.edge:])
