@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import ASYNC_CLIENT, MemWatch, cpu_seconds, machine, start_attach, stop_tracer  # noqa: E402
+from _util import (ASYNC_CLIENT, MemWatch, cpu_seconds, machine, proc_children, start_attach,  # noqa: E402
+                   stop_tracer)
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 
@@ -61,20 +62,15 @@ class Receiver(http.server.ThreadingHTTPServer):
 
 
 def worker_pid(tracer_pid: int, timeout: float = 10.0) -> int | None:
+    """The exporter process tracer started."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
+        for pid in proc_children().get(tracer_pid, []):
             try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                if ppid != tracer_pid:
-                    continue
-                with open(f"/proc/{d}/cmdline", "rb") as f:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
                     if b"tracer.sinks.otlp.worker" in f.read():
-                        return int(d)
-            except (OSError, ValueError, IndexError):
+                        return pid
+            except OSError:
                 continue
         time.sleep(0.05)
     return None
