@@ -614,11 +614,18 @@ def test_attach_under_sudo_exports_as_the_invoking_user(phoenix, mock, tmp_path)
     env = _otel_env(dict(os.environ), project, OTEL_EXPORTER_OTLP_ENDPOINT=phoenix.endpoint,
                     SUDO_UID="65534", SUDO_GID="65534", SUDO_USER="nobody")
     out = tmp_path / "log"
-    t, _s, lines = start_attach(client.pid, out, "--allow-other-users", env=env)   # the client is root's
-    assert any("exporting spans to" in line for line in lines), lines
-    go.touch()
-    assert client.wait(60) == 0
-    rest = t.communicate(timeout=60)[1]
+    t = None
+    try:
+        t, _s, lines = start_attach(client.pid, out, "--allow-other-users", env=env)   # the client is root's
+        assert any("exporting spans to" in line for line in lines), lines
+        go.touch()
+        assert client.wait(60) == 0
+        rest = t.communicate(timeout=60)[1]
+    finally:              # a failed assertion must not leave the tracer or the client behind
+        for p in (client, t):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(10)
     assert t.returncode == 0, rest
     assert "2 of 2 spans exported" in rest, rest
     spans = phoenix.wait_spans(project, 2)
