@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from tracer.processes.prober import Prober
 from tracer.processes.table import Proc, ProcessTable
 from tracer.protocols.base import Exchange
 from tracer.sinks.jsonl import JsonlWriter
+from tracer.sinks.otlp.config import OtlpOptions
 from tracer.sinks.record import Clock, Filter, build_record
 from tracer.threads import ThreadFailures, start_thread
 from tracer.userfiles import UserDir
@@ -52,6 +53,7 @@ class Options:
     watch_interval: float = 0.25
     user: InvokingUser | None = None       # who tracer works for (default: tracer.invoker.invoking_user())
     allow_other_users: bool = False        # targets need not pass the ptrace rule for `user`
+    otlp: OtlpOptions | None = None        # live OpenTelemetry export (tracer.sinks.otlp)
 
 
 # Programs tracer itself runs as root come from the system's directories only, never from the PATH of
@@ -140,6 +142,7 @@ class Session:
         self.pairs_filtered = 0
         self.pairs_incomplete = 0
         self.started = time.monotonic()
+        self.stopped: float | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._cycles = 0
@@ -147,6 +150,8 @@ class Session:
         self.failures = ThreadFailures(self.stderr)   # tracer's own threads that died (exit status)
         # the output directory is created/checked first (as the invoking user): a refusal costs nothing
         out_dir = UserDir(opts.output_dir, self.user)
+        self.otlp = None
+        self.otlp_summary: dict = {}
         try:
             self.tracefs = ensure_tracefs()
             t = time.monotonic()
@@ -158,11 +163,14 @@ class Session:
                 self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
                 self.guard = CredGuard(self.prog.map_fd("cred_layout"), self.prog.map_fd("target_ids"))
                 self._open_log(opts, out_dir)
+                self.otlp = self._start_otlp(opts.otlp)
                 self.prober = Prober(self.probes, self.locator, stderr=self.stderr)
                 self.capture = Capture(self._on_exchange, deferred=opts.deferred, failures=self.failures,
                                        on_process=self._on_process)
                 self.ring = Ring(self.prog.map_fd("events"), self.capture.feed)
             except BaseException:
+                if self.otlp:
+                    self.otlp.abort()
                 self.prog.close()
                 raise
         finally:
@@ -188,6 +196,21 @@ class Session:
         self.writer = JsonlWriter(self.log_path, batch_size=opts.batch_size, flush_ms=opts.flush_ms,
                                   durable=opts.durable, stderr=self.stderr, failures=self.failures,
                                   fd=fd)
+
+    def _start_otlp(self, o: OtlpOptions | None):
+        """The OTLP exporter process follows the log; the capture path does nothing for it."""
+        if o is None:
+            return None
+        from tracer.sinks.otlp.sink import OtlpSink
+        try:
+            # the exporter reads the very file the writer writes (a descriptor reopened from the
+            # writer's, no path lookup in the user's directory), as the user (OtlpOptions.run_as)
+            # a process' last records reach the log up to a write batch after its exit is known
+            o = replace(o, exit_grace_s=o.exit_grace_s + self.opts.flush_ms / 1000.0)
+            return OtlpSink(o, self.log_path, stderr=self.stderr, source_fd=self.writer.fd)
+        except OSError as e:
+            print(f"tracer: cannot start the OTLP exporter ({e}); tracing without it", file=self.stderr)
+            return None
 
     # -- pipeline ends -------------------------------------------------------------------------
     POLL_MS = 50   # records are submitted without wake-ups (see bpf/tracer.bpf.c): drain on this timer
@@ -277,11 +300,12 @@ class Session:
         self.guard.forget(pid)
 
     def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None,
-                   origin: str = "attached") -> Proc:
+                   origin: str = "attached", command: tuple[str, list[str]] | None = None) -> Proc:
         """Start tracing ``pid`` (not its children): pinned by a pidfd, admitted (the ptrace rule
         for the invoking user, the guard's approval), probes attached on the TLS code it maps and
         on ``extra_files`` it may load later, and the pin checked again afterwards (the pid was not
-        reused in between)."""
+        reused in between). ``command``: (executable, argv) of a process that has not exec'd it yet
+        (tracer run's launcher), for the OTLP resource."""
         try:
             pin = PinnedProcess(pid)
         except OSError:
@@ -292,6 +316,7 @@ class Session:
             raise TracerError(why)
         proc = self.procs.add(pid, origin=origin)
         proc.pin = pin
+        self.note_target(pid, command)
         env = env if env is not None else read_environ(pid)
         if env.get("ANTHROPIC_BASE_URL"):
             self.filter.add_base_url(env["ANTHROPIC_BASE_URL"])
@@ -349,6 +374,20 @@ class Session:
         self.release(pid)
         if proc.pin is not None:
             proc.pin.close()
+        self.process_exited(pid)
+
+    def note_target(self, pid: int, command: tuple[str, list[str]] | None = None) -> None:
+        """A process tracer was pointed at (attach's pids, run's command): the OTLP exporter learns
+        its executable and (redacted) command line for its resource. Processes found by following
+        are known to it from their records' tracer.process."""
+        if self.otlp:
+            self.otlp.add_target(pid, command)
+
+    def process_exited(self, pid: int) -> None:
+        """A traced process is gone (a target, or a followed process): the OTLP exporter can end
+        the sessions it alone was part of."""
+        if self.otlp:
+            self.otlp.target_exited(pid)
 
     def live_targets(self) -> list[int]:
         return [p.pid for p in self.procs.procs.values() if p.alive and p.traced]
@@ -359,7 +398,7 @@ class Session:
         s = self.capture.stats
         return (f"tracer: {self.pairs_logged} logged / {self.pairs_seen} pairs, "
                 f"{s.bytes_captured / 1e6:.1f} MB, {s.connections} conns, "
-                f"drops {drops.get('events', 0)}")
+                f"drops {drops.get('events', 0)}" + (f", {self.otlp.status()}" if self.otlp else ""))
 
     def finish(self) -> dict:
         if self.follower is not None:
@@ -371,11 +410,14 @@ class Session:
         self.capture.stop()
         self.writer.flush()
         self.writer.close()
-        summary = self.summary()
+        self.stopped = time.monotonic()
         if self.follower is not None and self.follower.shared is not None:
             self.follower.shared.close()
         self.probes.close()
         self.ring.close()
+        if self.otlp:       # the exporter reads the rest of the closed log: no probes wait for it
+            self.otlp_summary = self.otlp.finish(self.writer.stats.records)
+        summary = self.summary()
         self.drops.close()
         self.prog.close()
         return summary
@@ -387,7 +429,7 @@ class Session:
         w = self.writer.stats
         return {
             "log": str(self.log_path),
-            "duration_s": round(time.monotonic() - self.started, 3),
+            "duration_s": round((self.stopped or time.monotonic()) - self.started, 3),
             "targets": {str(p.pid): [f.path for f in p.files.values()] for p in self.procs.all()},
             "processes": self.procs.summary(),
             "process_tree": self.procs.tree_lines(),
@@ -423,4 +465,5 @@ class Session:
             "queue_peak": c.queue_peak,
             "thread_failures": self.failures.as_list(),
             "notes": list(self.notes),
+            **self.otlp_summary,
         }

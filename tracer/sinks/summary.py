@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 
 from tracer.sinks.jsonl import open_log
+from tracer.sinks.otlp.sink import format_otlp
 
 
 LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
@@ -24,6 +25,8 @@ LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
           ("records_stub", "records written as stubs (not serialisable; bodies left out)"),
           ("records_raw_body", "records with raw-text bodies (their JSON was not serialisable)"),
           ("unprocessed_records", "ring records never parsed (dead worker)"),
+          ("otlp_spans_undelivered", "OTLP spans undelivered"),
+          ("otlp_records_not_exported", "logged calls not exported over OTLP"),
           ("worker_errors", "internal errors"))
 
 
@@ -76,6 +79,8 @@ def format_summary(s: dict) -> str:
         n = sum(1 for p in s["processes"] if p["traced"])
         lines.append(f"processes ({n} traced):")
         lines += s["process_tree"]
+    if "otlp_endpoint" in s:
+        lines.append(format_otlp(s))
     lines.append(f"log: {s['log']}")
     return "\n".join(lines)
 
