@@ -245,7 +245,7 @@ class Session:
         if ex.incomplete:
             self.pairs_incomplete += 1
         rec = build_record(ex, self.clock, redact=self.opts.redact, api_call=self.filter.is_api_call(ex))
-        info = self.procs.record_info(ex.conn.pid)
+        info = self.procs.record_info(ex.conn.pid, ex.request.ts_ns)
         if info is not None:
             rec["tracer"]["process"] = info
             self.procs.procs[ex.conn.pid].pairs += 1

@@ -64,7 +64,7 @@ def test_claude_say_hi_traced(mock, tmp_path, kind, version):
                          env=_claude_env(mock, home), timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "The command printed: hi" in p.stdout
-    assert "losses: none" in p.stderr
+    assert "losses: none" in p.stderr, p.stderr[-3000:]
     # what was probed: BoringSSL found by fingerprint in Bun, OpenSSL symbols in node
     located = locate(cmd[0])
     assert located.library == ("boringssl" if kind == "native" else "openssl")

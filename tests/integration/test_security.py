@@ -486,7 +486,10 @@ def test_setuid_exec_stops_the_tracing(mock, user_dir, shared_dir, delay):
     assert any((marker + "-AFTER-SETUID-EXEC").encode() in b for b in sent)
     log = next(out.glob("*.jsonl")).read_bytes()
     assert marker.encode() in log
-    assert b"AFTER-SETUID-EXEC" not in log
+    assert b"AFTER-SETUID-EXEC" not in log        # neither its traffic nor its command line
+    # the record names the program that made it, also when it was built after the exec
+    made = [json.loads(line) for line in log.splitlines() if marker.encode() in line]
+    assert made and all(r["tracer"]["process"]["exe"] == os.path.realpath("/usr/bin/python3") for r in made)
     # the summary names the process: user space saw the new credentials and stopped tracing it, or
     # (delay 0, when it exits first) the kernel-side check counted the calls it refused
     assert ("tracing stopped" in p.stderr and "not all yours" in p.stderr) or (

@@ -97,6 +97,31 @@ def test_record_info_chain():
     assert info["ppid"] == 10
 
 
+def test_records_keep_the_program_that_made_them(monkeypatch):
+    """A process that exec'd: a record whose first byte came before the exec names the earlier
+    program (and its ancestors as they were then) even when it is built afterwards - the later
+    program's command line (a setuid one's, say) never reaches a record it did not make."""
+    from tracer.processes import procinfo
+    t = _table()
+    new = {11: ["/usr/bin/sudo-like", "SECRET-ARGS"], 10: ["bash", "wrapper.sh"]}
+    monkeypatch.setattr(procinfo, "read_cmdline", lambda pid: new.get(pid, []))
+    monkeypatch.setattr(procinfo, "read_exe", lambda pid: "/usr/bin/sudo-like" if pid == 11 else "")
+    monkeypatch.setattr(procinfo, "read_stat", lambda pid: None)
+    now_before = t.record_info(11, 0)
+    t.exec_(t.procs[11], 1_000)
+    before = t.record_info(11, 999)
+    assert before["command"] == "/opt/claude/claude -p hi" and before == now_before
+    assert "SECRET" not in str(before)
+    after = t.record_info(11, 1_000)
+    assert after["command"] == "/usr/bin/sudo-like SECRET-ARGS"
+    assert t.record_info(11, 0) == after                      # no time: the program running now
+    # the parent exec'd later: records from before keep its earlier command in their chains
+    t.exec_(t.procs[10], 2_000)
+    assert t.record_info(11, 1_500)["chain_text"] == "python3 agent.py → sudo-like SECRET-ARGS"
+    assert t.record_info(11, 2_500)["chain_text"] == "bash wrapper.sh → sudo-like SECRET-ARGS"
+    assert t.record_info(11, 500)["chain_text"] == "python3 agent.py → claude -p hi"
+
+
 def test_tree_lines_show_every_process():
     lines = _table().tree_lines()
     assert lines[0].startswith("  10 python3 agent.py — no TLS library in its mappings; pairs logged: 0")

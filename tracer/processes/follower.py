@@ -359,7 +359,7 @@ class Follower:
         if proc is None:
             proc = self.table.add(e.pid, ppid=e.ppid, origin="cgroup" if e.flags & k.PF_CGROUP else "")
         else:
-            self.table.reread(proc)
+            self.table.exec_(proc, e.ts_ns)
         proc.execs += 1
         proc.shares_memory = False
         if e.stop == 1:

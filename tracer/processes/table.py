@@ -3,6 +3,12 @@
 One `Proc` per process tracer looked at (an exec starts no new entry: the process is the same,
 its command line changes). The table gives the log records their `tracer.process` extras (pid,
 command, parent chain) and the summary its per-process accounting and tree.
+
+A record is attributed to the program that made it, not to whatever the process runs when the
+record is built: an exec keeps the earlier program's command line with the time it ended (the exec
+record's capture time), and a record takes the program that ran at its first byte. A record built
+after its process exec'd another program - a setuid one tracer must not trace, say - therefore
+never carries the later program's command line.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from tracer.sinks.redact import redact_argv
 COMMAND_SHOWN = 160          # characters of a command line in the summary
 COMMAND_LOGGED = 2048        # ... in a log record
 CHAIN_MAX = 32               # ancestors listed in a record
+EARLIER_KEPT = 16            # earlier programs of one process remembered for attribution
 
 
 def short_command(argv: list[str], comm: str = "", limit: int = 60) -> str:
@@ -60,6 +67,15 @@ class Probed:
                 f"{os.minor(self.dev)} inode {self.inode}]")
 
 
+@dataclass(frozen=True)
+class Image:
+    """A program a process ran before its last exec(s), and when it stopped running it."""
+    argv: tuple
+    exe: str
+    comm: str
+    until_ns: int             # CLOCK_MONOTONIC ns of the exec that replaced it
+
+
 @dataclass
 class Proc:
     pid: int
@@ -86,7 +102,18 @@ class Proc:
     pairs: int = 0
     fork_keys: set = field(default_factory=set)         # libc files with the fork() return probe
     pin: object = None        # tracer.access.PinnedProcess: its pidfd, from before it was admitted
+    earlier: list = field(default_factory=list)         # Image of each earlier program, oldest first
     _record: dict | None = None
+    _earlier_records: dict = field(default_factory=dict)
+
+    def image_at(self, ts_ns: int) -> tuple[int, list, str, str]:
+        """(index, argv, exe, comm) of the program that ran at ``ts_ns`` (CLOCK_MONOTONIC; 0: now).
+        Index -1 is the current program."""
+        if ts_ns:
+            for i, im in enumerate(self.earlier):
+                if ts_ns < im.until_ns:
+                    return i, list(im.argv), im.exe, im.comm
+        return -1, self.argv, self.exe, self.comm
 
     @property
     def command(self) -> str:
@@ -142,6 +169,19 @@ class ProcessTable:
             self.procs[pid] = p
             return p
 
+    def exec_(self, p: Proc, ts_ns: int) -> None:
+        """``p`` exec'd a new program at ``ts_ns`` (0: unknown, taken as now): keep the earlier one
+        for the records it made, then read the new one."""
+        until = ts_ns or time.monotonic_ns()
+        with self.lock:
+            if p.argv or p.exe or p.comm:
+                p.earlier.append(Image(tuple(p.argv), p.exe, p.comm, until))
+                del p.earlier[:-EARLIER_KEPT]
+            self.reread(p)
+            for q in self.procs.values():       # its descendants' chains show it differently now
+                q._record = None
+                q._earlier_records.clear()
+
     def reread(self, p: Proc) -> None:
         """Command line, executable and name from /proc (after start and after each exec)."""
         argv = procinfo.read_cmdline(p.pid)
@@ -171,23 +211,38 @@ class ProcessTable:
             p = self.procs.get(p.ppid)
         return out[::-1]
 
-    def record_info(self, pid: int) -> dict | None:
-        """The `tracer.process` extras of a log record made by `pid`."""
+    def record_info(self, pid: int, ts_ns: int = 0) -> dict | None:
+        """The `tracer.process` extras of a log record made by `pid` whose first byte was captured
+        at ``ts_ns`` (CLOCK_MONOTONIC ns; 0: the processes as they are now). Each process in it is
+        shown with the program it ran at that time."""
         p = self.procs.get(pid)
         if p is None:
             return None
-        if p._record is None:
-            chain = self.chain(pid)
-            p._record = {
-                "pid": p.pid,
-                "ppid": p.ppid,
-                "command": command_text(p.argv, p.comm, COMMAND_LOGGED),
-                "exe": p.exe,
-                "chain": [{"pid": c.pid, "command": command_text(c.argv, c.comm, COMMAND_LOGGED)}
-                          for c in chain],
-                "chain_text": " → ".join(short_command(c.argv, c.comm) for c in chain),
-            }
-        return p._record
+        chain = self.chain(pid)
+        images = [c.image_at(ts_ns) for c in chain]
+        key = tuple(i for i, *_ in images)
+        if key == (-1,) * len(key) and p._record is not None:
+            return p._record
+        cached = p._earlier_records.get(key)
+        if cached is not None:
+            return cached
+        _i, argv, exe, comm = images[-1]
+        info = {
+            "pid": p.pid,
+            "ppid": p.ppid,
+            "command": command_text(argv, comm, COMMAND_LOGGED),
+            "exe": exe,
+            "chain": [{"pid": c.pid, "command": command_text(a, m, COMMAND_LOGGED)}
+                      for c, (_, a, _e, m) in zip(chain, images)],
+            "chain_text": " → ".join(short_command(a, m) for (_, a, _e, m) in images),
+        }
+        if key == (-1,) * len(key):
+            p._record = info
+        else:
+            if len(p._earlier_records) > 64:
+                p._earlier_records.clear()
+            p._earlier_records[key] = info
+        return info
 
     # -- accounting ---------------------------------------------------------------------------
     def summary(self) -> list[dict]:
