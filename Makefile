@@ -16,6 +16,7 @@ demo: bootstrap
 
 test: bootstrap
 	@bash scripts/bootstrap-browser.sh
+	@bash scripts/bootstrap-phoenix.sh >/dev/null
 	@$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Property tests at 100,000 examples per property (make test runs a few hundred each).

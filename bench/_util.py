@@ -62,6 +62,21 @@ def status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def proc_children() -> dict[int, list[int]]:
+    """Every process' children (pid -> child pids), from /proc."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
 class MemWatch:
     """Polls a tracer until it exits: VmHWM (each process' peak, summed over the tracer and its
     parsing process - the whole run's memory), VmRSS (summed) and CPU time (summed); keeps the last

@@ -22,6 +22,11 @@ thread's effective set (capabilities(7)); switching back restores them. Other th
 reader, the parser, the JSONL writer - keep root's credentials and are unaffected; a thread that
 itself opens a file for the user must do so inside its own ``as_user()`` (the helpers in
 tracer/userfiles.py do). Nothing here forks.
+
+Programs as the user (`child_credentials()`, `user_environment()`): what ``subprocess.Popen`` needs to
+start a program with the user's uid, gid and groups (set in the child before its exec, so none of its
+own code runs as root) and the HOME/USER/LOGNAME it should see - for the command of `tracer run` and
+for tracer's own helper processes (the OTLP exporter).
 """
 
 from __future__ import annotations
@@ -197,3 +202,34 @@ def become(user: InvokingUser | None = None) -> InvokingUser:
     if user.home and os.environ.get("HOME") in (None, "", "/root"):
         os.environ["HOME"] = user.home
     return user
+
+
+# -- programs as the user ---------------------------------------------------------------------------
+
+def child_credentials(user: InvokingUser | None = None) -> dict:
+    """``subprocess.Popen`` keyword arguments that start a program as the user (uid, gid and
+    supplementary groups, switched in the child before the exec); ``{}`` when tracer is not root
+    working for someone else (the program gets tracer's own identity)."""
+    user = user or invoking_user()
+    if not user.acting_for_other:
+        return {}
+    return {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+
+
+def user_environment(env: dict, user: InvokingUser | None = None) -> dict:
+    """``env`` for a program started as the user: HOME is theirs when it is unset or root's, USER and
+    LOGNAME name them. Unchanged when tracer is not root working for someone else."""
+    user = user or invoking_user()
+    env = dict(env)
+    if not user.acting_for_other:
+        return env
+    root_home = {"/root"}
+    try:
+        root_home.add(pwd.getpwuid(0).pw_dir)
+    except KeyError:
+        pass
+    if user.home and env.get("HOME") in (None, "", *root_home):
+        env["HOME"] = user.home
+    if user.name:
+        env["USER"] = env["LOGNAME"] = user.name
+    return env

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from tracer.probes.targets import Locator
 from tracer.processes.procinfo import read_environ
 from tracer.processes.prober import Prober
 from tracer.processes.table import Proc, ProcessTable
+from tracer.sinks.otlp.config import OtlpOptions
 from tracer.sinks.record import Clock
 from tracer.stage import InlineStage, SpoolStage
 from tracer.threads import ThreadFailures, start_thread
@@ -53,6 +54,7 @@ class Options:
     watch_interval: float = 0.25
     user: InvokingUser | None = None       # who tracer works for (default: tracer.invoker.invoking_user())
     allow_other_users: bool = False        # targets need not pass the ptrace rule for `user`
+    otlp: OtlpOptions | None = None        # live OpenTelemetry export (tracer.sinks.otlp)
 
 
 # Programs tracer itself runs as root come from the system's directories only, never from the PATH of
@@ -189,6 +191,7 @@ class Session:
         self.notes: list[str] = []             # shown in the summary (e.g. a target that lost access)
         self.user = opts.user or invoking_user()
         self.started = time.monotonic()
+        self.stopped: float | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._cycles = 0
@@ -198,6 +201,8 @@ class Session:
         self.failures = ThreadFailures(self.stderr)   # tracer's own threads that died (exit status)
         # the output directory is created/checked first (as the invoking user): a refusal costs nothing
         out_dir = UserDir(opts.output_dir, self.user)
+        self.otlp = None
+        self.otlp_summary: dict = {}
         try:
             self.tracefs = ensure_tracefs()
             t = time.monotonic()
@@ -210,6 +215,7 @@ class Session:
                 self.guard = CredGuard(self.prog.map_fd("cred_layout"), self.prog.map_fd("target_ids"))
                 log_fd = self._open_log(opts, out_dir)
                 try:
+                    self.otlp = self._start_otlp(opts.otlp, log_fd)
                     self.stage = self._start_stage(opts, log_fd)
                 finally:
                     if opts.deferred:
@@ -221,6 +227,8 @@ class Session:
                 else:                                # parsed here, record by record
                     self.ring = Ring(self.prog.map_fd("events"), self.stage.callback, events.max_entries)
             except BaseException:
+                if self.otlp:
+                    self.otlp.abort()
                 self.prog.close()
                 raise
         finally:
@@ -260,6 +268,22 @@ class Session:
                                on_process=self._on_process)
         return SpoolStage(cfg, log_fd, max_backlog=opts.spool_max_mb << 20, stderr=self.stderr,
                           failures=self.failures)
+
+    def _start_otlp(self, o: OtlpOptions | None, log_fd: int):
+        """The OTLP exporter process follows the log - as written by the parsing process when parsing
+        is deferred; the capture path does nothing for it."""
+        if o is None:
+            return None
+        from tracer.sinks.otlp.sink import OtlpSink
+        try:
+            # the exporter reads the very file the writer writes (a descriptor reopened from the
+            # writer's, no path lookup in the user's directory), as the user (OtlpOptions.run_as)
+            # a process' last records reach the log up to a write batch after its exit is known
+            o = replace(o, exit_grace_s=o.exit_grace_s + self.opts.flush_ms / 1000.0)
+            return OtlpSink(o, self.log_path, stderr=self.stderr, source_fd=log_fd)
+        except OSError as e:
+            print(f"tracer: cannot start the OTLP exporter ({e}); tracing without it", file=self.stderr)
+            return None
 
     # -- pipeline ends -------------------------------------------------------------------------
     POLL_MS = 50   # records are submitted without wake-ups (see bpf/tracer.bpf.c): drain on this timer
@@ -358,11 +382,12 @@ class Session:
         self.guard.forget(pid)
 
     def add_target(self, pid: int, extra_files: list[str] = (), env: dict | None = None,
-                   origin: str = "attached") -> Proc:
+                   origin: str = "attached", command: tuple[str, list[str]] | None = None) -> Proc:
         """Start tracing ``pid`` (not its children): pinned by a pidfd, admitted (the ptrace rule
         for the invoking user, the guard's approval), probes attached on the TLS code it maps and
         on ``extra_files`` it may load later, and the pin checked again afterwards (the pid was not
-        reused in between)."""
+        reused in between). ``command``: (executable, argv) of a process that has not exec'd it yet
+        (tracer run's launcher), for the OTLP resource."""
         try:
             pin = PinnedProcess(pid)
         except OSError:
@@ -373,6 +398,7 @@ class Session:
             raise TracerError(why)
         proc = self.procs.add(pid, origin=origin)
         proc.pin = pin
+        self.note_target(pid, command)
         env = env if env is not None else read_environ(pid)
         if env.get("ANTHROPIC_BASE_URL"):
             self.stage.api_url(env["ANTHROPIC_BASE_URL"])     # before any of its records
@@ -430,6 +456,26 @@ class Session:
         self.release(pid)
         if proc.pin is not None:
             proc.pin.close()
+        self.process_exited(pid)
+
+    def note_target(self, pid: int, command: tuple[str, list[str]] | None = None) -> None:
+        """A process tracer was pointed at (attach's pids, run's command): the OTLP exporter learns
+        its executable and (redacted) command line for its resource. Processes found by following
+        are known to it from their records' tracer.process."""
+        if self.otlp:
+            self.otlp.add_target(pid, command)
+
+    def process_exited(self, pid: int) -> None:
+        """A traced process is gone (a target, or a followed process): the OTLP exporter can end
+        the sessions it alone was part of."""
+        if self.otlp:
+            # with deferred parsing the exporter is told once the parsing process has parsed what
+            # the process sent before its exit (its records are written a batch later: the grace)
+            self.stage.after_parsed({"op": "exited", "pid": pid}, self._parsed_exit)
+
+    def _parsed_exit(self, pid: int) -> None:
+        if self.otlp:
+            self.otlp.target_exited(pid)
 
     def live_targets(self) -> list[int]:
         return [p.pid for p in self.procs.procs.values() if p.alive and p.traced]
@@ -441,7 +487,8 @@ class Session:
         return (f"tracer: {p.get('pairs_logged', 0)} logged / {p.get('pairs_seen', 0)} pairs, "
                 f"{p.get('bytes_captured', 0) / 1e6:.1f} MB, {p.get('connections', 0)} conns, "
                 f"drops {drops.get('events', 0)}"
-                + (", parsing deferred while records come fast" if getattr(self.stage, "busy", False) else ""))
+                + (", parsing deferred while records come fast" if getattr(self.stage, "busy", False) else "")
+                + (f", {self.otlp.status()}" if self.otlp else ""))
 
     def finish(self) -> dict:
         if self.follower is not None:
@@ -454,11 +501,14 @@ class Session:
             proc = self.procs.get(int(pid))
             if proc is not None and self.stage.kind == "spool":
                 proc.pairs += n
-        summary = self.summary()
+        self.stopped = time.monotonic()
         if self.follower is not None and self.follower.shared is not None:
             self.follower.shared.close()
         self.probes.close()
         self.ring.close()
+        if self.otlp:       # the exporter reads the rest of the closed log: no probes wait for it
+            self.otlp_summary = self.otlp.finish(self._stage_stats.get("records_written", 0))
+        summary = self.summary()
         self.drops.close()
         self.prog.close()
         return summary
@@ -468,7 +518,7 @@ class Session:
         st = {k: v for k, v in self._stage_stats.items() if k not in ("pairs_by_pid", "thread_failures")}
         out = {
             "log": str(self.log_path),
-            "duration_s": round(time.monotonic() - self.started, 3),
+            "duration_s": round((self.stopped or time.monotonic()) - self.started, 3),
             "targets": {str(p.pid): [f.path for f in p.files.values()] for p in self.procs.all()},
             "processes": self.procs.summary(),
             "process_tree": self.procs.tree_lines(),
@@ -492,6 +542,7 @@ class Session:
             "ring_thread_policy": self.ring_policy,
             "thread_failures": self.failures.as_list() + list(self._stage_stats.get("thread_failures") or ()),
             "notes": list(self.notes),
+            **self.otlp_summary,
         })
         out.update(self.stage.info())
         return out

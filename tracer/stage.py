@@ -88,6 +88,10 @@ class InlineStage:
     def process_changed(self, proc) -> None:
         """The recorder reads the session's process table itself."""
 
+    def after_parsed(self, msg: dict, then) -> None:
+        """Everything is parsed as it arrives: `then(msg["pid"])` at once."""
+        then(msg["pid"])
+
     def progress(self) -> dict:
         from tracer.recorder import progress
         return progress(self.capture, self.recorder)
@@ -117,6 +121,7 @@ class SpoolStage:
         self.low_water = max_backlog // 8
         self.failures = failures if failures is not None else ThreadFailures(self.stderr)
         self._failed = False
+        self._after: dict = {}         # pid -> what to call once the parser has reached an instruction
         self._final: dict | None = None
         self._progress: dict = {}
         self._done = threading.Event()
@@ -222,6 +227,16 @@ class SpoolStage:
         probed) - so that it precedes the records of that program in the spool."""
         self.spool.control(process_message(proc))
 
+    def after_parsed(self, msg: dict, then) -> None:
+        """`then(msg["pid"])` once the parsing process has parsed everything spooled before now (it
+        echoes the instruction back); at once if it is gone."""
+        if self.dead or self._ending:
+            then(msg["pid"])
+            return
+        self._after[msg["pid"]] = then
+        self.spool.control({**msg, "op": "echo"})
+        self.spool.notify()
+
     def _adjust_priority(self) -> None:
         backlog = self.spool.backlog
         if not self._raised and backlog > self.high_water:
@@ -252,6 +267,14 @@ class SpoolStage:
                     self.spool.consumed = msg["consumed"]
                 if t == "progress":
                     self._progress = msg
+                elif t == "echo":
+                    then = self._after.pop(msg.get("pid"), None)
+                    if then is not None:
+                        try:
+                            then(msg["pid"])
+                        except Exception as e:      # noqa: BLE001 -- the reports must go on
+                            print(f"tracer: after the parsing process reached pid {msg['pid']}'s exit: "
+                                  f"{type(e).__name__}: {e}", file=self.stderr)
                 elif t == "final":
                     self._final = msg["stats"]
                 elif t == "error":

@@ -118,6 +118,8 @@ def run(args) -> int:
             flt.add_base_url(msg["url"])
         elif op == "proc":
             procs.learn(msg)
+        elif op == "echo":              # the session waits until everything before it is parsed
+            rep.send({"t": "echo", "pid": msg.get("pid")})
         else:
             raise ValueError(f"unknown spool instruction {msg!r}")
 

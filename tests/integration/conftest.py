@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import orjson
@@ -35,6 +36,24 @@ def pytest_collection_modifyitems(items):
 def mock():
     with MockServer() as srv:
         yield srv
+
+
+@pytest.fixture
+def user_dir():
+    """user_dir(uid, gid) -> a fresh 0700 directory of that user (default nobody), reachable by them:
+    pytest's own temp dirs are root's 0700, and tracer, writing as the invoking user (SUDO_UID), could
+    not create anything there."""
+    made = []
+
+    def make(uid: int = 65534, gid: int = 65534, mode: int = 0o700) -> Path:
+        d = Path(tempfile.mkdtemp(prefix="tracer-user-"))
+        os.chown(d, uid, gid)
+        os.chmod(d, mode)
+        made.append(d)
+        return d
+    yield make
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def client_env(mock, **extra) -> dict:

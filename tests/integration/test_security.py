@@ -31,23 +31,6 @@ def sudo_env(uid: int = NOBODY, gid: int = NOBODY, **extra) -> dict:
 
 
 @pytest.fixture
-def user_dir():
-    """user_dir(uid, gid) -> a fresh 0700 directory of that user, reachable by them (pytest's own temp
-    dirs are root's 0700: tracer, writing as the invoking user, could not create anything there)."""
-    made = []
-
-    def make(uid: int = NOBODY, gid: int = NOBODY, mode: int = 0o700) -> Path:
-        d = Path(tempfile.mkdtemp(prefix="tracer-sec-"))
-        os.chown(d, uid, gid)
-        os.chmod(d, mode)
-        made.append(d)
-        return d
-    yield make
-    for d in made:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
 def other_users_process():
     """A process owned by nobody (not by the 'invoking user' of the tests below)."""
     p = subprocess.Popen(["sleep", "60"], user=NOBODY, group=NOBODY)

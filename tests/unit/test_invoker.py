@@ -138,6 +138,23 @@ def test_become_in_a_child():
     assert p.stdout.strip() == f"({U}, {U}, {U}) ({G}, {G}, {G}) [{G}]", p.stderr
 
 
+@root_only
+def test_child_credentials_start_a_program_as_the_user():
+    """`tracer run`'s command and tracer's helper processes (the OTLP exporter) start with the user's
+    ids, groups and HOME; for root itself nothing changes."""
+    u = invoker.invoking_user(env("65534", "65534"))
+    kw = invoker.child_credentials(u)
+    e = invoker.user_environment({"HOME": "/root", "PATH": "/usr/bin:/bin"}, u)
+    assert e["HOME"] == u.home and e["USER"] == e["LOGNAME"] == "nobody"
+    assert invoker.user_environment({"HOME": "/srv/mine"}, u)["HOME"] == "/srv/mine"   # not root's: kept
+    p = subprocess.run(["/usr/bin/python3", "-c", "import os; print(os.getresuid(), os.getresgid(), os.getgroups())"],
+                       capture_output=True, text=True, env=e, **kw)
+    assert p.stdout.strip() == "(65534, 65534, 65534) (65534, 65534, 65534) [65534]", p.stderr
+    r = invoker.invoking_user({})
+    assert invoker.child_credentials(r) == {}
+    assert invoker.user_environment({"HOME": "/root"}, r) == {"HOME": "/root"}
+
+
 def _spawn(setup: str) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, "-c", setup + "\nimport sys, time\nprint('ok', flush=True)\n"
                           "time.sleep(60)"], stdout=subprocess.PIPE, text=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
 import select
 import signal
 import subprocess
@@ -15,8 +14,10 @@ from pathlib import Path
 import click
 
 from tracer.errors import TracerError
-from tracer.invoker import InvokingUser, as_user, invoking_user
+from tracer.invoker import InvokingUser, as_user, child_credentials, invoking_user, user_environment
 from tracer.session import Options, Session, command_files, ssl_library_candidates
+from tracer.sinks.otlp.config import (DEFAULT_SESSION_IDLE_S, DEFAULT_SHUTDOWN_TIMEOUT_S, OtlpConfigError,
+                                      OtlpOptions, otel_environment, resolve_endpoint)
 from tracer.sinks.summary import format_summary, write_summary_json
 from tracer.textsafe import printable
 from tracer.threads import EXIT_FAILED
@@ -61,6 +62,24 @@ def capture_options(f):
                           "file as JSON. A new file: an existing one is refused."),
         click.option("--quiet", "-q", is_flag=True, help="No live status line."),
         click.option("--duration", type=float, default=None, help="Stop after this many seconds."),
+        click.option("--otlp-endpoint", metavar="URL", default=None,
+                     help="Also export spans (OpenTelemetry GenAI conventions + OpenInference) over OTLP/HTTP to "
+                          "this base URL, e.g. http://localhost:4318 (/v1/traces is appended). Without it, "
+                          "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT turn export on; "
+                          "OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES apply."),
+        click.option("--otlp-content", is_flag=True,
+                     help="Put message content (prompts, answers, system prompt, tool arguments and results, "
+                          "the traced command's arguments) on the spans, as in the log. Off by default: "
+                          "content is sensitive."),
+        click.option("--otlp-session-idle", type=click.FloatRange(1, 86400), default=DEFAULT_SESSION_IDLE_S,
+                     show_default=True, metavar="SECONDS",
+                     help="End (and export) a session's span after this long without a call; a later call "
+                          "continues the session in a new span with the same session.id."),
+        click.option("--otlp-shutdown-timeout", type=click.FloatRange(0.1, 600), default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+                     show_default=True, metavar="SECONDS",
+                     help="At the end, wait at most this long for spans to be delivered (the rest is counted "
+                          "as undelivered in the summary)."),
+        click.option("--no-otlp", is_flag=True, help="Do not export, whatever the OTEL_* environment says."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -73,8 +92,31 @@ def _options(kw, user: InvokingUser, allow_other_users: bool = False) -> Options
         output_dir=kw["output_dir"], include_all=kw["include_all_requests"], redact=not kw["no_redact"],
         batch_size=kw["write_buffer_size"], flush_ms=kw["flush_ms"], durable=kw["durable"],
         ring_buffer_mb=kw["ring_buffer_mb"], copy_limit=kw["copy_limit_kb"] * 1024,
-        deferred=not kw["no_deferred_parsing"], spool_max_mb=kw["spool_max_mb"], html=not kw["no_html"],
-        status=not kw["quiet"], summary_json=kw["summary_json"])
+        deferred=not kw["no_deferred_parsing"], spool_max_mb=kw["spool_max_mb"], html=not kw["no_html"], status=not kw["quiet"],
+        summary_json=kw["summary_json"], otlp=_otlp_options(kw, user))
+
+
+def _otlp_options(kw, user: InvokingUser) -> OtlpOptions | None:
+    """OTLP export settings from the options and the invoking user's OTEL_* environment (under sudo,
+    pass them with `sudo --preserve-env=...` or use --otlp-endpoint). The exporter process runs as
+    the invoking user (tracer/invoker.py) whenever tracer works for someone else."""
+    if kw["no_otlp"]:
+        return None
+    try:
+        url, source = resolve_endpoint(kw["otlp_endpoint"], os.environ)
+    except OtlpConfigError as e:
+        _fail(str(e))
+    if not url:
+        if kw["otlp_content"]:
+            _fail("--otlp-content needs an endpoint: --otlp-endpoint URL or OTEL_EXPORTER_OTLP_ENDPOINT")
+        return None
+    o = OtlpOptions(endpoint=url, source=source, content=kw["otlp_content"],
+                    session_idle_s=kw["otlp_session_idle"], shutdown_timeout_s=kw["otlp_shutdown_timeout"],
+                    env=otel_environment(os.environ),
+                    run_as=user if user.acting_for_other else None)
+    _say(f"exporting spans to {o.display_endpoint} (OTLP/HTTP, from {source}"
+         + (", with message content" if o.content else "") + ")")
+    return o
 
 
 def _fail(msg: str, code: int = 2):
@@ -309,13 +351,6 @@ def attach_cmd(pids, children, cgroup_path, allow_other_users, **kw):
     sys.exit(_exit_status(_finish(session, opts), 0))
 
 
-def _child_credentials(user: InvokingUser):
-    """Run the command as the user who invoked sudo, never as root unless root ran us directly."""
-    if not user.acting_for_other:
-        return None
-    return user.uid, user.gid, list(user.groups), user.home, user.name
-
-
 def _wait_exit(child: subprocess.Popen, pidfd: int | None, timeout: float) -> None:
     """Until the command exits or `timeout` seconds pass. On its pidfd: one wake-up, where
     Popen.wait(timeout) polls with sleeps that grow from 0.5 ms (~11 wake-ups in 0.25 s, each one
@@ -356,14 +391,7 @@ def run_cmd(command, no_children, **kw):
     user = _user()
     opts = _options(kw, user)
     follow = not no_children
-    env = dict(os.environ)
-    creds = _child_credentials(user)
-    if creds:
-        uid, gid, groups, home, name = creds
-        if home and env.get("HOME") in (None, "", "/root", pwd.getpwuid(0).pw_dir):
-            env["HOME"] = home
-        if name:
-            env["USER"] = env["LOGNAME"] = name
+    env = user_environment(dict(os.environ), user)   # the command runs as the user (child_credentials)
     with as_user(user):          # resolved and read with the user's permissions, as their exec will be
         files = command_files(command[0], env)
     if not files:
@@ -380,9 +408,7 @@ def run_cmd(command, no_children, **kw):
                 "go==b'x' or sys.exit('tracer: tracer ended before the command could start')\n"
                 "os.setpriority(os.PRIO_PROCESS,0,int(sys.argv[2]))\n"
                 "os.execvp(sys.argv[3], sys.argv[3:])\n")
-    popen_kw = {}
-    if creds:
-        popen_kw.update(user=creds[0], group=creds[1], extra_groups=creds[2])
+    popen_kw = child_credentials(user)
     try:
         child = subprocess.Popen([sys.executable, "-c", launcher, str(r), str(session.original_nice), *command],
                                  pass_fds=(r,),
@@ -396,13 +422,14 @@ def run_cmd(command, no_children, **kw):
             follower = session.follow()
             # the launcher runs tracer's own Python (as the user): admitted now, probed after it
             # execs the command, which the kernel side holds until then
-            root = follower.add_root(child.pid, "command", probe=False, env=env)
+            root = follower.add_root(child.pid, "command", probe=False, env=env,
+                                     command=(files[0], list(command)))
             if not root.traced:
                 raise TracerError(f"cannot trace {command[0]}: {root.why_not}")
             tgt = None
         else:
             tgt = session.add_target(child.pid, extra_files=files + ssl_library_candidates(), env=env,
-                                     origin="command")
+                                     origin="command", command=(files[0], list(command)))
     except TracerError as e:
         child.kill()
         session.finish()

@@ -15,6 +15,12 @@ pieces, stop_reason ``tool_use``). Once the last user message carries a ``tool_r
 text with the tool's output ("The command printed: hi"), stop_reason ``end_turn``. Without tools it
 is plain text. A request that enables ``thinking`` gets a thinking block first (thinking_delta +
 signature_delta).
+
+Scenario ``subagent`` (what a subagent test of ``claude -p`` needs): a conversation offering a ``Task`` or
+``Agent`` tool whose first message is not the subagent prompt is answered with a call of that tool
+(``SUBAGENT_PROMPT``, subagent_type ``general-purpose``); the subagent's conversation (its first message
+carries ``SUBAGENT_PROMPT``) gets the Bash round trip of ``auto``; once the Task/Agent result is back,
+the answer is "The subagent reported: ...".
 """
 
 from __future__ import annotations
@@ -271,6 +277,39 @@ def _split_even(s: str, parts: int) -> list[str]:
     return [s[i:i + size] for i in range(0, len(s), size)]
 
 
+SUBAGENT_PROMPT = "Run `echo hi` with the Bash tool and report what it printed. (tracer mock subagent)"
+SUBAGENT_TOOLS = ("Task", "Agent")
+
+
+def _first_text(messages: Any) -> str:
+    if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
+        return ""
+    c = messages[0].get("content")
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list):
+        return "\n".join(b.get("text", "") for b in c if isinstance(b, dict) and isinstance(b.get("text"), str))
+    return ""
+
+
+def _agent_results(messages: Any) -> str | None:
+    """None if no Task/Agent tool was called in ``messages``; else the text of its result ('' if none yet)."""
+    if not isinstance(messages, list):
+        return None
+    ids = set()
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") == "assistant" and isinstance(m.get("content"), list):
+            ids |= {b.get("id") for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_use"
+                    and b.get("name") in SUBAGENT_TOOLS}
+    if not ids:
+        return None
+    for m in reversed(messages):
+        for b in _tool_results(m if isinstance(m, dict) and m.get("role") == "user" else None):
+            if b.get("tool_use_id") in ids:
+                return _tool_result_text(b).strip()
+    return ""
+
+
 def _system_text(body: dict) -> str:
     s = body.get("system")
     if isinstance(s, str):
@@ -445,6 +484,18 @@ class MockApp:
         use_tool = (k.scenario == "tool" or
                     (k.scenario == "auto" and not results and "Bash" in tools))
         inp = estimate_input_tokens(body)
+        if k.scenario == "subagent":
+            agent_tool = next((t for t in SUBAGENT_TOOLS if t in tools), None)
+            in_subagent = SUBAGENT_PROMPT in _first_text(body.get("messages"))
+            started = _agent_results(body.get("messages"))
+            if agent_tool and not in_subagent and started is None:
+                tool_input = {"description": "Say hi in a subagent", "prompt": SUBAGENT_PROMPT,
+                              "subagent_type": "general-purpose"}
+                return _Plan(model, thinking, {"id": new_id("toolu"), "name": agent_tool, "input": tool_input},
+                             "", "tool_use", inp)
+            if agent_tool and not in_subagent:   # one subagent per conversation, then its report
+                return _Plan(model, thinking, None, f"The subagent reported: {started}".strip(), "end_turn", inp)
+            use_tool = in_subagent and not results and "Bash" in tools
         if use_tool:
             name = "Bash" if ("Bash" in tools or not tools) else sorted(tools)[0]
             tool_input = {"command": k.tool_command,

@@ -18,7 +18,7 @@ _BOOL_FALSE = {"0", "false", "no", "off", "n", ""}
 
 @dataclass(frozen=True)
 class Knobs:
-    scenario: str = "auto"       # auto | text | tool | error-event
+    scenario: str = "auto"       # auto | text | tool | subagent
     text: str = ""               # reply text (default: a short greeting / the tool output)
     text_bytes: int = -1         # total text length; -1 = the reply text as is
     deltas: int = 0              # number of text_delta events (0 = natural split)
@@ -38,7 +38,9 @@ class Knobs:
 
 KNOB_HELP: dict[str, str] = {
     "scenario": "auto: Claude Code flow (Bash tool_use when tools offer Bash and the last user "
-                "message has no tool_result, else text); text: always text; tool: always tool_use",
+                "message has no tool_result, else text); text: always text; tool: always tool_use; "
+                "subagent: the main conversation starts a subagent (Task/Agent tool_use) that runs the "
+                "Bash round trip, then answers with what the subagent reported",
     "text": "reply text (default: a short greeting, or 'The command printed: ...' after a tool_result)",
     "text_bytes": "total reply text size in bytes, filled with generated prose, streamed without "
                   "holding it in memory (e.g. 100000000 for 100 MB)",
@@ -61,7 +63,7 @@ KNOB_HELP: dict[str, str] = {
 
 KNOB_FIELDS = {f.name: f for f in fields(Knobs)}
 _CHOICES = {
-    "scenario": ("auto", "text", "tool"),
+    "scenario": ("auto", "text", "tool", "subagent"),
     "thinking": ("auto", "on", "off"),
     "transfer": ("auto", "chunked", "length", "close"),
 }

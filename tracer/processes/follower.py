@@ -153,15 +153,16 @@ class Follower:
 
     # -- roots --------------------------------------------------------------------------------
     def add_root(self, pid: int, origin: str, *, children: bool = True, probe: bool = True,
-                 env: dict | None = None) -> Proc:
+                 env: dict | None = None, command: tuple[str, list[str]] | None = None) -> Proc:
         """Follow `pid` (and, with `children`, what it starts from now on). For a process that
         runs already, its probes are attached here (`probe=False`: tracer's own launcher, probed
-        when it execs the command)."""
+        when it execs `command`)."""
         with self._lock:
             flags = k.PF_CHILDREN if children else 0
             proc = self.table.add(pid, origin=origin)
             if not self._admit(proc):
                 return proc
+            self.session.note_target(pid, command)
             if children and procinfo.is_job_control_shell(pid):
                 flags |= k.PF_NO_STOP_KIDS
                 proc.notes.append("job-control shell: its children are not stopped at exec "
@@ -410,6 +411,7 @@ class Follower:
             proc.exit_ns = time.monotonic_ns()
         self._detach_later(pid)
         self.session.release(pid)
+        self.session.process_exited(pid)
         pin = self.pins.pop(pid, None)
         if pin is not None:
             pin.close()

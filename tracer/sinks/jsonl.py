@@ -86,6 +86,12 @@ class JsonlWriter:
                                     "records are no longer written to the log (counted as lost)",
                                     on_death=self._died)
 
+    @property
+    def fd(self) -> int:
+        """The log's descriptor. A reader that must read this very file (the OTLP exporter) reopens
+        it through /proc/self/fd instead of looking its path up again."""
+        return self._fd
+
     # -- producer side -------------------------------------------------------------------------
     def submit(self, record: dict) -> None:
         with self._cv:

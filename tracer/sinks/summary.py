@@ -8,6 +8,7 @@ import orjson
 
 from tracer.sinks.jsonl import open_log
 from tracer.threads import who
+from tracer.sinks.otlp.sink import format_otlp
 
 
 LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
@@ -26,6 +27,8 @@ LOSSES = (("ring_drops_events", "ring-buffer drops (events)"),
           ("records_lost", "records lost (log write failures)"),
           ("records_stub", "records written as stubs (not serialisable; bodies left out)"),
           ("records_raw_body", "records with raw-text bodies (their JSON was not serialisable)"),
+          ("otlp_spans_undelivered", "OTLP spans undelivered"),
+          ("otlp_records_not_exported", "logged calls not exported over OTLP"),
           ("worker_errors", "internal errors"))
 
 
@@ -86,6 +89,8 @@ def format_summary(s: dict) -> str:
         n = sum(1 for p in s["processes"] if p["traced"])
         lines.append(f"processes ({n} traced):")
         lines += s["process_tree"]
+    if "otlp_endpoint" in s:
+        lines.append(format_otlp(s))
     lines.append(f"log: {s['log']}")
     return "\n".join(lines)
 

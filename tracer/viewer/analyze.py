@@ -12,9 +12,12 @@ API (also used by other sinks, e.g. OpenTelemetry export)::
     an.sessions[s]       # Session: root thread, threads, calls; .totals(an.calls)
     lines[i]             # analyze_log only: LogLine of call i (line number, offset, length)
 
-Or record by record: ``a = Analyzer(); a.add(rec) ...; an = a.finish()``. Every pass is linear in the
-size of the log: a record is looked at once, then only small facts about it are kept (fingerprints,
-tool names, Task prompts), and grouping uses dictionaries, never all-pairs comparisons.
+Or record by record: ``a = Analyzer(); a.add(rec) ...; an = a.finish()``. Calls that keep arriving
+(live export): ``w = GroupingWindow(); w.add(index, rec, analyze_call(index, rec)); an = w.group()``
+as often as wanted, ``w.forget(indexes)`` for calls no longer needed (``an.calls`` is then a dict).
+Every pass is linear in the size of the log: a record is looked at once, then only small facts about
+it are kept (fingerprints, tool names, Task prompts), and grouping uses dictionaries, never all-pairs
+comparisons.
 
 Definitions
 - A *call* is one record (request/response pair). Calls whose request body has a ``messages`` list are
@@ -48,7 +51,7 @@ import bisect
 import math
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit
@@ -522,6 +525,27 @@ class _Facts:
     tasks: tuple[tuple[str, str], ...]           # Task/Agent (tool_use id, prompt) in request + response
 
 
+def _call_facts(rec: dict, c: CallInfo, texts: dict[str, tuple[str, str, str]], intern) -> _Facts:
+    """The facts grouping needs of one Messages call (``c`` with its rebuilt response); the first
+    message's texts go to ``texts`` (once per first message, bounded)."""
+    req = rec.get("request") or {}
+    body = req["body"]
+    msgs = body["messages"]
+    sid = header(req.get("headers"), SESSION_HEADER)
+    first = fingerprint(msgs[0]) if msgs else ""
+    key = (sid, system_fingerprint(body.get("system")), first)
+    if first not in texts:
+        # bounded: what subagent and continuation matching need (a 100 KB prompt per thread
+        # in a 1,000-thread log would otherwise stay in memory)
+        texts[first] = ((message_text(msgs[0])[:FIRST_TEXT_CHARS], user_text(msgs[0])[:1024],
+                         _prompt_preview(msgs[0])) if msgs else ("", "", ""))
+    tmsgs = list(msgs)
+    if isinstance(c.response, dict):
+        tmsgs.append({"role": "assistant", "content": c.response.get("content")})
+    tasks = tuple(intern((intern(t), intern(p))) for t, p in _subagent_calls(tmsgs))
+    return _Facts(intern(sid), intern(key), intern(_tool_names(body)), first, intern(tasks))
+
+
 class Analyzer:
     """Calls added one record at a time (nothing of a record is kept but small facts), then grouped.
 
@@ -547,23 +571,7 @@ class Analyzer:
         self.calls.append(c)
         self._procs.add(c.index, rec)
         if c.kind == "messages":
-            req = rec.get("request") or {}
-            body = req["body"]
-            msgs = body["messages"]
-            sid = header(req.get("headers"), SESSION_HEADER)
-            first = fingerprint(msgs[0]) if msgs else ""
-            key = (sid, system_fingerprint(body.get("system")), first)
-            if first not in self._texts:
-                # bounded: what subagent and continuation matching need (a 100 KB prompt per thread
-                # in a 1,000-thread log would otherwise stay in memory)
-                self._texts[first] = ((message_text(msgs[0])[:FIRST_TEXT_CHARS], user_text(msgs[0])[:1024],
-                                       _prompt_preview(msgs[0])) if msgs else ("", "", ""))
-            tmsgs = list(msgs)
-            if isinstance(c.response, dict):
-                tmsgs.append({"role": "assistant", "content": c.response.get("content")})
-            tasks = tuple(self._i((self._i(t), self._i(p))) for t, p in _subagent_calls(tmsgs))
-            self._facts[c.index] = _Facts(self._i(sid), self._i(key), self._i(_tool_names(body)), first,
-                                          self._i(tasks))
+            self._facts[c.index] = _call_facts(rec, c, self._texts, self._i)
         if not self.keep_responses:
             c.response = None
         return c
@@ -580,6 +588,54 @@ def analyze(records, *, keep_responses: bool = True, max_field_chars: int | None
     for r in records:
         a.add(r)
     return a.finish()
+
+
+class GroupingWindow:
+    """The grouping of calls that keep arriving (live export, ``tracer.sinks.otlp``): the same facts and
+    the same grouping as ``Analyzer``, but calls are added under the caller's own index, grouped as often
+    as wanted (``group``), and dropped when no longer needed (``forget``), so memory is bounded by what
+    the window holds. Only Messages API calls take part; nothing of a record is kept but its facts and
+    its figures without the response."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, CallInfo] = {}
+        self._facts: dict[int, _Facts] = {}
+        self._texts: dict[str, tuple[str, str, str]] = {}
+        self._intern: dict[Any, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.calls
+
+    def _i(self, v: Any) -> Any:
+        return self._intern.setdefault(v, v)
+
+    def add(self, index: int, rec: dict, call: CallInfo) -> None:
+        """``call``: ``analyze_call`` of ``rec`` (its response is read here and not kept)."""
+        if call.kind != "messages":
+            return
+        self._facts[index] = _call_facts(rec, call, self._texts, self._i)
+        self.calls[index] = replace(call, index=index, response=None, rebuild_errors=[], truncated=[],
+                                    thread=None, session=None)
+
+    def forget(self, indexes) -> None:
+        for i in indexes:
+            self.calls.pop(i, None)
+            self._facts.pop(i, None)
+        firsts = {f.first for f in self._facts.values()}
+        self._texts = {k: v for k, v in self._texts.items() if k in firsts}
+        self._intern = {}
+        for f in self._facts.values():      # only what the calls still held share
+            for v in (f.sid, f.key, f.tools, f.tasks, *f.tasks, *(x for t in f.tasks for x in t)):
+                self._intern.setdefault(v, v)
+
+    def group(self) -> Analysis:
+        """Threads and sessions of the calls in the window; ``Analysis.calls`` maps index -> CallInfo."""
+        for c in self.calls.values():
+            c.thread = c.session = None
+        return _group(self.calls, self._facts, self._texts)
 
 
 def analyze_log(path, warnings: list[str] | None = None, *, keep_responses: bool = False,
@@ -602,12 +658,13 @@ def analyze_log(path, warnings: list[str] | None = None, *, keep_responses: bool
     return a.finish(), lines
 
 
-def _group(calls: list[CallInfo], facts: dict[int, _Facts], texts: dict[str, tuple[str, str, str]]) -> Analysis:
+def _group(calls, facts: dict[int, _Facts], texts: dict[str, tuple[str, str, str]]) -> Analysis:
+    """``calls``: a list (``calls[i].index == i``) or a mapping index -> CallInfo (``GroupingWindow``)."""
     # Threads: same Claude Code session id, system prompt and first message, in time order.
     threads: list[Thread] = []
     by_key: dict[tuple[str, str, str], Thread] = {}
     by_sid_first: dict[tuple[str, str], Thread] = {}
-    order = sorted((c for c in calls if c.kind == "messages"),
+    order = sorted((c for c in (calls.values() if isinstance(calls, dict) else calls) if c.kind == "messages"),
                    key=lambda c: (c.t if c.t is not None else float("inf"), c.index))
     final_tasks: dict[int, tuple] = {}
     for c in order:
