@@ -18,7 +18,7 @@ from collections import deque
 
 import httptools
 
-from tracer.protocols.base import (Body, ConnInfo, Direction, Exchange, Message, ParserStats)
+from tracer.protocols.base import (Body, ConnInfo, Direction, Exchange, Message, ParserStats, Progress)
 from tracer.protocols.encoding import DEFAULT_CAP, StreamDecoder
 
 METHODS = (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE")
@@ -121,6 +121,9 @@ class _Side:
             self.decoder = StreamDecoder(m.content_encoding, self.owner.max_decoded_body)
             if self.decoder.error:
                 m.decode_error = self.decoder.error
+        progress = self.owner.progress
+        if progress is not None and not self.is_request:
+            progress.response_head(self.owner.conn, None, self.ex.request if self.ex else None, m)
 
     def on_body(self, body: bytes):
         m = self.msg
@@ -134,6 +137,9 @@ class _Side:
             bt = self.ex.body_times
             if len(bt) < self.owner.max_chunk_times and (not bt or bt[-1][1] != self.ts):
                 bt.append((self.body_offset, self.ts))
+            progress = self.owner.progress
+            if progress is not None:
+                progress.response_data(self.owner.conn, None, self.ex.request, body, self.ts)
         self.body_offset += len(body)
         self.body_wire += len(body)
         if self.decoder is not None:
@@ -310,6 +316,7 @@ class Http1Connection:
     """ConnectionParser for HTTP/1.0 and HTTP/1.1 (see tracer.protocols.base)."""
 
     protocol = "http/1.1"
+    progress: Progress | None = None     # live observer (see base.Progress); set by the pipeline
 
     def __init__(self, conn: ConnInfo, *, max_decoded_body: int = DEFAULT_CAP,
                  max_chunk_times: int = 100_000):
@@ -415,7 +422,9 @@ class Http1Connection:
         return None
 
     def _request_done(self, ex: Exchange | None, msg: Message):
-        pass  # stays pending until its response completes
+        # stays pending until its response completes
+        if self.progress is not None and msg.complete:
+            self.progress.request_done(self.conn, None, msg)
 
     def _response_done(self, ex: Exchange | None, msg: Message):
         if ex is None:

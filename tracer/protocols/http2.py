@@ -59,7 +59,7 @@ from hpack.huffman_table import decode_huffman
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, RstStreamFrame, SettingsFrame
 
-from tracer.protocols.base import Body, ConnInfo, Direction, Exchange, Message, ParserStats
+from tracer.protocols.base import Body, ConnInfo, Direction, Exchange, Message, ParserStats, Progress
 from tracer.protocols.encoding import DEFAULT_CAP, decode_body
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -361,6 +361,7 @@ class Http2Connection:
     """Reassembles the request/response pairs of one HTTP/2 connection (see module docstring)."""
 
     protocol = "h2"
+    progress: Progress | None = None     # live observer (see base.Progress); set by the pipeline
 
     def __init__(self, conn: ConnInfo, *, max_decoded_body: int = DEFAULT_MAX_DECODED_BODY,
                  spill_at: int = 8 << 20, from_start: bool | None = None,
@@ -835,6 +836,8 @@ class Http2Connection:
             if blk.end_stream:
                 s.req_done = True
                 msg.complete = s.req_head and not any(g[0] == _dir_name(sender) for g in s.gaps)
+                if self.progress is not None and msg.complete:
+                    self.progress.request_done(self.conn, s.sid, msg)
         else:
             if s.response is None:
                 s.response = Message(http_version="2", ts_ns=blk.ts_ns, body=Body(s.spill_at))
@@ -847,6 +850,8 @@ class Http2Connection:
             if not s.resp_head and not trailers_like:
                 self._set_head(s, msg, fields, unknown, blk, ts1, request=False)
                 s.resp_head = True
+                if self.progress is not None:
+                    self.progress.response_head(self.conn, s.sid, s.request if s.req_head else None, msg)
             else:
                 self._set_trailers(msg, fields, unknown, blk)
             msg.end_ts_ns = ts1
@@ -954,6 +959,8 @@ class Http2Connection:
             if "END_STREAM" in frame.flags:
                 s.req_done = True
                 msg.complete = s.req_head and not any(g[0] == _dir_name(side.direction) for g in s.gaps)
+                if self.progress is not None and msg.complete:
+                    self.progress.request_done(self.conn, s.sid, msg)
         else:
             if s.response is None:
                 s.response = Message(http_version="2", ts_ns=ts0, body=Body(s.spill_at))
@@ -964,6 +971,9 @@ class Http2Connection:
                 if not msg.first_body_ts_ns:
                     msg.first_body_ts_ns = ts1
                 msg.body.append(data)
+                if self.progress is not None:
+                    self.progress.response_data(self.conn, s.sid, s.request if s.req_head else None,
+                                                data, ts1)
             if "END_STREAM" in frame.flags:
                 s.resp_done = True
                 msg.complete = s.resp_head and not any(g[0] == _dir_name(side.direction) for g in s.gaps)
