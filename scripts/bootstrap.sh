@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SYS_PY=/usr/bin/python3
-APT_PKGS=(python3-bpfcc python3-venv python3-pip curl ca-certificates openssl nodejs)
+APT_PKGS=(python3-bpfcc python3-venv python3-pip curl ca-certificates openssl nodejs tmux)
 EXTRA_PKGS=("$@")
 
 need_apt=()

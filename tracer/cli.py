@@ -1,4 +1,4 @@
-"""Command line: `tracer attach|run|doctor|locate|html|index|mock-server`."""
+"""Command line: `tracer attach|run|tail|doctor|locate|html|index|mock-server`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ COMMAND_MODULES = {
     "html": "tracer.commands.viewer",
     "index": "tracer.commands.viewer",
     "mock-server": "tracer.commands.mock",
+    "tail": "tracer.commands.tail",
 }
 
 

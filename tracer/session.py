@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tracer.capture.pipeline import Capture
+from tracer.errors import TracerError
 from tracer.capture.ring import DropCounters, Ring
 from tracer.probes.attach import TRACEFS, Probes
 from tracer.probes.load import load_program
@@ -41,6 +42,7 @@ class Options:
     status: bool = True
     summary_json: Path | None = None
     watch_interval: float = 0.25
+    live_feed: bool = True          # offer the live feed beside the log (tracer/live/feed.py)
 
 
 @dataclass
@@ -167,9 +169,27 @@ class Session:
         except BaseException:
             self.prog.close()
             raise
+        self.feed = self._start_feed(opts)
         self.capture.start()
         self._poller = threading.Thread(target=self._poll, name="tracer-ring", daemon=True)
         self._poller.start()
+
+    def _start_feed(self, opts: Options):
+        """The live feed (tracer/live/feed.py): always there for `--follow`'s view; its socket beside the
+        log unless --no-live-feed. Failing to offer the socket costs only the socket."""
+        from tracer.live.feed import Listener, LiveFeed
+        listener = None
+        if opts.live_feed:
+            try:
+                listener = Listener(self.log_path)
+            except (OSError, TracerError) as e:
+                print(f"tracer: no live feed for `tracer tail` ({e.strerror if isinstance(e, OSError) else e})",
+                      file=self.stderr)
+        feed = LiveFeed(clock=self.clock, wants=self.filter.wants, log_name=self.log_path.name,
+                        listener=listener)
+        feed.attach(self.capture)
+        feed.start()
+        return feed
 
     # -- pipeline ends -------------------------------------------------------------------------
     POLL_MS = 50   # records are submitted without wake-ups (see bpf/tracer.bpf.c): drain on this timer
@@ -274,6 +294,7 @@ class Session:
         self.capture.stop()
         self.writer.flush()
         self.writer.close()
+        self.feed.close()        # after the log is complete: its views read it to the end
         summary = self.summary()
         self.probes.close()
         self.ring.close()
@@ -314,5 +335,7 @@ class Session:
             "records_lost": w.lost_records,
             "write_errors": w.write_errors,
             "queue_peak": c.queue_peak,
+            "live_feed_clients": self.feed.clients_served,
+            "live_feed_errors": self.feed.errors,
         }
 
