@@ -43,6 +43,7 @@ SUFFIX = ".live"
 SESSION_HEADER = "x-claude-code-session-id"
 REQUEST_BODY_MAX = 8 << 20     # request bodies (the conversation so far) sent to views up to this size
 CLIENT_BUFFER = 8 << 20        # bytes queued per client before its response bytes are dropped
+PENDING_MAX = 32 << 20         # bytes between the parsing thread and the feed's thread, at most
 CLIENT_HARD_LIMIT = 64 << 20   # a client this far behind (reading nothing) is disconnected
 MAX_CLIENTS = 8
 MAX_CALLS = 4096               # pairs in flight remembered (the oldest forgotten first)
@@ -108,8 +109,8 @@ class _Client:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.out: deque[bytes] = deque()
-        self.queued = 0
-        self.lost: dict[int, int] = {}
+        self.queued = 0                       # bytes in out
+        self.lost: dict[int, int] = {}        # call -> response bytes dropped for this client
         self.partial: memoryview | None = None
         self.dead = False
 
@@ -117,7 +118,12 @@ class _Client:
 class LiveFeed:
     """Implements tracer.protocols.base.Progress; serves frames to the clients of ``listener`` and to
     pre-connected sockets (``add_client``). ``wants(exchange)`` is the log's filter: pairs it would not
-    log are not shown either."""
+    log are not shown either.
+
+    Two sides. The parsing thread (the Progress methods) only appends small tuples to one queue - no
+    encoding, no socket - and drops response bytes when the queue already holds ``PENDING_MAX``. The
+    feed's own thread takes the queue, merges consecutive response pieces of a call into one frame,
+    encodes, and hands the frames to each client within its budget, writing non-blocking sockets."""
 
     def __init__(self, *, clock: Clock, wants: Callable[[Exchange], bool], log_name: str = "",
                  listener: Listener | None = None, allowed_uids: set[int] | None = None):
@@ -130,10 +136,15 @@ class LiveFeed:
                                                                            invoking_user().uid}
         self.capture = None
         self._clients: list[_Client] = []
-        self._lock = threading.Lock()
         self._calls: dict[int, tuple[int | None, Message]] = {}   # id(request) -> (k or None, request)
         self._next_k = 0
         self._enabled = False
+        # the queue between the parsing thread and the feed's thread
+        self._qlock = threading.Lock()
+        self._items: deque = deque()
+        self._backlog = 0
+        self._dropped: dict[int, int] = {}          # call -> response bytes dropped before the queue
+        self._idle = True
         self._stop = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread: threading.Thread | None = None
@@ -152,8 +163,7 @@ class LiveFeed:
         """A socket already connected to a view (run/attach --follow: one end of a socketpair)."""
         sock.setblocking(False)
         self._hello(sock)
-        with self._lock:
-            self._clients.append(_Client(sock))
+        self._clients = self._clients + [_Client(sock)]
         self.clients_served += 1
         self._update_enabled()
         self._wake()
@@ -167,9 +177,8 @@ class LiveFeed:
         is complete: a view reads it to its end after the ``bye``."""
         self._post({"t": "bye"})
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self._lock:
-                busy = any((c.out or c.partial is not None) and not c.dead for c in self._clients)
+        while time.monotonic() < end and self._thread is not None and self._thread.is_alive():
+            busy = self._items or any((c.out or c.partial is not None) and not c.dead for c in self._clients)
             if not busy:
                 break
             time.sleep(0.01)
@@ -179,8 +188,7 @@ class LiveFeed:
             self._thread.join(timeout=5)
         if self.capture is not None and self._enabled:
             self.capture.set_progress(None)
-        with self._lock:
-            clients, self._clients = self._clients, []
+        clients, self._clients = self._clients, []
         for c in clients:
             _close(c.sock)
         if self._listener is not None:
@@ -202,16 +210,30 @@ class LiveFeed:
             if k is not None:
                 self._post({"t": "head", "k": k, "ts": self.clock.epoch(response.ts_ns),
                             "status": response.status, "ctype": response.header("content-type"),
-                            "enc": response.header("content-encoding")}, k=k)
+                            "enc": response.header("content-encoding")})
         except Exception as e:
             self._error(e)
 
     def response_data(self, conn: ConnInfo, stream_id: int | None, request: Message | None,
                       data: bytes, ts_ns: int) -> None:
         try:
-            k = self._call(conn, stream_id, request) if request is not None else None
-            if k is not None:
-                self._post({"t": "data", "k": k, "ts": self.clock.epoch(ts_ns)}, data, k=k, droppable=True)
+            entry = self._calls.get(id(request))
+            if entry is not None and entry[1] is request:
+                k = entry[0]
+            else:
+                k = self._call(conn, stream_id, request) if request is not None else None
+            if k is None:
+                return
+            n = len(data)
+            with self._qlock:
+                if self._backlog + n > PENDING_MAX:
+                    self._dropped[k] = self._dropped.get(k, 0) + n
+                    return
+                self._items.append((k, ts_ns, data))
+                self._backlog += n
+                wake, self._idle = self._idle, False
+            if wake:
+                self._wake()
         except Exception as e:
             self._error(e)
 
@@ -219,7 +241,7 @@ class LiveFeed:
         try:
             entry = self._calls.pop(id(ex.request), None)
             if entry is not None and entry[0] is not None:
-                self._post({"t": "end", "k": entry[0], "complete": not ex.incomplete}, k=entry[0])
+                self._post({"t": "end", "k": entry[0], "complete": not ex.incomplete})
         except Exception as e:
             self._error(e)
 
@@ -240,48 +262,27 @@ class LiveFeed:
         path = request.target.split("?", 1)[0]
         api = path.endswith("/v1/messages") or bool(BEDROCK_PATH.match(path))
         body = request.body
-        cut = not api or body.spilled or body.size > REQUEST_BODY_MAX
+        cut = (not api or body.spilled or body.size > REQUEST_BODY_MAX
+               or self._backlog + body.size > PENDING_MAX)
         self._post({"t": "req", "k": k, "conn": conn.conn_id, "sid": stream_id,
                     "ts": self.clock.epoch(request.ts_ns), "pid": conn.pid, "tid": conn.tid,
                     "comm": conn.comm, "method": request.method, "url": url_of(request),
                     "session": request.header(SESSION_HEADER), "ctype": request.header("content-type"),
                     "enc": "" if request.content_encoding else request.header("content-encoding"),
                     "size": body.size, "cut": cut},
-                   b"" if cut else body.getvalue(), k=k)
+                   b"" if cut else body.getvalue())
         return k
 
     def _error(self, e: Exception) -> None:
         self.errors += 1
         self.last_error = f"{type(e).__name__}: {e}"
 
-    # -- queueing ---------------------------------------------------------------------------------
-    def _post(self, header: dict, payload: bytes = b"", *, k: int | None = None,
-              droppable: bool = False) -> None:
-        frame = None
-        wake = False
-        with self._lock:
-            for c in self._clients:
-                if c.dead:
-                    continue
-                if droppable and c.queued + len(payload) > CLIENT_BUFFER:
-                    c.lost[k] = c.lost.get(k, 0) + len(payload)
-                    continue
-                if c.queued > CLIENT_HARD_LIMIT:
-                    c.dead = True           # reads nothing: the sender thread disconnects it
-                    wake = True
-                    continue
-                if k is not None and c.lost:
-                    n = c.lost.pop(k, 0)
-                    if n:
-                        lost = wire.encode({"t": "lost", "k": k, "bytes": n})
-                        c.out.append(lost)
-                        c.queued += len(lost)
-                if frame is None:
-                    frame = wire.encode(header, payload)
-                if not c.out and c.partial is None:
-                    wake = True
-                c.out.append(frame)
-                c.queued += len(frame)
+    def _post(self, header: dict, payload: bytes = b"") -> None:
+        """A frame that is always delivered (to every client still keeping up)."""
+        with self._qlock:
+            self._items.append((header, payload))
+            self._backlog += len(payload)
+            wake, self._idle = self._idle, False
         if wake:
             self._wake()
 
@@ -300,8 +301,7 @@ class LiveFeed:
 
     def _update_enabled(self) -> None:
         """Installed in the pipeline exactly while somebody is connected."""
-        with self._lock:
-            want = any(not c.dead for c in self._clients)
+        want = any(not c.dead for c in self._clients)
         if self.capture is None or want == self._enabled:
             return
         self._enabled = want
@@ -309,15 +309,72 @@ class LiveFeed:
         if not want:
             self._calls.clear()      # the parsers call no more (set_progress waited for them)
 
-    # -- the sender thread ----------------------------------------------------------------------
+    # -- the feed's thread ----------------------------------------------------------------------
+    def _take(self) -> list[tuple[bytes, int | None, int]]:
+        """The queue as frames: (frame, call or None, response bytes in it); consecutive response
+        pieces of one call become one frame."""
+        with self._qlock:
+            items, self._items = self._items, deque()
+            self._backlog = 0
+            dropped, self._dropped = self._dropped, {}
+            if not items:
+                self._idle = True
+        frames: list[tuple[bytes, int | None, int]] = []
+        for k, n in dropped.items():
+            frames.append((wire.encode({"t": "lost", "k": k, "bytes": n}), None, 0))
+        run_k, run_ts, run = None, 0, []
+        size = 0
+
+        def flush():
+            if run:
+                data = b"".join(run)
+                frames.append((wire.encode({"t": "data", "k": run_k, "ts": self.clock.epoch(run_ts)}, data),
+                               run_k, len(data)))
+        for it in items:
+            if len(it) == 3:
+                k, ts, data = it
+                if k != run_k or size + len(data) > (1 << 20):
+                    flush()
+                    run_k, run_ts, run, size = k, ts, [], 0
+                run.append(data)
+                size += len(data)
+            else:
+                flush()
+                run_k, run, size = None, [], 0
+                header, payload = it
+                frames.append((wire.encode(header, payload), header.get("k"), 0))
+        flush()
+        return frames
+
+    def _distribute(self, frames) -> None:
+        for c in self._clients:
+            if c.dead:
+                continue
+            for frame, k, nbytes in frames:
+                if nbytes and c.queued + len(frame) > CLIENT_BUFFER:
+                    c.lost[k] = c.lost.get(k, 0) + nbytes
+                    continue
+                if c.queued > CLIENT_HARD_LIMIT:
+                    c.dead = True           # reads nothing at all: let go
+                    break
+                if k is not None and c.lost:
+                    n = c.lost.pop(k, 0)
+                    if n:
+                        lost = wire.encode({"t": "lost", "k": k, "bytes": n})
+                        c.out.append(lost)
+                        c.queued += len(lost)
+                c.out.append(frame)
+                c.queued += len(frame)
+
     def _run(self) -> None:
         while not self._stop:
+            if self._items:
+                self._distribute(self._take())
             poller = select.poll()
             poller.register(self._wake_r, select.POLLIN)
             if self.listener is not None:
                 poller.register(self.listener, select.POLLIN)
-            with self._lock:
-                clients = list(self._clients)
+            clients = self._clients
             by_fd = {}
             for c in clients:
                 ev = select.POLLIN
@@ -347,14 +404,20 @@ class LiveFeed:
                             c.dead = True
                     if not c.dead and ev & select.POLLOUT:
                         self._send(c)
-            with self._lock:
-                gone = [c for c in self._clients if c.dead]
-                if gone:
-                    self._clients = [c for c in self._clients if not c.dead]
-            for c in gone:
-                _close(c.sock)
+            gone = [c for c in self._clients if c.dead]
+            if gone:
+                self._clients = [c for c in self._clients if not c.dead]
+                for c in gone:
+                    _close(c.sock)
             if gone or changed:
                 self._update_enabled()
+        if self._items:                     # the goodbye, if it came with the stop
+            self._distribute(self._take())
+            for c in self._clients:
+                while (c.out or c.partial is not None) and not c.dead:
+                    self._send(c)
+                    if c.out or c.partial is not None:
+                        break
 
     def _accept(self) -> bool:
         try:
@@ -368,9 +431,7 @@ class LiveFeed:
             _pid, uid, _gid = _ucred(sock)
         except OSError:
             uid = -1
-        with self._lock:
-            full = len(self._clients) >= MAX_CLIENTS
-        if uid not in self.allowed_uids or full:
+        if uid not in self.allowed_uids or len(self._clients) >= MAX_CLIENTS:
             self.refused_clients += 1
             _close(sock)
             return False
@@ -391,16 +452,15 @@ class LiveFeed:
     def _send(self, c: _Client) -> None:
         while True:
             if c.partial is None:
-                with self._lock:
-                    if not c.out:
-                        return
-                    parts = []
-                    size = 0
-                    while c.out and size < (1 << 20):
-                        f = c.out.popleft()
-                        parts.append(f)
-                        size += len(f)
-                    c.queued -= size
+                if not c.out:
+                    return
+                parts = []
+                size = 0
+                while c.out and size < (1 << 20):
+                    f = c.out.popleft()
+                    parts.append(f)
+                    size += len(f)
+                c.queued -= size
                 c.partial = memoryview(b"".join(parts))
             try:
                 n = c.sock.send(c.partial)
