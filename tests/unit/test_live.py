@@ -657,3 +657,62 @@ def test_tail_prints_the_last_calls_of_a_log_as_plain_lines(tmp_path):
     assert out.count("✓ #") + out.count("✗ #") + out.count("⚠ #") == 3, out
     assert "\x1b" not in out
     assert "in " in out and "out " in out
+
+
+def test_bedrock_event_stream_answers_stream_too():
+    from tracer.protocols.eventstream import bedrock_chunk
+    events = [orjson.loads(e.split(b"data: ", 1)[1]) for e in answer_events(["Bed", "rock ", "answer"],
+                                                                              tool=("Read", {"path": "/x"}))]
+    body = b"".join(bedrock_chunk(e) for e in events)
+    m = Model()
+    m.on_frame({"t": "req", "k": 1, "conn": "c", "sid": None, "ts": 5.0, "pid": 3, "comm": "py",
+                "method": "POST", "url": "https://bedrock-runtime.us-east-1.amazonaws.com/model/"
+                "anthropic.claude-sonnet-4-5/invoke-with-response-stream", "cut": False},
+               orjson.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 10,
+                             "messages": [{"role": "user", "content": "hi bedrock"}]}))
+    m.on_frame({"t": "head", "k": 1, "status": 200, "ctype": "application/vnd.amazon.eventstream"}, b"")
+    for i in range(0, len(body), 33):
+        m.on_frame({"t": "data", "k": 1, "ts": 5.5 + i / 1e5}, body[i:i + 33])
+    c = m.calls[1]
+    assert c.text.value() == "Bedrock answer" and c.prompt == "hi bedrock"
+    assert c.usage["output_tokens"] == 7 and [t.name for t in c.tools] == ["Read"] and c.tools[0].done
+
+
+def test_a_gzip_answer_is_decoded_live():
+    body = gzip.compress(b"".join(answer_events(["zip", "ped"])))
+    m = Model()
+    m.on_frame({"t": "req", "k": 1, "conn": "c", "sid": None, "ts": 1.0, "cut": False},
+               orjson.dumps(BODY))
+    m.on_frame({"t": "head", "k": 1, "status": 200, "ctype": "text/event-stream", "enc": "gzip"}, b"")
+    for i in range(0, len(body), 10):
+        m.on_frame({"t": "data", "k": 1, "ts": 1.1}, body[i:i + 10])
+    assert m.calls[1].text.value() == "zipped"
+
+
+def test_view_goes_on_from_the_log_when_the_feed_lets_it_go(tmp_path):
+    """A feed that closes without a goodbye while its tracer runs: the view keeps following the log
+    (records only) until the tracer is gone; with the goodbye it ends at once."""
+    from tracer.live.follow import OpenedLog
+    from tracer.live.view import View
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b"")
+    recs = claude_code_session().records
+    sleeper = subprocess.Popen(["sleep", "30"])
+    a, b = socket.socketpair()
+    a.sendall(wire.encode({"t": "hello", "v": 1, "pid": sleeper.pid}))
+    a.close()                                     # no bye
+    fd = os.open(log, os.O_RDONLY)
+    v = View(OpenedLog(fd, os.open("/", os.O_PATH), "log.jsonl", 0), b,
+             LinesRenderer(make_console(io.StringIO(), terminal=False)), history=0)
+    import threading
+    th = threading.Thread(target=v.run)
+    th.start()
+    time.sleep(0.5)
+    assert th.is_alive() and v.model.feed_state.startswith("records only")
+    with open(log, "ab") as f:
+        f.write(orjson.dumps(recs[1]) + b"\n")
+    assert wait_for(lambda: v.model.records == 1, 5)
+    sleeper.kill()
+    sleeper.wait()
+    th.join(10)
+    assert not th.is_alive()

@@ -61,8 +61,14 @@ def tail_cmd(log, last, view, no_feed, max_fps, log_fd, feed_fd, title):
 
     internal = log_fd is not None
     if internal:
-        # started by run/attach --follow: Ctrl-C is the tracer's to handle; it ends the feed, we end
+        # started by run/attach --follow: Ctrl-C is the tracer's to handle; it ends the feed, we end.
+        # Below the traced program in priority (the tracer's own threads may run raised; we would
+        # inherit that): drawing can wait, the program should not.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, max(10, os.getpriority(os.PRIO_PROCESS, 0)))
+        except OSError:
+            pass
         opened = OpenedLog(log_fd, os.open("/", os.O_PATH | os.O_CLOEXEC), title or "log", os.fstat(log_fd).st_uid)
         feed = socket.socket(fileno=feed_fd) if feed_fd is not None else None
         if feed is not None:

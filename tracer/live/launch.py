@@ -77,7 +77,11 @@ def start_view(session, style: str) -> subprocess.Popen | None:
     log_fd = -1
     try:
         log_fd = os.open(session.log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+        # this tracer's own package first (an editable install is found through a .pth hook, which
+        # -S does not run), then the rest of the import path, made absolute
+        import tracer
+        root = os.path.dirname(os.path.dirname(os.path.abspath(tracer.__file__)))
+        paths = [root] + [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
         cmd = [os.path.realpath(sys.executable), "-I", "-S", "-c", BOOT, json.dumps(paths), "tail",
                "--log-fd", str(log_fd), "--feed-fd", str(b.fileno()), "--view", style, "--last", "0",
                "--title", session.log_path.name]

@@ -106,6 +106,7 @@ class Call:
     pid: int = 0
     comm: str = ""
     process: str = ""                 # command line / parent chain from the record, when present
+    proc_name: str = ""               # the process' name (/proc/PID/comm, looked up by the view)
     method: str = ""
     url: str = ""
     t0: float | None = None           # request start (epoch s)
@@ -609,7 +610,8 @@ class Model:
         if call.key is not None and self.by_key.get(call.key) is call:
             del self.by_key[call.key]
 
-    def expire(self, now: float | None = None, feed_gone: bool = False) -> None:
+    def expire(self, now: float | None = None, feed_gone: bool = False,
+               why: str = "the tracer stopped before this call finished") -> None:
         """Calls whose record will not come: ended long ago, or in flight when the feed went away."""
         now = time.monotonic() if now is None else now
         for c in list(self.calls.values()):
@@ -617,8 +619,7 @@ class Model:
                 continue
             if (c.ended_at is not None and now - c.ended_at > RECORD_WAIT_S) or feed_gone:
                 c.state = "lost"
-                c.notes.append("its record did not reach the log" if c.ended_at is not None
-                               else "the tracer stopped before this call finished")
+                c.notes.append("its record did not reach the log" if c.ended_at is not None else why)
                 c.stream = None
                 self.changes.append(("done", c))
                 self.dirty = True

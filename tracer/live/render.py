@@ -86,7 +86,12 @@ def header(call: Call, mark: str) -> Text:
         t.append("  " + safe(call.model), style="bold")
     elif call.kind != "messages":
         t.append("  " + safe(call.method) + " " + safe(call.url), style="bold")
-    who = safe(call.process) if call.process else safe(call.comm)
+    if call.process:
+        who = safe(call.process)
+    else:
+        name = call.proc_name
+        who = safe(name) + (f" ({safe(call.comm)})" if call.comm and call.comm != name else "") \
+            if name else safe(call.comm)
     t.append(f"  pid {call.pid}" + (f" {who}" if who else ""), style="dim")
     if call.prompt:
         t.append("  «" + safe(call.prompt) + "»", style="italic")

@@ -5,13 +5,16 @@ waits on the feed socket with a short timeout, decodes what arrived, looks at th
 lines every ``LOG_POLL_S``, and redraws when something changed but at most ``max_fps`` times a second.
 The tracer's capture never waits for it: the feed drops what a slow view does not take.
 
-Ends when the tracer says ``bye`` (or its socket closes): then the log is complete, so it is read to
-its end, calls still in flight are marked as not finished, and the last state is drawn. Without a
-feed it follows the log until interrupted, like ``tail -f``.
+Ends when the tracer says ``bye``: then the log is complete, so it is read to its end, calls still in
+flight are marked as not finished, and the last state is drawn. If the feed closes without a goodbye
+while the tracer still runs (it let this view go: too far behind), the view goes on with finished
+calls from the log until the tracer process is gone. Without a feed it follows the log until
+interrupted, like ``tail -f``.
 """
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import time
@@ -37,6 +40,10 @@ class View:
         self.decoder = wire.Decoder()
         self.model.feed_state = "connected" if feed is not None else "none"
         self._feed_done = feed is None
+        self._bye = False
+        self._tracer_pid: int | None = None      # from the feed's hello, watched once the feed is gone
+        self._until = None
+        self._names: dict[int, str] = {}
 
     def run(self, stop=None) -> int:
         """Until the tracer ends (with a feed) or ``stop()`` returns true / Ctrl-C (without)."""
@@ -52,11 +59,16 @@ class View:
                     last_log = now
                     self.model.expire(now)
                 if self.model.dirty and now - last_draw >= self.min_interval:
+                    self._name_processes()
                     r.draw(self.model)
                     last_draw = time.monotonic()
                 if self._feed_done and self.feed is not None:
-                    break
+                    if self._bye or not self._tracer_alive():
+                        break
+                    self._drop_feed()
                 if stop is not None and stop():
+                    break
+                if self._until is not None and self._until():
                     break
                 wait = max(0.0, min(LOG_POLL_S - (time.monotonic() - last_log),
                                     self.min_interval - (time.monotonic() - last_draw)
@@ -92,12 +104,45 @@ class View:
             try:
                 for h, payload in self.decoder.feed(data):
                     self.model.on_frame(h, payload)
+                    if h.get("t") == "hello" and isinstance(h.get("pid"), int):
+                        self._tracer_pid = h["pid"]
                     if h.get("t") == "bye":
-                        self._feed_done = True
+                        self._feed_done = self._bye = True
             except wire.FrameError as e:
                 self.model.warnings.append(f"live feed: {e}; records only from now on")
                 self._feed_done = True
                 return
+
+    def _name_processes(self) -> None:
+        """The traced process' name next to its pid (the connection's thread may be called "HTTP
+        Client"): /proc/PID/comm, read once per pid, as the user running the view."""
+        for call in self.model.calls.values():
+            if not call.pid or call.proc_name or call.k is None:
+                continue             # only calls seen live: a pid in an old record may be reused
+            name = self._names.get(call.pid)
+            if name is None:
+                try:
+                    with open(f"/proc/{call.pid}/comm", "rb") as f:
+                        name = f.read(64).decode("utf-8", "replace").strip()
+                except OSError:
+                    name = ""
+                self._names[call.pid] = name
+                if len(self._names) > 1024:
+                    self._names.pop(next(iter(self._names)))
+            call.proc_name = name
+
+    def _tracer_alive(self) -> bool:
+        return self._tracer_pid is not None and os.path.exists(f"/proc/{self._tracer_pid}")
+
+    def _drop_feed(self) -> None:
+        """The feed let us go but the tracer runs on: finished calls from the log only, until it ends."""
+        self.feed.close()
+        self.feed = None
+        self.model.feed_state = "records only: the live feed let this view go"
+        self.model.expire(feed_gone=True, why="the live feed let this view go; see the log")
+        self.model.dirty = True
+        pid = self._tracer_pid
+        self._until = lambda: not os.path.exists(f"/proc/{pid}")
 
     def _read_log(self, everything: bool = False) -> None:
         while True:
