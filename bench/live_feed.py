@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import ASYNC_CLIENT, cpu_seconds, machine, pct, tracer_cmd  # noqa: E402
+from _util import ASYNC_CLIENT, cpu_seconds, machine, pct, proc_children, tracer_cmd  # noqa: E402
 
 import orjson  # noqa: E402
 
@@ -152,15 +152,11 @@ def _wait_tracing(errfile: Path, t: subprocess.Popen, timeout: float = 300) -> N
 
 
 def _view_pid(tracer_pid: int) -> int | None:
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+    for pid in proc_children().get(tracer_pid, []):
         try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid == tracer_pid and b"tail" in Path(f"/proc/{d}/cmdline").read_bytes():
-                return int(d)
-        except (OSError, ValueError, IndexError):
+            if b"tail" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
             continue
     return None
 

@@ -27,27 +27,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import PY_CLIENT, ROOT, logs, machine, tracer_cmd  # noqa: E402
+from _util import PY_CLIENT, ROOT, logs, machine, proc_children, tracer_cmd  # noqa: E402
 
 from tracer.mock import MockServerProcess  # noqa: E402
 from tracer.mock.app import text_pieces  # noqa: E402
 from tracer.mock.knobs import Knobs  # noqa: E402
 
 REPLY = "Here is the long answer you asked for."
-
-
-def _proc_children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
-    return kids
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -88,7 +74,7 @@ class RunWatch:
             if not st:
                 return
             self.hwm_kb = max(self.hwm_kb, st.get("VmHWM", 0))
-            kids = _proc_children()
+            kids = proc_children()
             direct = kids.get(self.pid, [])
             if self.command is None and direct:
                 self.command = min(direct)
