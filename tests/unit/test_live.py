@@ -520,6 +520,16 @@ def test_subagents_nest_like_the_viewer_groups_them():
                     m.on_frame(h, p)
             call = m.on_record(i + 1, rec)
             by_index[i] = call
+        if live:
+            buf = io.StringIO()
+            LinesRenderer(make_console(buf, terminal=False)).draw(m)
+            heads = [l for l in buf.getvalue().splitlines() if re.match(r"\s*✓ #\d+ ", l)]
+            for i, call in by_index.items():
+                line = next(l for l in heads if re.match(rf"\s*✓ #{call.n} ", l))
+                if i in sub_calls:
+                    assert line.startswith("    ✓ ") and f"subagent of #{call.parent.n}" in line, line
+                else:
+                    assert line.startswith("✓ "), line
         for i, call in by_index.items():
             assert (call.depth == 1) == (i in sub_calls), (i, call.depth)
             if i in sub_calls:
