@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 
 from tracer.capture.pipeline import Capture
-from tracer.errors import TracerError
 from tracer.capture.ring import DropCounters, Ring
 from tracer.probes.attach import TRACEFS, Probes
 from tracer.probes.load import load_program
@@ -182,9 +181,9 @@ class Session:
         if opts.live_feed:
             try:
                 listener = Listener(self.log_path)
-            except (OSError, TracerError) as e:
-                print(f"tracer: no live feed for `tracer tail` ({e.strerror if isinstance(e, OSError) else e})",
-                      file=self.stderr)
+            except Exception as e:      # the trace goes on without it
+                why = e.strerror if isinstance(e, OSError) and e.strerror else e
+                print(f"tracer: no live feed for `tracer tail` ({why})", file=self.stderr)
         feed = LiveFeed(clock=self.clock, wants=self.filter.wants, log_name=self.log_path.name,
                         listener=listener)
         feed.attach(self.capture)

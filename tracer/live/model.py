@@ -33,7 +33,7 @@ import orjson
 from tracer.protocols.encoding import StreamDecoder
 from tracer.protocols.eventstream import EventStreamDecoder, bedrock_event
 from tracer.protocols.sse import MessageBuilder, SSEParser
-from tracer.viewer.analyze import (SUBAGENT_TOOLS, CallFacts, analyze_call, prompt_matches, text_of,
+from tracer.viewer.analyze import (FIRST_TEXT_CHARS, SUBAGENT_TOOLS, CallFacts, analyze_call, prompt_matches, text_of,
                                    user_text)
 
 TEXT_TAIL = 6000          # characters of a streaming answer kept (its end)
@@ -360,6 +360,7 @@ class Nesting:
         for tool_id, prompt in tasks:
             if not prompt or tool_id in self.known_tools:
                 continue
+            prompt = prompt[:FIRST_TEXT_CHARS]        # all that matching looks at (prompt_matches)
             self.known_tools.add(tool_id)
             self.prompts.append((prompt, tool_id, th, call))
             for other in self.threads.values():
