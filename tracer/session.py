@@ -177,15 +177,15 @@ class Session:
         """The live feed (tracer/live/feed.py): always there for `--follow`'s view; its socket beside the
         log unless --no-live-feed. Failing to offer the socket costs only the socket."""
         from tracer.live.feed import Listener, LiveFeed
-        listener = None
+        listener = self.live_listener = None
         if opts.live_feed:
             try:
-                listener = Listener(self.log_path)
+                listener = self.live_listener = Listener(self.log_path)
             except Exception as e:      # the trace goes on without it
                 why = e.strerror if isinstance(e, OSError) and e.strerror else e
                 print(f"tracer: no live feed for `tracer tail` ({why})", file=self.stderr)
         feed = LiveFeed(clock=self.clock, wants=self.filter.wants, log_name=self.log_path.name,
-                        listener=listener)
+                        listen=listener.sock if listener is not None else None)
         feed.attach(self.capture)
         feed.start()
         return feed
@@ -294,6 +294,8 @@ class Session:
         self.writer.flush()
         self.writer.close()
         self.feed.close()        # after the log is complete: its views read it to the end
+        if self.live_listener is not None:
+            self.live_listener.close()
         summary = self.summary()
         self.probes.close()
         self.ring.close()

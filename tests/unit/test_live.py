@@ -231,7 +231,7 @@ def read_frames(sock: socket.socket, until: str = "end", timeout: float = 5.0, c
 
 def make_feed(capture, clock, listener=None):
     flt = Filter()
-    f = LiveFeed(clock=clock, wants=flt.wants, log_name="log-test.jsonl", listener=listener)
+    f = LiveFeed(clock=clock, wants=flt.wants, log_name="log-test.jsonl", listen=listener)
     f.attach(capture)
     f.start()
     return f
@@ -349,7 +349,7 @@ def test_listener_is_the_users_0600_socket_and_checks_peers(tmp_path):
     st = os.lstat(live_path(log))
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
     cap = Capture(lambda ex: None, deferred=False)
-    f = LiveFeed(clock=Clock(), wants=Filter().wants, listener=lst, allowed_uids={12345})
+    f = LiveFeed(clock=Clock(), wants=Filter().wants, listen=lst.sock, allowed_uids={12345})
     f.attach(cap)
     f.start()
     c = socket.socket(socket.AF_UNIX)
@@ -365,6 +365,7 @@ def test_listener_is_the_users_0600_socket_and_checks_peers(tmp_path):
     s.close()
     opened.close()
     f.close()
+    lst.close()
     assert not os.path.lexists(live_path(log)), "the socket is removed at the end"
 
 

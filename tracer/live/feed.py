@@ -18,6 +18,11 @@ never depends on any of this: the feed observes, it never changes a message or h
 What runs as root: this module, inside the tracer (the process that parses). It opens no path other
 than binding its socket, which it does with the invoking user's file-system identity
 (tracer/invoker.py ``as_user``); it reads nothing from clients.
+
+Where it runs: next to the capture pipeline it observes (``attach(capture)``), on the parsing side.
+``LiveFeed`` itself takes sockets, not paths: a parsing process of its own can be handed the
+listening socket (``Listener.sock``, made by the session as the user) and the `--follow` view's end
+of the socket pair as descriptors; the session keeps the ``Listener`` to remove the name at the end.
 """
 
 from __future__ import annotations
@@ -116,9 +121,10 @@ class _Client:
 
 
 class LiveFeed:
-    """Implements tracer.protocols.base.Progress; serves frames to the clients of ``listener`` and to
-    pre-connected sockets (``add_client``). ``wants(exchange)`` is the log's filter: pairs it would not
-    log are not shown either.
+    """Implements tracer.protocols.base.Progress; serves frames to the clients who connect to ``listen``
+    (a listening socket: ``Listener.sock``, or one inherited by a parsing process as a descriptor; its
+    name is its creator's to remove) and to pre-connected sockets (``add_client``). ``wants(exchange)``
+    is the log's filter: pairs it would not log are not shown either.
 
     Two sides. The parsing thread (the Progress methods) only appends small tuples to one queue - no
     encoding, no socket - and drops response bytes when the queue already holds ``PENDING_MAX``. The
@@ -126,12 +132,11 @@ class LiveFeed:
     encodes, and hands the frames to each client within its budget, writing non-blocking sockets."""
 
     def __init__(self, *, clock: Clock, wants: Callable[[Exchange], bool], log_name: str = "",
-                 listener: Listener | None = None, allowed_uids: set[int] | None = None):
+                 listen: socket.socket | None = None, allowed_uids: set[int] | None = None):
         self.clock = clock
         self.wants = wants
         self.log_name = log_name
-        self.listener = listener.sock if listener is not None else None
-        self._listener = listener
+        self.listener = listen
         self.allowed_uids = allowed_uids if allowed_uids is not None else {0, os.geteuid(),
                                                                            invoking_user().uid}
         self.capture = None
@@ -191,8 +196,6 @@ class LiveFeed:
         clients, self._clients = self._clients, []
         for c in clients:
             _close(c.sock)
-        if self._listener is not None:
-            self._listener.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
