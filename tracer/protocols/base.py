@@ -174,8 +174,8 @@ class Progress(Protocol):
 
     A parser holds one in its ``progress`` attribute, None by default: every call site is a None check,
     so a parser nobody observes pays nothing more. The pipeline sets it (``Capture.set_progress``).
-    Called on the parsing thread, in stream order; an observer must return at once and never change
-    the messages it is shown. A pair is identified by its request ``Message`` object (the same object
+    Called on the parsing thread, in stream order, from inside the parsers (an llhttp callback, say):
+    an observer must return at once, never raise, and never change the messages it is shown. A pair is identified by its request ``Message`` object (the same object
     ends up in the finished ``Exchange``); ``request`` may be None for a response whose request was not
     seen (attach mid-stream).
 
