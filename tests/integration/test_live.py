@@ -212,6 +212,27 @@ def test_attach_follow_shows_a_running_process_calls(mock, tmp_path):
     assert f"out {usage['output_tokens']:,}" in lines[done + 1]
 
 
+def test_follow_http2_answers_stream_too(tmp_path):
+    """curl over HTTP/2 (nghttp2): the h2 parser's progress reaches the view as the answer streams."""
+    from urllib.parse import quote
+    from tracer.mock import MockServer
+    with MockServer(h2=True) as h2mock:
+        url = f"{h2mock.url}/v1/messages?mock-delay-ms=20&mock-text={quote(WORDS[:400])}"
+        body = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
+                             "messages": [{"role": "user", "content": "over h2"}]}).decode()
+        p = subprocess.run(tracer_cmd("run", "-o", str(tmp_path / "out"), "--no-html", "--follow", "--",
+                                      "curl", "--cacert", str(h2mock.ca_path), "-sS", "-o", "/dev/null", "-w",
+                                      "%{http_version}\n", "-H", "content-type: application/json", "-d", body, url),
+                           env=client_env(h2mock), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "2", (p.stdout, p.stderr)
+    rec, = read_log(tmp_path / "out")
+    assert rec["tracer"]["protocol"] == "h2"
+    lines = p.stderr.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("→ #1 ") and "over h2" in l)
+    done = next(i for i, l in enumerate(lines) if l.startswith("✓ #1 "))
+    assert any("w001" in l for l in lines[start:done]), p.stderr
+
+
 @pytest.fixture
 def user_dirs():
     """A 0700 directory of the test user (tracer writes its log there as that user) and a readable
