@@ -727,3 +727,26 @@ def test_view_goes_on_from_the_log_when_the_feed_lets_it_go(tmp_path):
     sleeper.wait()
     th.join(10)
     assert not th.is_alive()
+
+
+def test_a_subagent_is_nested_from_the_stream_before_any_record():
+    """The parent's Task call is read from its streamed answer (a long prompt too): the subagent's
+    first request is placed under it at once, header included, without waiting for the log."""
+    prompt = "Survey every module and report. " * 70          # ~2,300 characters
+    m = Model()
+    sys_main = [{"type": "text", "text": "main agent"}]
+    main_body = {"model": "claude-sonnet-4-5", "system": sys_main, "stream": True,
+                 "tools": [{"name": "Task"}], "messages": [{"role": "user", "content": "do the survey"}]}
+    m.on_frame({"t": "req", "k": 1, "conn": "c1", "sid": None, "ts": 10.0, "session": "s1"}, orjson.dumps(main_body))
+    m.on_frame({"t": "head", "k": 1, "status": 200, "ctype": "text/event-stream"}, b"")
+    for e in answer_events(["delegating"], tool=("Task", {"description": "survey", "prompt": prompt})):
+        m.on_frame({"t": "data", "k": 1, "ts": 10.5}, e)
+    m.on_frame({"t": "end", "k": 1, "complete": True}, b"")
+    sub_body = {"model": "claude-haiku", "system": [{"type": "text", "text": "sub agent"}], "stream": True,
+                "messages": [{"role": "user", "content": prompt}]}
+    m.on_frame({"t": "req", "k": 2, "conn": "c2", "sid": None, "ts": 11.0, "session": "s1"}, orjson.dumps(sub_body))
+    sub = m.calls[2]
+    assert sub.depth == 1 and sub.parent is m.calls[1]
+    buf = io.StringIO()
+    LinesRenderer(make_console(buf, terminal=False)).draw(m)
+    assert re.search(r"^    → #2 subagent of #1 ", buf.getvalue(), re.M), buf.getvalue()

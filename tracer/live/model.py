@@ -38,7 +38,8 @@ from tracer.viewer.analyze import (FIRST_TEXT_CHARS, SUBAGENT_TOOLS, CallFacts, 
 
 TEXT_TAIL = 6000          # characters of a streaming answer kept (its end)
 FINAL_TEXT = 8000         # characters of a finished answer kept (its beginning; the log has it all)
-TOOL_INPUT = 600          # characters of a tool call's input kept
+TOOL_INPUT = 600          # characters of a tool call's input kept (shown)
+TASK_INPUT = 2 * FIRST_TEXT_CHARS + 1024   # of a Task/Agent call's input: enough to read its prompt live
 PROMPT = 240              # characters of the last user message kept
 LIVE_FIELD_CAP = 8192     # MessageBuilder's per-field cap for streamed answers (text goes through on_text)
 REQUEST_BODY_MAX = 16 << 20
@@ -270,8 +271,9 @@ class _LiveStream:
                     piece = d.get("partial_json")
                     if tool is not None and isinstance(piece, str):
                         tool.input_chars += len(piece)
-                        if len(tool.input) < TOOL_INPUT:
-                            tool.input = (tool.input + piece)[:TOOL_INPUT]
+                        cap = TASK_INPUT if tool.name in SUBAGENT_TOOLS else TOOL_INPUT
+                        if len(tool.input) < cap:
+                            tool.input = (tool.input + piece)[:cap]
             elif t == "content_block_stop":
                 tool = self._tool(payload.get("index"))
                 if tool is not None:
@@ -299,7 +301,7 @@ class _LiveStream:
         """(tool_use id, prompt) of the Task/Agent calls whose input is complete so far."""
         out = []
         for t in self.call.tools:
-            if t.done and t.name in SUBAGENT_TOOLS and t.input_chars <= TOOL_INPUT:
+            if t.done and t.name in SUBAGENT_TOOLS and t.input_chars <= TASK_INPUT:
                 try:
                     inp = orjson.loads(t.input)
                 except orjson.JSONDecodeError:

@@ -26,7 +26,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from tracer.live.model import Call, Model, Tool
+from tracer.live.model import TOOL_INPUT, Call, Model, Tool
 from tracer.textsafe import printable
 
 FINAL_LINES = 20           # lines of a finished answer printed (the log and the viewer have the rest)
@@ -154,8 +154,9 @@ def tool_line(call: Call, tool: Tool) -> Text:
     t = Text(indent(call) + "  ")
     t.append("⚙ " + safe(tool.name), style="bold magenta")
     if tool.input:
-        more = "…" if tool.input_chars > len(tool.input) else ""
-        t.append(" " + safe(tool.input) + more)
+        shown = tool.input[:TOOL_INPUT]
+        more = "…" if tool.input_chars > len(shown) else ""
+        t.append(" " + safe(shown) + more)
     elif not tool.done:
         t.append(" …", style="dim")
     return t
