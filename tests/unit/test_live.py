@@ -661,9 +661,13 @@ def test_tail_prints_the_last_calls_of_a_log_as_plain_lines(tmp_path):
     log.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in recs))
     p = subprocess.Popen(tracer_cmd("tail", str(log), "--last", "3"), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
-    p.terminate()
-    out, err = p.communicate(timeout=10)
+    seen = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sum(1 for l in seen if re.match(r"[✓✗⚠] #", l)) < 3:
+        seen.append(p.stdout.readline())
+    p.terminate()                  # without a live feed it follows the log until stopped
+    rest, err = p.communicate(timeout=10)
+    out = "".join(seen) + rest
     assert "no live feed" in out
     assert out.count("✓ #") + out.count("✗ #") + out.count("⚠ #") == 3, out
     assert "\x1b" not in out
