@@ -63,9 +63,9 @@ class View:
                     r.draw(self.model)
                     last_draw = time.monotonic()
                 if self._feed_done and self.feed is not None:
-                    if self._bye or not self._tracer_alive():
+                    if self._bye or (self._tracer_pid is not None and not self._tracer_alive()):
                         break
-                    self._drop_feed()
+                    self._drop_feed()       # let go, or refused (no hello): the log alone from now
                 if stop is not None and stop():
                     break
                 if self._until is not None and self._until():
@@ -135,14 +135,16 @@ class View:
         return self._tracer_pid is not None and os.path.exists(f"/proc/{self._tracer_pid}")
 
     def _drop_feed(self) -> None:
-        """The feed let us go but the tracer runs on: finished calls from the log only, until it ends."""
+        """The feed let us go but the tracer runs on (or it refused us: too many views): finished calls
+        from the log only, until the tracer ends (when known) or Ctrl-C."""
         self.feed.close()
         self.feed = None
         self.model.feed_state = "records only: the live feed let this view go"
         self.model.expire(feed_gone=True, why="the live feed let this view go; see the log")
         self.model.dirty = True
         pid = self._tracer_pid
-        self._until = lambda: not os.path.exists(f"/proc/{pid}")
+        if pid is not None:
+            self._until = lambda: not os.path.exists(f"/proc/{pid}")
 
     def _read_log(self, everything: bool = False) -> None:
         while True:
