@@ -33,26 +33,27 @@ def slow_knobs(delay_ms: int = 30, text: str = WORDS) -> list[str]:
 
 
 class Tmux:
-    """A tmux server of our own (its own socket), one session, a pane running a shell script."""
+    """A tmux server of our own (its socket in the test's directory), one session, a pane running a
+    shell script."""
 
     def __init__(self, tmp: Path, name: str, width: int = 120, height: int = 45):
-        self.sock = f"tracer-test-{os.getpid()}-{name}"
+        self.sock = str(tmp / f"tmux-{name}")
         self.tmp = tmp
         self.width, self.height = width, height
         self.done = tmp / f"{name}.done"
 
     def tmux(self, *args, check=True) -> str:
-        p = subprocess.run(["tmux", "-L", self.sock, *args], capture_output=True, text=True, timeout=30)
+        p = subprocess.run(["tmux", "-S", self.sock, *args], capture_output=True, text=True, timeout=30)
         if check and p.returncode != 0:
             raise AssertionError(f"tmux {args}: {p.stderr}")
         return p.stdout
 
     def start(self, script: str, env: dict) -> None:
-        sh = self.tmp / f"{self.sock}.sh"
+        sh = Path(self.sock + ".sh")
         sh.write_text(f"{script}\necho \"EXIT=$?\" > {self.done}\nsleep 600\n")
         env = dict(env, TERM="xterm-256color")
         env.pop("TMUX", None)
-        subprocess.run(["tmux", "-L", self.sock, "-f", "/dev/null", "new-session", "-d", "-s", "t",
+        subprocess.run(["tmux", "-S", self.sock, "-f", "/dev/null", "new-session", "-d", "-s", "t",
                         "-x", str(self.width), "-y", str(self.height), f"bash {sh}"],
                        env=env, check=True, timeout=30)
 
