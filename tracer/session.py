@@ -54,6 +54,7 @@ class Options:
     user: InvokingUser | None = None       # who tracer works for (default: tracer.invoker.invoking_user())
     allow_other_users: bool = False        # targets need not pass the ptrace rule for `user`
     otlp: OtlpOptions | None = None        # live OpenTelemetry export (tracer.sinks.otlp)
+    live_feed: bool = True                 # offer the live feed beside the log (tracer/live/feed.py)
 
 
 # Programs tracer itself runs as root come from the system's directories only, never from the PATH of
@@ -152,6 +153,7 @@ class Session:
         out_dir = UserDir(opts.output_dir, self.user)
         self.otlp = None
         self.otlp_summary: dict = {}
+        self.live_listener = None
         try:
             self.tracefs = ensure_tracefs()
             t = time.monotonic()
@@ -164,6 +166,7 @@ class Session:
                 self.guard = CredGuard(self.prog.map_fd("cred_layout"), self.prog.map_fd("target_ids"))
                 self._open_log(opts, out_dir)
                 self.otlp = self._start_otlp(opts.otlp)
+                self.live_listener = self._open_listener(opts, out_dir)
                 self.prober = Prober(self.probes, self.locator, stderr=self.stderr)
                 self.capture = Capture(self._on_exchange, deferred=opts.deferred, failures=self.failures,
                                        on_process=self._on_process)
@@ -171,10 +174,13 @@ class Session:
             except BaseException:
                 if self.otlp:
                     self.otlp.abort()
+                if self.live_listener is not None:
+                    self.live_listener.close()
                 self.prog.close()
                 raise
         finally:
             out_dir.close()
+        self.feed = self._start_feed(opts)
         self.capture.start()
         self._poller = start_thread("tracer-ring", self._poll, self.failures,
                                     "the ring buffer is no longer drained: the kernel drops (and "
@@ -211,6 +217,31 @@ class Session:
         except OSError as e:
             print(f"tracer: cannot start the OTLP exporter ({e}); tracing without it", file=self.stderr)
             return None
+
+    def _open_listener(self, opts: Options, out_dir: UserDir):
+        """The live feed's socket beside the log (tracer/live/feed.py ``Listener``), bound as the
+        invoking user in the output directory opened for the log. Failing to offer it costs only the
+        socket."""
+        if not opts.live_feed:
+            return None
+        from tracer.live.feed import Listener
+        try:
+            return Listener(self.log_path, self.user, directory=out_dir)
+        except Exception as e:      # the trace goes on without it
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            print(f"tracer: no live feed for `tracer tail` ({why})", file=self.stderr)
+            return None
+
+    def _start_feed(self, opts: Options):
+        """The live feed (tracer/live/feed.py): always there for `--follow`'s view; its socket
+        (``_open_listener``) unless --no-live-feed."""
+        from tracer.live.feed import LiveFeed
+        feed = LiveFeed(clock=self.clock, wants=self.filter.wants, log_name=self.log_path.name,
+                        listen=self.live_listener.sock if self.live_listener is not None else None,
+                        allowed_uids={0, os.geteuid(), self.user.uid})
+        feed.attach(self.capture)
+        feed.start(self.failures)
+        return feed
 
     # -- pipeline ends -------------------------------------------------------------------------
     POLL_MS = 50   # records are submitted without wake-ups (see bpf/tracer.bpf.c): drain on this timer
@@ -411,6 +442,9 @@ class Session:
         self.writer.flush()
         self.writer.close()
         self.stopped = time.monotonic()
+        self.feed.close()        # after the log is complete: its views read it to the end
+        if self.live_listener is not None:
+            self.live_listener.close()
         if self.follower is not None and self.follower.shared is not None:
             self.follower.shared.close()
         self.probes.close()
@@ -463,6 +497,8 @@ class Session:
             "write_errors": w.write_errors,
             "unprocessed_records": c.unprocessed_records,
             "queue_peak": c.queue_peak,
+            "live_feed_clients": self.feed.clients_served,
+            "live_feed_errors": self.feed.errors,
             "thread_failures": self.failures.as_list(),
             "notes": list(self.notes),
             **self.otlp_summary,
