@@ -26,7 +26,7 @@ fuzz: bootstrap
 # Benchmarks (minutes; untraced vs traced in the same run; results in BENCHMARKS.md).
 bench: bootstrap
 	@for b in latency throughput concurrency large_stream cpu attach_time per_call bpf_loader redaction \
-	          process_tree; do \
+	          process_tree live_feed; do \
 	  echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 	@for c in python curl; do \
 	  echo "== bench/large_stream.py --client $$c (60 KB deltas at loopback speed, 5 runs)"; \

@@ -54,16 +54,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def status_kb(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def proc_children() -> dict[int, list[int]]:
-    """Every process' children (pid -> child pids), from /proc."""
+    """Every process' children (pids), from /proc."""
     kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -75,6 +67,14 @@ def proc_children() -> dict[int, list[int]]:
             continue
         kids.setdefault(ppid, []).append(int(d))
     return kids
+
+
+def status_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
 
 
 class MemWatch:

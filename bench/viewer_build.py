@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import PY_CLIENT, ROOT, logs, machine, proc_children as _proc_children, tracer_cmd  # noqa: E402
+from _util import PY_CLIENT, ROOT, logs, machine, proc_children, tracer_cmd  # noqa: E402
 
 from tracer.mock import MockServerProcess  # noqa: E402
 from tracer.mock.app import text_pieces  # noqa: E402
@@ -74,7 +74,7 @@ class RunWatch:
             if not st:
                 return
             self.hwm_kb = max(self.hwm_kb, st.get("VmHWM", 0))
-            kids = _proc_children()
+            kids = proc_children()
             direct = kids.get(self.pid, [])
             if self.command is None and direct:
                 self.command = min(direct)

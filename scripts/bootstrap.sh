@@ -10,8 +10,9 @@ SYS_PY=/usr/bin/python3
 # their own config; the package's service is never started, see below).
 # binutils-aarch64-linux-gnu: the AArch64 locator's synthetic tests assemble and link arm64 programs.
 # gcc, libc6-dev, libssl-dev: the C test clients (tests/integration/clients/*.c).
+# tmux: a real terminal for the live view's tests (tests/integration/test_live.py).
 APT_PKGS=(python3-bpfcc python3-venv python3-pip curl ca-certificates openssl nodejs nginx
-          binutils-aarch64-linux-gnu gcc libc6-dev libssl-dev)
+          binutils-aarch64-linux-gnu gcc libc6-dev libssl-dev tmux)
 EXTRA_PKGS=("$@")
 
 need_apt=()

@@ -1,4 +1,4 @@
-"""Command line: `tracer attach|run|doctor|locate|html|index|mock-server|export`."""
+"""Command line: `tracer attach|run|tail|doctor|locate|html|index|mock-server|export`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ COMMAND_MODULES = {
     "index": "tracer.commands.viewer",
     "mock-server": "tracer.commands.mock",
     "export": "tracer.commands.export",
+    "tail": "tracer.commands.tail",
 }
 
 

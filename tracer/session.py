@@ -55,6 +55,7 @@ class Options:
     user: InvokingUser | None = None       # who tracer works for (default: tracer.invoker.invoking_user())
     allow_other_users: bool = False        # targets need not pass the ptrace rule for `user`
     otlp: OtlpOptions | None = None        # live OpenTelemetry export (tracer.sinks.otlp)
+    live_feed: bool = True                 # offer the live feed beside the log (tracer/live/feed.py)
 
 
 # Programs tracer itself runs as root come from the system's directories only, never from the PATH of
@@ -203,6 +204,7 @@ class Session:
         out_dir = UserDir(opts.output_dir, self.user)
         self.otlp = None
         self.otlp_summary: dict = {}
+        self.live_listener = None
         try:
             self.tracefs = ensure_tracefs()
             t = time.monotonic()
@@ -213,13 +215,10 @@ class Session:
                 self.probes = Probes(self.prog, stderr=self.stderr)
                 self.drops = DropCounters(self.prog.map_fd("drops"), self.prog.map_info("drops"))
                 self.guard = CredGuard(self.prog.map_fd("cred_layout"), self.prog.map_fd("target_ids"))
-                log_fd = self._open_log(opts, out_dir)
-                try:
-                    self.otlp = self._start_otlp(opts.otlp, log_fd)
-                    self.stage = self._start_stage(opts, log_fd)
-                finally:
-                    if opts.deferred:
-                        os.close(log_fd)             # the parsing process has its own copy
+                self.log_fd = self._open_log(opts, out_dir)
+                self.otlp = self._start_otlp(opts.otlp, self.log_fd)
+                self.live_listener = self._open_listener(opts, out_dir)
+                self.stage = self._start_stage(opts, self.log_fd)
                 self.prober = Prober(self.probes, self.locator, stderr=self.stderr)
                 events = self.prog.map_info("events")
                 if self.stage.callback is None:      # deferred: batches to the spool
@@ -229,6 +228,10 @@ class Session:
             except BaseException:
                 if self.otlp:
                     self.otlp.abort()
+                if self.live_listener is not None:
+                    self.live_listener.close()
+                if getattr(self, "log_fd", None) is not None:
+                    os.close(self.log_fd)
                 self.prog.close()
                 raise
         finally:
@@ -238,6 +241,7 @@ class Session:
         self.ring_policy = "normal"
         if opts.deferred:      # parsing elsewhere: this process' threads do little, and must be on time
             boost_threads(int(os.environ.get("TRACER_NICE", self.NICE)))
+        self.feed = self.stage.feed         # the live feed, beside the pipeline it observes (tracer/stage.py)
         self._poller = start_thread("tracer-ring", self._poll, self.failures,
                                     "the ring buffer is no longer drained: the kernel drops (and "
                                     "counts) what the targets send")
@@ -263,11 +267,15 @@ class Session:
                "durable": opts.durable, "include_all": opts.include_all, "redact": opts.redact,
                "api_hosts": [], "clock_offset_ns": self.clock.offset_ns,
                "priority": os.environ.get("TRACER_PARSER_PRIORITY", "idle")}
+        # the live feed (tracer/live/feed.py) runs where the parsers run; its listening socket was
+        # made here, as the user
+        cfg["live"] = {"log_name": self.log_path.name, "allowed_uids": sorted({0, os.geteuid(), self.user.uid})}
+        listen = self.live_listener.sock if self.live_listener is not None else None
         if not opts.deferred:
             return InlineStage(cfg, log_fd, stderr=self.stderr, failures=self.failures, procs=self.procs,
-                               on_process=self._on_process)
+                               on_process=self._on_process, listen=listen)
         return SpoolStage(cfg, log_fd, max_backlog=opts.spool_max_mb << 20, stderr=self.stderr,
-                          failures=self.failures)
+                          failures=self.failures, listen=listen)
 
     def _start_otlp(self, o: OtlpOptions | None, log_fd: int):
         """The OTLP exporter process follows the log - as written by the parsing process when parsing
@@ -283,6 +291,20 @@ class Session:
             return OtlpSink(o, self.log_path, stderr=self.stderr, source_fd=log_fd)
         except OSError as e:
             print(f"tracer: cannot start the OTLP exporter ({e}); tracing without it", file=self.stderr)
+            return None
+
+    def _open_listener(self, opts: Options, out_dir: UserDir):
+        """The live feed's socket beside the log (tracer/live/feed.py ``Listener``), bound as the
+        invoking user in the output directory opened for the log. Failing to offer it costs only the
+        socket."""
+        if not opts.live_feed:
+            return None
+        from tracer.live.feed import Listener
+        try:
+            return Listener(self.log_path, self.user, directory=out_dir)
+        except Exception as e:      # the trace goes on without it
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            print(f"tracer: no live feed for `tracer tail` ({why})", file=self.stderr)
             return None
 
     # -- pipeline ends -------------------------------------------------------------------------
@@ -496,12 +518,16 @@ class Session:
         self._stop.set()
         if self._poller:
             self._poller.join(timeout=5)
-        self._stage_stats = self.stage.finish()       # everything parsed and written
+        self._stage_stats = self.stage.finish()       # everything parsed and written, the feed closed
+        os.close(self.log_fd)
         for pid, n in (self._stage_stats.get("pairs_by_pid") or {}).items():
             proc = self.procs.get(int(pid))
             if proc is not None and self.stage.kind == "spool":
                 proc.pairs += n
         self.stopped = time.monotonic()
+        # the feed was closed after the log was complete (its views read it to the end): the name goes
+        if self.live_listener is not None:
+            self.live_listener.close()
         if self.follower is not None and self.follower.shared is not None:
             self.follower.shared.close()
         self.probes.close()
@@ -540,6 +566,8 @@ class Session:
             "ring_peak_fill": round(self.ring.peak_fill / max(self.ring.size, 1), 3),
             "ring_max_drain_interval_ms": round(self._max_gap * 1000, 1),
             "ring_thread_policy": self.ring_policy,
+            "live_feed_clients": self._stage_stats.get("live_feed_clients", 0),
+            "live_feed_errors": self._stage_stats.get("live_feed_errors", 0),
             "thread_failures": self.failures.as_list() + list(self._stage_stats.get("thread_failures") or ()),
             "notes": list(self.notes),
             **self.otlp_summary,

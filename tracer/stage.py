@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -60,7 +61,7 @@ class InlineStage:
     kind = "inline"
 
     def __init__(self, cfg: dict, log_fd: int, stderr=None, failures: ThreadFailures | None = None,
-                 procs=None, on_process=None):
+                 procs=None, on_process=None, listen=None):
         from tracer.capture.pipeline import Capture
         from tracer.recorder import Recorder
         from tracer.sinks.jsonl import JsonlWriter
@@ -73,6 +74,8 @@ class InlineStage:
                                  redact=cfg["redact"], procs=procs)
         self.capture = Capture(self.recorder.on_exchange, on_process=on_process)
         self.callback = self.capture.feed          # the ring's per-record callback
+        from tracer.worker import start_feed
+        self.feed = start_feed(cfg, self.capture, self.filter, listen, self.failures)
 
     def drain(self, ring) -> str:
         ring.consume()
@@ -102,7 +105,9 @@ class InlineStage:
         self.capture.stop()
         self.writer.flush()
         self.writer.close()
-        return stage_summary(self.capture, self.recorder)
+        self.feed.close()              # after the log is complete: its views read it to the end
+        return {**stage_summary(self.capture, self.recorder), "live_feed_clients": self.feed.clients_served,
+                "live_feed_errors": self.feed.errors}
 
     def info(self) -> dict:
         return {"stage": self.kind}
@@ -115,7 +120,7 @@ class SpoolStage:
     callback = None
 
     def __init__(self, cfg: dict, log_fd: int, *, max_backlog: int, stderr=None,
-                 spool_dir: Path | None = None, failures: ThreadFailures | None = None):
+                 spool_dir: Path | None = None, failures: ThreadFailures | None = None, listen=None):
         self.stderr = stderr or sys.stderr
         self.high_water = max_backlog // 4
         self.low_water = max_backlog // 8
@@ -142,21 +147,31 @@ class SpoolStage:
             self.high_water, self.low_water = max_backlog // 4, max_backlog // 8
         notify_r, notify_w = os.pipe2(os.O_CLOEXEC)
         reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
+        # the live feed runs in the parsing process: it inherits the feed's listening socket, and gets
+        # the sockets of views started here (run/attach --follow) on this socket pair (SCM_RIGHTS)
+        views_here, views_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.feed = _RemoteFeed(views_here)
         self.spool = SpoolWriter(fd, notify_w, max_backlog=max_backlog, where=self.where, stderr=self.stderr)
         from tracer.worker import command
+        live_fds = (views_there.fileno(),) + ((listen.fileno(),) if listen is not None else ())
+        cfg = {**cfg, "live": {**cfg.get("live", {}), "views_fd": views_there.fileno(),
+                               "listen_fd": listen.fileno() if listen is not None else -1}}
         cmd = [*command(), "--spool-fd", str(fd), "--notify-fd", str(notify_r), "--reply-fd", str(reply_w),
                "--log-fd", str(log_fd), "--config", json.dumps(cfg)]
         try:
             # its own process group - a Ctrl-C at the terminal is the tracer's to handle - in the
             # tracer's session: CPU time is shared between sessions (autogroups) before priorities
             # apply inside them, and SCHED_IDLE means idle next to the traced program only there
-            self.proc = subprocess.Popen(cmd, pass_fds=(fd, notify_r, reply_w, log_fd), cwd="/",
+            self.proc = subprocess.Popen(cmd, pass_fds=(fd, notify_r, reply_w, log_fd, *live_fds), cwd="/",
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          process_group=0)
         except OSError:
             for x in (fd, notify_r, notify_w, reply_r, reply_w):
                 os.close(x)
+            views_here.close()
             raise
+        finally:
+            views_there.close()
         for x in (notify_r, reply_w):      # the worker's ends
             os.close(x)
         self._reply = os.fdopen(reply_r, "rb", buffering=0)
@@ -277,6 +292,8 @@ class SpoolStage:
                                   f"{type(e).__name__}: {e}", file=self.stderr)
                 elif t == "final":
                     self._final = msg["stats"]
+                    self.feed.clients_served = self._final.get("live_feed_clients", 0)
+                    self.feed.errors = self._final.get("live_feed_errors", 0)
                 elif t == "error":
                     self._fail(msg.get("error", "?"), msg.get("where", ""))
         except (OSError, ValueError) as e:
@@ -331,6 +348,7 @@ class SpoolStage:
         if code != 0 and self._final is not None:
             self._fail(f"it exited with {_status(code)}")
         self._reply.close()
+        self.feed.close()
         os.close(self.spool.fd)
         self.finish_seconds = time.monotonic() - t0
         return self._final or {}
@@ -342,6 +360,29 @@ class SpoolStage:
                 "parser_raised": self.raised_count, "parse_after_capture_s": round(self.finish_seconds, 3),
                 "parser_pid": self.proc.pid, "unparsed_bytes": self.unparsed_bytes,
                 "parse_held_s": round(self.held_s, 3)}
+
+
+class _RemoteFeed:
+    """The session's handle of the live feed in the parsing process: views started by the session
+    (tracer/live/launch.py) are handed over as descriptors. The feed itself ends with the parsing
+    process, after the log is complete."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.clients_served = 0
+        self.errors = 0
+
+    def add_client(self, view: socket.socket) -> None:
+        try:
+            socket.send_fds(self.sock, [b"v"], [view.fileno()])
+        except OSError as e:
+            print(f"tracer: cannot hand the live view to the parsing process: {e.strerror or e}",
+                  file=sys.stderr)
+        finally:
+            view.close()
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class _Discard:

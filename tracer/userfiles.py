@@ -92,6 +92,33 @@ class UserDir:
         with as_user(self.user):
             os.unlink(name, dir_fd=self.fd)
 
+    def dup(self) -> "UserDir":
+        """Another handle on the same (already checked) directory, closed on its own."""
+        other = object.__new__(UserDir)
+        other.path, other.user, other.fd = self.path, self.user, os.dup(self.fd)
+        return other
+
+    def bind_unix(self, sock, name: str) -> os.stat_result:
+        """Bind the Unix socket ``sock`` to the new entry ``name`` (an existing entry of any kind makes
+        this fail: EADDRINUSE), as the user, through the descriptor - which also keeps long paths
+        under the 108-byte limit of socket addresses. The entry takes the socket's mode less the
+        umask: fchmod the socket first. Returns the entry's lstat."""
+        with as_user(self.user):
+            sock.bind(f"/proc/self/fd/{self.fd}/{name}")
+            return os.lstat(name, dir_fd=self.fd)
+
+    def unlink_if_same(self, name: str, ident: tuple[int, int]) -> bool:
+        """Remove ``name`` only while it is still the entry (st_dev, st_ino) = ``ident``."""
+        with as_user(self.user):
+            try:
+                st = os.lstat(name, dir_fd=self.fd)
+            except FileNotFoundError:
+                return False
+            if (st.st_dev, st.st_ino) != ident:
+                return False
+            os.unlink(name, dir_fd=self.fd)
+            return True
+
     def write_atomic(self, name: str, data: bytes | None = None, writer=None, mode: int = 0o600) -> Path:
         """Write ``name`` through a temporary file renamed over it: ``data``, or ``writer(fileobj)``."""
         tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"

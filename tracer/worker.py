@@ -104,6 +104,7 @@ def run(args) -> int:
     procs = ProcessTable()          # what the session's table told us (control "proc")
     rec = Recorder(writer, flt, Clock(offset_ns=cfg["clock_offset_ns"]), redact=cfg["redact"], procs=procs)
     capture = Capture(rec.on_exchange)
+    feed = _live_feed(cfg, capture, flt, failures)
     reader = SpoolReader(args.spool_fd, args.notify_fd)
     set_priority(cfg["priority"])
     rep.send({"t": "ready", "pid": os.getpid()})
@@ -147,9 +148,53 @@ def run(args) -> int:
     capture.stop()
     writer.flush()
     writer.close()
+    feed.close()                    # after the log is complete: its views read it to the end
     rep.send({"t": "final", "consumed": reader.pos,
-              "stats": {**stage_summary(capture, rec), "thread_failures": failures.as_list()}})
+              "stats": {**stage_summary(capture, rec), "live_feed_clients": feed.clients_served,
+                        "live_feed_errors": feed.errors, "thread_failures": failures.as_list()}})
     return 0
+
+
+def start_feed(cfg: dict, capture, flt, listen, failures):
+    """The live feed (tracer/live/feed.py) observing `capture`, filtered like the log, serving views
+    that connect to `listen` (a listening socket, or None) and those handed to it."""
+    from tracer.live.feed import LiveFeed
+    from tracer.sinks.record import Clock
+    live = cfg.get("live", {})
+    feed = LiveFeed(clock=Clock(offset_ns=cfg["clock_offset_ns"]), wants=flt.wants,
+                    log_name=live.get("log_name", ""), listen=listen,
+                    allowed_uids=set(live["allowed_uids"]) if "allowed_uids" in live else None)
+    feed.attach(capture)
+    feed.start(failures)
+    return feed
+
+
+def _live_feed(cfg: dict, capture, flt, failures):
+    """The live feed (tracer/live/feed.py) here, beside the pipeline: on the listening socket the
+    session made as the user (inherited), and on the views the session starts (run/attach --follow),
+    which arrive as descriptors on the views socket."""
+    import socket
+    import threading
+
+    live = cfg.get("live", {})
+    listen = socket.socket(fileno=live["listen_fd"]) if live.get("listen_fd", -1) >= 0 else None
+    feed = start_feed(cfg, capture, flt, listen, failures)
+    if live.get("views_fd", -1) >= 0:
+        views = socket.socket(fileno=live["views_fd"])
+
+        def take_views():
+            while True:
+                try:
+                    _msg, fds, _flags, _addr = socket.recv_fds(views, 16, 4)
+                except OSError:
+                    return
+                if not _msg and not fds:
+                    return                  # the session closed its end
+                for fd in fds:
+                    feed.add_client(socket.socket(fileno=fd))
+
+        threading.Thread(target=take_views, name="tracer-views", daemon=True).start()
+    return feed
 
 
 def main(argv: list[str] | None = None) -> int:

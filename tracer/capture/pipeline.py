@@ -18,7 +18,7 @@ from typing import Callable
 
 from tracer.capture import event as ev
 from tracer.protocols import http2
-from tracer.protocols.base import ConnInfo, Direction, Exchange, ParserStats
+from tracer.protocols.base import ConnInfo, Direction, Exchange, ParserStats, Progress
 from tracer.protocols.http1 import Http1Connection, looks_like_http1_request, looks_like_http1_response
 
 
@@ -66,6 +66,7 @@ class Capture:
         self._seq = 0
         self._lock = threading.Lock()      # guards connection state (records vs. control calls)
         self.last_error = ""
+        self.progress: Progress | None = None   # live observer of pairs in flight (set_progress)
         dump = os.environ.get("TRACER_DUMP_EVENTS")   # debugging: raw ring records, length-prefixed
         self.dump = open(dump, "ab") if dump else None
 
@@ -126,8 +127,11 @@ class Capture:
             st.kind = "http/1.1"   # unknown start: the HTTP/1 parser resynchronises or skips
         if st.kind == "h2":
             self.stats.h2_connections += 1
-            return http2.Http2Connection(st.info, max_decoded_body=self.max_decoded_body)
-        return Http1Connection(st.info, max_decoded_body=self.max_decoded_body)
+            parser = http2.Http2Connection(st.info, max_decoded_body=self.max_decoded_body)
+        else:
+            parser = Http1Connection(st.info, max_decoded_body=self.max_decoded_body)
+        parser.progress = self.progress
+        return parser
 
     def _data(self, e: ev.Event):
         self.stats.data_events += 1
@@ -169,6 +173,12 @@ class Capture:
 
     def _emit(self, exchanges):
         for ex in exchanges:
+            if self.progress is not None:
+                try:
+                    self.progress.exchange_done(ex)
+                except Exception as exc:
+                    self.stats.worker_errors += 1
+                    self.last_error = f"progress: {type(exc).__name__}: {exc}"
             try:
                 self.on_exchange(ex)
             except Exception as exc:
@@ -184,6 +194,16 @@ class Capture:
             self.parser_stats.add(st.parser.stats)
 
     # -- control (between records; from another thread too) ------------------------------------
+    def set_progress(self, progress: Progress | None) -> None:
+        """Start (or with None, stop) showing pairs in flight to ``progress`` (see base.Progress):
+        every open connection's parser and every later one. From any thread; the live feed calls it
+        when its first client connects and after its last one leaves."""
+        with self._lock:
+            self.progress = progress
+            for st in self.conns.values():
+                if st.parser is not None:
+                    st.parser.progress = progress
+
     def close_pid(self, pid: int, reason: str, ts_ns: int | None = None):
         """The process is gone: finish all its connections (its records have all been fed)."""
         with self._lock:

@@ -61,6 +61,21 @@ def capture_options(f):
                      help="Also write the end-of-run summary (pairs, bytes, every loss counter) to this "
                           "file as JSON. A new file: an existing one is refused."),
         click.option("--quiet", "-q", is_flag=True, help="No live status line."),
+        click.option("--follow", "-f", is_flag=True,
+                     help="Live terminal view of the calls as they happen (on stderr, where tracer's "
+                          "messages go; the command's stdout is untouched): process, model, last user "
+                          "message, the answer as it streams, tool calls, tokens, time to first token, "
+                          "duration, losses; subagents indented. Same as `tracer tail LOG` in another "
+                          "terminal. The log is the same with or without it."),
+        click.option("--view", type=click.Choice(["auto", "live", "lines"]), default="auto",
+                     show_default=True,
+                     help="With --follow: live redraws the calls in flight in place; lines only appends "
+                          "(plain when stderr is not a terminal); auto picks lines when stderr is not a "
+                          "terminal or the traced program writes to the same terminal, else live."),
+        click.option("--no-live-feed", is_flag=True,
+                     help="Do not offer the live feed beside the log (LOG's name with .live: a socket "
+                          "owned by you, mode 0600) that `tracer tail` uses to show answers as they "
+                          "stream. It costs nothing while no view is connected."),
         click.option("--duration", type=float, default=None, help="Stop after this many seconds."),
         click.option("--otlp-endpoint", metavar="URL", default=None,
                      help="Also export spans (OpenTelemetry GenAI conventions + OpenInference) over OTLP/HTTP to "
@@ -92,8 +107,9 @@ def _options(kw, user: InvokingUser, allow_other_users: bool = False) -> Options
         output_dir=kw["output_dir"], include_all=kw["include_all_requests"], redact=not kw["no_redact"],
         batch_size=kw["write_buffer_size"], flush_ms=kw["flush_ms"], durable=kw["durable"],
         ring_buffer_mb=kw["ring_buffer_mb"], copy_limit=kw["copy_limit_kb"] * 1024,
-        deferred=not kw["no_deferred_parsing"], spool_max_mb=kw["spool_max_mb"], html=not kw["no_html"], status=not kw["quiet"],
-        summary_json=kw["summary_json"], otlp=_otlp_options(kw, user))
+        deferred=not kw["no_deferred_parsing"], spool_max_mb=kw["spool_max_mb"], html=not kw["no_html"],
+        status=not kw["quiet"] and not kw["follow"], summary_json=kw["summary_json"],
+        otlp=_otlp_options(kw, user), live_feed=not kw["no_live_feed"])
 
 
 def _otlp_options(kw, user: InvokingUser) -> OtlpOptions | None:
@@ -182,8 +198,11 @@ def _status_printer(session: Session, enabled: bool):
     return tick
 
 
-def _finish(session: Session, opts: Options) -> dict:
+def _finish(session: Session, opts: Options, view=None) -> dict:
     summary = session.finish()
+    if view is not None:
+        from tracer.live.launch import finish_view
+        finish_view(view)        # the view has drawn the end before the summary is printed
     html_path = None
     if opts.html and summary["records_written"]:
         from tracer.sinks.html import write_html     # the viewer's code is loaded only when used
@@ -328,6 +347,7 @@ def attach_cmd(pids, children, cgroup_path, allow_other_users, **kw):
     if cgroup_dir is not None:
         what = (what + " and " if pids else "") + f"every process in cgroup {cgroup_dir}"
     _say(f"tracing {what}; log {session.log_path}; Ctrl-C to stop")
+    view = _start_view(session, kw, pids=tuple(pids))
     tick = _status_printer(session, opts.status)
     deadline = time.monotonic() + kw["duration"] if kw["duration"] else None
     while not stopper.event.is_set():
@@ -348,7 +368,8 @@ def attach_cmd(pids, children, cgroup_path, allow_other_users, **kw):
         tick()
         stopper.event.wait(opts.watch_interval)
     tick(final=True)
-    sys.exit(_exit_status(_finish(session, opts), 0))
+    if _finish(session, opts, view).get("thread_failures"):
+        sys.exit(EXIT_FAILED)
 
 
 def _wait_exit(child: subprocess.Popen, pidfd: int | None, timeout: float) -> None:
@@ -362,6 +383,13 @@ def _wait_exit(child: subprocess.Popen, pidfd: int | None, timeout: float) -> No
             pass
         return
     select.select([pidfd], [], [], timeout)
+
+
+def _start_view(session: Session, kw: dict, **how):
+    if not kw["follow"]:
+        return None
+    from tracer.live.launch import follow_style, start_view
+    return start_view(session, follow_style(kw["view"], **how))
 
 
 @click.command("run", context_settings={"ignore_unknown_options": False})
@@ -387,6 +415,11 @@ def run_cmd(command, no_children, **kw):
     itself failed -- one of its threads died (the summary says which, what
     stopped working, and the command's status) -- then 70. 127: the command
     was not found or could not start; 1 or 2: tracer could not start.
+
+    \b
+    With --follow the live view is drawn on stderr too (the command's stdout stays its own: redirect
+    it, e.g. > answer.txt, and the view redraws in place; when the command writes to the same
+    terminal the view only appends lines, so the two interleave instead of overwriting each other).
     """
     user = _user()
     opts = _options(kw, user)
@@ -441,6 +474,7 @@ def run_cmd(command, no_children, **kw):
             errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
             _say(f"no TLS library found for {command[0]} yet"
                  + (f" ({errs})" if errs else "") + "; watching its mappings")
+    view = _start_view(session, kw, run_stdout=True)
     os.write(w, b"x")      # release the command
     os.close(w)
     try:
@@ -472,7 +506,7 @@ def run_cmd(command, no_children, **kw):
     else:
         session.target_exited(child.pid)
     tick(final=True)
-    summary = _finish(session, opts)
+    summary = _finish(session, opts, view)
     rc = child.returncode
     rc = 128 - rc if rc < 0 else rc
     if summary.get("thread_failures"):

@@ -223,8 +223,39 @@ class ParserStats:
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
 
+class Progress(Protocol):
+    """Optional observer of pairs *while* they happen (the live view's feed, tracer/live/feed.py).
+
+    A parser holds one in its ``progress`` attribute, None by default: every call site is a None check,
+    so a parser nobody observes pays nothing more. The pipeline sets it (``Capture.set_progress``).
+    Called on the parsing thread, in stream order, from inside the parsers (an llhttp callback, say):
+    an observer must return at once, never raise, and never change the messages it is shown. A pair is identified by its request ``Message`` object (the same object
+    ends up in the finished ``Exchange``); ``request`` may be None for a response whose request was not
+    seen (attach mid-stream).
+
+      request_done(conn, stream_id, request)            the request's head and body are complete
+      response_head(conn, stream_id, request, response) the response's head arrived
+      response_data(conn, stream_id, request, data, ts_ns)
+                                                        response body bytes as they arrive, framing
+                                                        removed, Content-Encoding *not* removed
+      exchange_done(ex)                                 the pair is finished (by the pipeline, just
+                                                        before it is handed on to be logged)
+    """
+
+    def request_done(self, conn: ConnInfo, stream_id: int | None, request: Message) -> None: ...
+
+    def response_head(self, conn: ConnInfo, stream_id: int | None, request: Message | None,
+                      response: Message) -> None: ...
+
+    def response_data(self, conn: ConnInfo, stream_id: int | None, request: Message | None,
+                      data: bytes, ts_ns: int) -> None: ...
+
+    def exchange_done(self, ex: Exchange) -> None: ...
+
+
 class ConnectionParser(Protocol):
     stats: ParserStats
+    progress: Progress | None
 
     def feed(self, direction: Direction, data: bytes, ts_ns: int) -> list[Exchange]: ...
 

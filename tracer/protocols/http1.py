@@ -33,7 +33,7 @@ from collections import deque
 
 import httptools
 
-from tracer.protocols.base import (Body, ConnInfo, Direction, Exchange, Message, ParserStats)
+from tracer.protocols.base import (Body, ConnInfo, Direction, Exchange, Message, ParserStats, Progress)
 from tracer.protocols.encoding import DEFAULT_CAP, StreamDecoder
 
 METHODS = (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE")
@@ -242,6 +242,9 @@ class _Side:
             if self.decoder.error:      # an unknown coding: the body is kept as received
                 m.decode_error = self.decoder.error
                 self.decoder = None
+        progress = self.owner.progress
+        if progress is not None and not self.is_request:
+            progress.response_head(self.owner.conn, None, self.ex.request if self.ex else None, m)
 
     def on_body(self, body: bytes):
         m = self.msg
@@ -259,6 +262,9 @@ class _Side:
             bt = self.ex.body_times
             if len(bt) < self.owner.max_chunk_times and (not bt or bt[-1][1] != self.ts):
                 bt.append((self.body_offset, self.ts))
+            progress = self.owner.progress
+            if progress is not None:
+                progress.response_data(self.owner.conn, None, self.ex.request, body, self.ts)
         self.body_offset += len(body)
         self.body_wire += len(body)
         if self.decoder is not None:
@@ -534,6 +540,7 @@ class Http1Connection:
     """ConnectionParser for HTTP/1.0 and HTTP/1.1 (see tracer.protocols.base)."""
 
     protocol = "http/1.1"
+    progress: Progress | None = None     # live observer (see base.Progress); set by the pipeline
 
     def __init__(self, conn: ConnInfo, *, max_decoded_body: int = DEFAULT_CAP,
                  max_chunk_times: int = 100_000):
@@ -674,6 +681,8 @@ class Http1Connection:
         return None
 
     def _request_done(self, ex: Exchange | None, msg: Message):
+        if self.progress is not None and msg.complete:
+            self.progress.request_done(self.conn, None, msg)
         # Normally the pair waits for its response. A response that was complete before the request
         # ended (the server answered before reading the whole body): the pair is finished now.
         if ex is not None and ex.response is not None and ex.response.complete and ex in self._pending:

@@ -53,7 +53,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -525,25 +525,60 @@ class _Facts:
     tasks: tuple[tuple[str, str], ...]           # Task/Agent (tool_use id, prompt) in request + response
 
 
+class CallFacts:
+    """What the grouping rules look at in one Messages call (see the module docstring): its thread
+    ``key`` (session id, system prompt and first message fingerprints), the first message's text
+    (for subagent and continuation matching), prompt and title (computed when first asked for), tool
+    names, and the Task/Agent calls in its messages and response. Also used by the live view
+    (tracer/live/model.py), call by call."""
+
+    def __init__(self, headers: Any, body: dict, response: Any = None):
+        msgs = body["messages"]
+        self._first_msg = msgs[0] if msgs else None
+        self.sid = header(headers, SESSION_HEADER)
+        self.first = fingerprint(msgs[0]) if msgs else ""
+        self.key = (self.sid, system_fingerprint(body.get("system")), self.first)
+        self.tools = _tool_names(body)
+        tmsgs = list(msgs)
+        if isinstance(response, dict):
+            tmsgs.append({"role": "assistant", "content": response.get("content")})
+        self.tasks = _subagent_calls(tmsgs)
+
+    @cached_property
+    def first_text(self) -> str:
+        return message_text(self._first_msg)[:FIRST_TEXT_CHARS] if self._first_msg is not None else ""
+
+    @cached_property
+    def prompt(self) -> str:
+        return user_text(self._first_msg)[:1024] if self._first_msg is not None else ""
+
+    @cached_property
+    def title(self) -> str:
+        return _prompt_preview(self._first_msg) if self._first_msg is not None else ""
+
+
+def prompt_matches(prompt: str, first_text: str) -> bool:
+    """The subagent rule: does a thread whose first message has ``first_text`` (its first
+    FIRST_TEXT_CHARS characters, stripped) carry this Task/Agent ``prompt``? Equal, or - for a prompt
+    the first message holds with more around it - contained (a long prompt by its first quarter)."""
+    if not prompt:
+        return False
+    if first_text == prompt[:FIRST_TEXT_CHARS]:
+        return True
+    probe = prompt if len(prompt) < FIRST_TEXT_CHARS // 2 else prompt[:FIRST_TEXT_CHARS // 4]
+    return len(first_text) > len(probe) and probe in first_text
+
+
 def _call_facts(rec: dict, c: CallInfo, texts: dict[str, tuple[str, str, str]], intern) -> _Facts:
-    """The facts grouping needs of one Messages call (``c`` with its rebuilt response); the first
-    message's texts go to ``texts`` (once per first message, bounded)."""
+    """What grouping keeps of one Messages call (``c`` with its rebuilt response): its CallFacts,
+    interned; the first message's texts go to ``texts`` once per first message (bounded: a 100 KB
+    prompt per thread in a 1,000-thread log would otherwise stay in memory)."""
     req = rec.get("request") or {}
-    body = req["body"]
-    msgs = body["messages"]
-    sid = header(req.get("headers"), SESSION_HEADER)
-    first = fingerprint(msgs[0]) if msgs else ""
-    key = (sid, system_fingerprint(body.get("system")), first)
-    if first not in texts:
-        # bounded: what subagent and continuation matching need (a 100 KB prompt per thread
-        # in a 1,000-thread log would otherwise stay in memory)
-        texts[first] = ((message_text(msgs[0])[:FIRST_TEXT_CHARS], user_text(msgs[0])[:1024],
-                         _prompt_preview(msgs[0])) if msgs else ("", "", ""))
-    tmsgs = list(msgs)
-    if isinstance(c.response, dict):
-        tmsgs.append({"role": "assistant", "content": c.response.get("content")})
-    tasks = tuple(intern((intern(t), intern(p))) for t, p in _subagent_calls(tmsgs))
-    return _Facts(intern(sid), intern(key), intern(_tool_names(body)), first, intern(tasks))
+    f = CallFacts(req.get("headers"), req["body"], c.response)
+    if f.first not in texts:
+        texts[f.first] = (f.first_text, f.prompt, f.title)
+    tasks = tuple(intern((intern(t), intern(p))) for t, p in f.tasks)
+    return _Facts(intern(f.sid), intern(f.key), intern(f.tools), f.first, intern(tasks))
 
 
 class Analyzer:
@@ -712,9 +747,8 @@ def _group(calls, facts: dict[int, _Facts], texts: dict[str, tuple[str, str, str
                 continue
             best = next((o for o in by_text.get(prompt[:FIRST_TEXT_CHARS], ()) if o is not th and o.parent is None), None)
             if best is None:
-                probe = prompt if len(prompt) < FIRST_TEXT_CHARS // 2 else prompt[:FIRST_TEXT_CHARS // 4]
                 best = next((o for o in threads if o is not th and o.parent is None
-                             and len(o.first_text) > len(probe) and probe in o.first_text), None)
+                             and prompt_matches(prompt, o.first_text)), None)
             if best is not None and best.calls and t_start(best) >= t_start(th) - 1e-6:
                 best.parent = (th.id, tool_id)
                 best.kind = "subagent"

@@ -1,9 +1,11 @@
 """CPython client (ssl module -> OpenSSL SSL_read_ex/SSL_write_ex) for integration tests.
 
 usage: py_client.py BASE_URL CAFILE [--stream] [--json] [--gzip] [--count N] [--go-file PATH]
-       [--header K:V ...] [--delay-ms N]
+       [--header K:V ...] [--sleep-between S] [--prompt TEXT] [--knob NAME=VALUE ...]
 Makes requests to /v1/messages over one keep-alive connection and prints one JSON line per response
 with the status, the x-mock-record-id and the body's sha256 (as the client received it, decoded).
+--prompt: the user message (" #N" appended); --knob: a mock-server knob in the query string (so its
+value may hold any character, control characters included).
 """
 import argparse
 import gzip
@@ -14,7 +16,7 @@ import os
 import ssl
 import sys
 import time
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 ap = argparse.ArgumentParser()
 ap.add_argument("base_url")
@@ -26,7 +28,10 @@ ap.add_argument("--count", type=int, default=1)
 ap.add_argument("--go-file")
 ap.add_argument("--header", action="append", default=[])
 ap.add_argument("--sleep-between", type=float, default=0.0)
+ap.add_argument("--prompt", default="hello from python")
+ap.add_argument("--knob", action="append", default=[])
 args = ap.parse_args()
+query = "".join(f"&mock-{k}={quote(v, safe='')}" for k, v in (kv.split("=", 1) for kv in args.knob))
 
 if args.go_file:
     while not os.path.exists(args.go_file):
@@ -44,7 +49,7 @@ for i in range(args.count):
     for stream in modes:
         body = json.dumps({
             "model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
-            "messages": [{"role": "user", "content": f"hello from python #{i} ünïcode"}],
+            "messages": [{"role": "user", "content": f"{args.prompt} #{i} ünïcode"}],
         }).encode()
         headers = {"content-type": "application/json", "x-api-key": "sk-ant-api03-secretsecretsecret",
                    "anthropic-version": "2023-06-01"}
@@ -54,7 +59,7 @@ for i in range(args.count):
         for h in args.header:
             k, v = h.split(":", 1)
             headers[k.strip()] = v.strip()
-        conn.request("POST", "/v1/messages?beta=true", body=body, headers=headers)
+        conn.request("POST", "/v1/messages?beta=true" + query, body=body, headers=headers)
         r = conn.getresponse()
         data = r.read()
         if r.getheader("content-encoding") == "gzip":

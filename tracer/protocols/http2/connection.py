@@ -28,7 +28,7 @@ from hpack.exceptions import HPACKError
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import Frame, SettingsFrame
 
-from tracer.protocols.base import ConnInfo, Direction, Exchange, ParserStats
+from tracer.protocols.base import ConnInfo, Direction, Exchange, ParserStats, Progress
 from tracer.protocols.encoding import DEFAULT_CAP
 from tracer.protocols.http2.frames import (FRAME_RULES, HDR, MAX_FRAME, PREFACE, SYNC_MAX_FRAME,
                                            chain, find_boundary, frame_len)
@@ -78,6 +78,16 @@ class Http2Connection:
     """
 
     protocol = "h2"
+
+    @property
+    def progress(self) -> Progress | None:
+        """Live observer of the pairs in flight (see base.Progress); set by the pipeline. The streams
+        layer reports to it."""
+        return self.streams.progress
+
+    @progress.setter
+    def progress(self, value: Progress | None) -> None:
+        self.streams.progress = value
 
     def __init__(self, conn: ConnInfo, *, max_decoded_body: int = DEFAULT_MAX_DECODED_BODY,
                  spill_at: int = 8 << 20, from_start: bool | None = None,

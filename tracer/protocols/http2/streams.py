@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from hyperframe.frame import DataFrame, GoAwayFrame, RstStreamFrame
 
-from tracer.protocols.base import Body, ChunkTimes, ConnInfo, Direction, Exchange, Message, ParserStats
+from tracer.protocols.base import Body, ChunkTimes, ConnInfo, Direction, Exchange, Message, ParserStats, Progress
 from tracer.protocols.encoding import decode_body
 
 
@@ -90,6 +90,7 @@ class Streams:
                  stale_after_ns: int, max_chunk_times: int, client_dir: Direction | None):
         self.conn = conn
         self.stats = stats
+        self.progress: Progress | None = None     # live observer (see base.Progress)
         self.max_decoded_body = max_decoded_body
         self.spill_at = spill_at
         self.stale_after_ns = stale_after_ns
@@ -236,6 +237,8 @@ class Streams:
                 s.req_head = True
             else:
                 s.resp_head = True
+                if self.progress is not None:
+                    self.progress.response_head(self.conn, s.sid, s.request if s.req_head else None, msg)
         else:
             self._set_trailers(msg, fields, unknown, blk)
         msg.end_ts_ns = ts1
@@ -243,6 +246,8 @@ class Streams:
             msg.complete = (s.req_head or not request) and not any(g[0] == dir_name(sender) for g in s.gaps)
             if request:
                 s.req_done = True
+                if self.progress is not None and msg.complete:
+                    self.progress.request_done(self.conn, s.sid, msg)
             else:
                 s.resp_done = True
         self._ended(s, sender, blk.end_stream, ts1)
@@ -334,11 +339,15 @@ class Streams:
             if not msg.first_body_ts_ns:
                 msg.first_body_ts_ns = ts1
             msg.body.append(data)
+            if self.progress is not None and sender != s.req_dir:
+                self.progress.response_data(self.conn, s.sid, s.request if s.req_head else None, data, ts1)
         if "END_STREAM" in frame.flags:
             head = s.req_head if sender == s.req_dir else s.resp_head
             msg.complete = head and not any(g[0] == dir_name(sender) for g in s.gaps)
             if sender == s.req_dir:
                 s.req_done = True
+                if self.progress is not None and msg.complete:
+                    self.progress.request_done(self.conn, s.sid, msg)
             else:
                 s.resp_done = True
         self._ended(s, sender, "END_STREAM" in frame.flags, ts1)
