@@ -67,8 +67,10 @@ class InlineStage:
         from tracer.sinks.jsonl import JsonlWriter
         from tracer.sinks.record import Clock, Filter
         self.failures = failures if failures is not None else ThreadFailures(stderr)
+        # its own descriptor of the log: the writer closes it at the end, the session keeps the log's
         self.writer = JsonlWriter(cfg["log_path"], batch_size=cfg["batch_size"], flush_ms=cfg["flush_ms"],
-                                  durable=cfg["durable"], stderr=stderr, fd=log_fd, failures=self.failures)
+                                  durable=cfg["durable"], stderr=stderr, fd=os.dup(log_fd),
+                                  failures=self.failures)
         self.filter = Filter(include_all=cfg["include_all"])
         self.recorder = Recorder(self.writer, self.filter, Clock(offset_ns=cfg["clock_offset_ns"]),
                                  redact=cfg["redact"], procs=procs)
@@ -127,6 +129,9 @@ class SpoolStage:
         self.failures = failures if failures is not None else ThreadFailures(self.stderr)
         self._failed = False
         self._after: dict = {}         # pid -> what to call once the parser has reached an instruction
+        # a live view is connected to the feed (in the parsing process): it wants the answers as they
+        # stream, so the parser runs at normal priority and is told about new records at once
+        self.viewers = False
         self._final: dict | None = None
         self._progress: dict = {}
         self._done = threading.Event()
@@ -211,7 +216,7 @@ class SpoolStage:
             self._win_start = now
         if self.spool.written == self.spool.notified:
             return
-        if self.busy and not self._ending and self.spool.backlog <= self.high_water:
+        if self.busy and not self._ending and not self.viewers and self.spool.backlog <= self.high_water:
             if self._held_since is None:
                 self._held_since = now
                 return
@@ -254,10 +259,10 @@ class SpoolStage:
 
     def _adjust_priority(self) -> None:
         backlog = self.spool.backlog
-        if not self._raised and backlog > self.high_water:
+        if not self._raised and (backlog > self.high_water or self.viewers):
             self._set_priority("normal")
-            self.raised_count += 1
-        elif self._raised and not self._ending and backlog < self.low_water:
+            self.raised_count += not self.viewers
+        elif self._raised and not self._ending and not self.viewers and backlog < self.low_water:
             self._set_priority("idle")
 
     def _set_priority(self, policy: str) -> None:
@@ -282,6 +287,9 @@ class SpoolStage:
                     self.spool.consumed = msg["consumed"]
                 if t == "progress":
                     self._progress = msg
+                elif t == "viewers":
+                    self.viewers = bool(msg.get("on"))
+                    self._adjust_priority()
                 elif t == "echo":
                     then = self._after.pop(msg.get("pid"), None)
                     if then is not None:

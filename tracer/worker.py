@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -39,6 +40,7 @@ class Reporter:
         self.fd = fd
         self.last = 0.0
         self.gone = False
+        self._lock = threading.Lock()      # the live feed's thread reports too
 
     def send(self, msg: dict) -> None:
         """One report; when the session is gone (killed) the reports go nowhere, and the work goes
@@ -47,12 +49,13 @@ class Reporter:
             return
         data = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
         view = memoryview(data)
-        try:
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
-        except BrokenPipeError:
-            self.gone = True
+        with self._lock:
+            try:
+                while view:
+                    n = os.write(self.fd, view)
+                    view = view[n:]
+            except BrokenPipeError:
+                self.gone = True
 
 
 def name_thread(name: str) -> None:
@@ -104,6 +107,14 @@ def run(args) -> int:
     procs = ProcessTable()          # what the session's table told us (control "proc")
     rec = Recorder(writer, flt, Clock(offset_ns=cfg["clock_offset_ns"]), redact=cfg["redact"], procs=procs)
     capture = Capture(rec.on_exchange)
+    installed = capture.set_progress
+
+    def set_progress(progress) -> None:
+        """The feed installs itself when its first view connects and leaves after the last one: the
+        session then runs this process at normal priority, without holding it (tracer/stage.py)."""
+        installed(progress)
+        rep.send({"t": "viewers", "on": progress is not None})
+    capture.set_progress = set_progress
     feed = _live_feed(cfg, capture, flt, failures)
     reader = SpoolReader(args.spool_fd, args.notify_fd)
     set_priority(cfg["priority"])

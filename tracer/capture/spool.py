@@ -129,32 +129,26 @@ class SpoolWriter:
         return self.written - self.consumed
 
     def store(self, lens: array, bufs: list) -> bool:
-        """A batch of records (capture/ring.py `Store`); False: not taken (full, or a write error)."""
-        with self._lock:
-            if self.closed:
-                return False
-            if self.written - self.consumed >= self.max_backlog:
-                self.refused += 1
-                return False
-            if not self._write([SEGMENT.pack(KIND_RECORDS, len(lens)), lens, *bufs]):
-                return False
-            self.records += len(lens)
-            self.record_bytes += sum(lens)
-            return True
+        """A batch of records cut to their content (capture/ring.py `Sink`); False: not taken (full,
+        or a write error)."""
+        return self._append([SEGMENT.pack(KIND_RECORDS, len(lens)), lens, *bufs], len(lens), sum(lens))
 
     def store_ring(self, bufs: list, records: int) -> bool:
         """A stretch of the ring buffer holding `records` whole records (capture/ring.py `Sink`)."""
         n = sum(_nbytes(b) for b in bufs)
+        return self._append([SEGMENT.pack(KIND_RING, n), *bufs], records, n)
+
+    def _append(self, parts: list, records: int, nbytes: int) -> bool:
         with self._lock:
             if self.closed:
                 return False
             if self.written - self.consumed >= self.max_backlog:
                 self.refused += 1
                 return False
-            if not self._write([SEGMENT.pack(KIND_RING, n), *bufs]):
+            if not self._write(parts):
                 return False
             self.records += records
-            self.record_bytes += n
+            self.record_bytes += nbytes
             return True
 
     def control(self, msg: dict) -> bool:
