@@ -37,6 +37,7 @@ from _util import (ASYNC_CLIENT, MemWatch, cpu_seconds, machine, proc_children, 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 
 from tracer.mock import MockServerProcess  # noqa: E402
+from tracer.testing.helpers import claude_env  # noqa: E402
 
 
 class Receiver(http.server.ThreadingHTTPServer):
@@ -156,10 +157,7 @@ def run_claude(tmp: Path, mode: str, version: str, endpoint: str | None) -> dict
     home = tmp / f"home-{mode}"
     home.mkdir()
     with MockServer(knobs={"scenario": "subagent"}) as mock:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE", "OTEL_"))}
-        env.update(HOME=str(home), ANTHROPIC_BASE_URL=mock.url, ANTHROPIC_API_KEY="sk-test",
-                   NODE_EXTRA_CA_CERTS=str(mock.ca_path), DISABLE_TELEMETRY="1",
-                   CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
+        env = claude_env(mock, home, drop=("OTEL_",))
         extra = ["--otlp-endpoint", endpoint] if endpoint else ["--no-otlp"]
         t0 = time.monotonic()
         tr = subprocess.Popen([sys.executable, "-m", "tracer.cli", "run", "-o", str(tmp / f"log-cc-{mode}"),

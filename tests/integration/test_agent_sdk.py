@@ -15,17 +15,10 @@ import time
 import pytest
 
 from tests.integration.conftest import CLIENTS, assert_pair_matches, run_traced
+from tracer.testing.helpers import claude_env as _claude_env
 from tracer.testing.releases import ReleaseError, pypi_venv
 
 SDK = "claude-agent-sdk==0.2.189"      # bundles Claude Code 2.1.332
-
-
-def _claude_env(mock, home) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE"))}
-    env.update(HOME=str(home), ANTHROPIC_BASE_URL=mock.url, ANTHROPIC_API_KEY="sk-test",
-               NODE_EXTRA_CA_CERTS=str(mock.ca_path), DISABLE_TELEMETRY="1",
-               CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 
 from tests.integration.conftest import assert_pair_matches, run_traced
 from tracer.probes.locate import locate
+from tracer.testing.helpers import claude_env as _claude_env
 from tracer.testing.releases import claude_code_package, fetch_npm_release
 
 KNOWN = json.loads((Path(__file__).parents[1] / "data" / "locate_known.json").read_text())["releases"]
@@ -28,14 +29,6 @@ NODE = shutil.which("node") or "/usr/bin/node"
 
 CASES = [pytest.param("native", v, id="native-" + v) for v in NATIVE] + [
     pytest.param("node", JS_RELEASE, id="cli.js-" + JS_RELEASE)]
-
-
-def _claude_env(mock, home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE"))}
-    env.update(HOME=str(home), ANTHROPIC_BASE_URL=mock.url, ANTHROPIC_API_KEY="sk-test",
-               NODE_EXTRA_CA_CERTS=str(mock.ca_path), DISABLE_TELEMETRY="1",
-               CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
-    return env
 
 
 def _sse_blocks(raw: str) -> list[dict]:

@@ -170,7 +170,10 @@ def _normalized(recs: list[dict]) -> list[dict]:
 
 def test_plain_lines_when_not_a_terminal_and_the_log_is_the_same(mock, tmp_path):
     env = client_env(mock)
-    client = live_client(mock, "--prompt", "plain " + HOSTILE, "--count", "2", *slow_knobs(5))
+    # each answer streams for ~2.4 s: longer than the view process (nice 10) may take to start and catch
+    # up on a loaded machine, so both calls are seen in flight (at 5 ms a delta, ~0.8 s, the first call
+    # was once drawn only when done, under the full suite beside benchmarks)
+    client = live_client(mock, "--prompt", "plain " + HOSTILE, "--count", "2", *slow_knobs(15))
     runs = {}
     for follow in (False, True):
         out = tmp_path / ("follow" if follow else "plain")

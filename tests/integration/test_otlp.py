@@ -28,6 +28,7 @@ import pytest
 from tests.integration.conftest import (assert_pair_matches, client_env, node_client, py_client, read_log,
                                         start_attach, tracer_cmd)
 from tracer.mock import MockServer, body_bytes
+from tracer.testing.helpers import claude_env
 from tracer.testing.releases import fetch_npm_release
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -338,14 +339,6 @@ def phoenix_proc_ok(phoenix):
     assert phoenix.proc.poll() is None, "Phoenix died"
 
 
-def _claude_env(mock, home: Path, base: dict) -> dict:
-    env = {k: v for k, v in base.items() if not k.startswith(("ANTHROPIC_", "CLAUDE"))}
-    env.update(HOME=str(home), ANTHROPIC_BASE_URL=mock.url, ANTHROPIC_API_KEY="sk-test",
-               NODE_EXTRA_CA_CERTS=str(mock.ca_path), DISABLE_TELEMETRY="1",
-               CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
-    return env
-
-
 @pytest.fixture(scope="module")
 def subagent_mock():
     with MockServer(knobs={"scenario": "subagent"}) as srv:
@@ -372,7 +365,7 @@ def test_claude_code_subagent_in_phoenix(phoenix, subagent_mock, tmp_path, kind,
     home = tmp_path / "home"
     home.mkdir()
     project = _project()
-    env = _otel_env(_claude_env(mock, home, dict(os.environ)), project)
+    env = _otel_env(claude_env(mock, home), project)
     prompt = "say hi through a subagent"
     t0 = time.time()
     extra = ["--otlp-endpoint", phoenix.endpoint] + (["--otlp-content"] if content else [])

@@ -20,6 +20,18 @@ from tracer.protocols.base import ConnInfo
 CONN = ConnInfo(pid=1, tid=1, comm="t", conn_id="1:0x1:1")
 
 
+def claude_env(mock, home, base: dict | None = None, drop: tuple[str, ...] = ()) -> dict:
+    """The environment a Claude Code run against the mock API needs: ``base`` (default: this process'
+    environment) without ANTHROPIC_*/CLAUDE* (nor the ``drop`` prefixes), HOME a temp dir, the mock's
+    URL and CA, a test key, telemetry, non-essential traffic and the auto-updater off."""
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items() if not k.startswith(("ANTHROPIC_", "CLAUDE", *drop))}
+    env.update(HOME=str(home), ANTHROPIC_BASE_URL=mock.url, ANTHROPIC_API_KEY="sk-test",
+               NODE_EXTRA_CA_CERTS=str(mock.ca_path), DISABLE_TELEMETRY="1",
+               CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
+    return env
+
+
 def chunked(body: bytes, sizes=(7,)) -> bytes:
     """`body` in HTTP/1.1 chunked encoding, chunk sizes taken from `sizes` in turn (an int: all the same)."""
     sizes = [sizes] if isinstance(sizes, int) else list(sizes) or [len(body)]
