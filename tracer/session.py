@@ -551,6 +551,7 @@ class Session:
             "following": self.follower.stats() if self.follower is not None else None,
             "pairs_seen": 0, "pairs_logged": 0, "pairs_filtered_out": 0, "pairs_incomplete": 0,
             "connections": 0, "bytes_captured": 0, "ring_records": 0,
+            "records_written": 0, "records_lost": 0,     # (a parsing process that died reported none)
         }
         out.update(st)
         if self.follower is not None:
