@@ -2,9 +2,12 @@
 
 Started by the session (tracer/stage.py `SpoolStage`) as root, isolated (`python -I -S`, working
 directory /, the session's own import path - already checked by tracer/trust.py), with descriptors
-only: the spool (read), the spool's notification pipe (read), a report pipe (write) and the log
-(write; created by the session as the invoking user). It opens no path of its own except anonymous
-temporary files for bodies over 8 MB (protocols/base.py `Body`).
+only: the spool (read), the spool's notification pipe (read), a report pipe (write), the log (write;
+created by the session as the invoking user), the live feed's listening socket (bound by the session as
+that user, when offered) and a socket pair on which the session hands over the sockets of the views it
+starts (--follow). It opens no path of its own except anonymous temporary files for bodies over 8 MB
+(protocols/base.py `Body`). What the log's records need from the session's process table
+(`tracer.process`) arrives as spool instructions ("proc"), in order with the records.
 
 It runs in its own process group (terminal signals meant for the tracer do not reach it; it ignores
 SIGINT and SIGHUP anyway) and ends when the spool does: when the session closes it - or dies, even
