@@ -247,9 +247,12 @@ def _without_timing(line: bytes) -> dict:
     return rec
 
 
-def run_worker(tmp_path, recs: list[bytes], controls_after=(), framing="cut") -> tuple[list[bytes], list[dict], int]:
+def run_worker(tmp_path, recs: list[bytes], controls_after=(), framing="cut",
+               controls_before=()) -> tuple[list[bytes], list[dict], int]:
     from tracer.worker import command
     w, reader = pipe_spool(tmp_path)
+    for c in controls_before:
+        w.control(c)
     for i in range(0, len(recs), 7):
         if framing == "ring":
             assert w.store_ring([ring_stretch(recs[i:i + 7])], len(recs[i:i + 7]))
@@ -316,3 +319,26 @@ def test_worker_failure_is_reported(tmp_path):
     assert code == 70
     err = [m for m in reports if m["t"] == "error"]
     assert err and "unknown spool instruction" in err[0]["error"]
+
+
+def test_records_name_their_process_from_the_sessions_table(tmp_path):
+    """The session's process table reaches the parsing process as "proc" instructions (tracer/stage.py
+    process_message): records carry tracer.process - with the program that ran at their first byte
+    (an exec in between keeps the earlier one) - and the summary's per-process pair counts come back."""
+    from tracer.processes.table import Image, Proc
+    from tracer.stage import process_message
+    parent = Proc(100, argv=["bash"], exe="/usr/bin/bash", comm="bash")
+    child = Proc(4242, ppid=100, argv=["python3", "agent.py"], exe="/usr/bin/python3", comm="python3",
+                 earlier=[Image(("sh", "-c", "old"), "/usr/bin/sh", "sh", 1)])     # exec'd at ts 1 ns
+    recs = http_records(3)
+    lines, reports, code = run_worker(tmp_path, recs, controls_before=[process_message(parent),
+                                                                       process_message(child)])
+    assert code == 0, reports
+    procs = [orjson.loads(l)["tracer"]["process"] for l in lines]
+    assert len(procs) == 3
+    for info in procs:
+        assert info["pid"] == 4242 and info["ppid"] == 100 and info["exe"] == "/usr/bin/python3"
+        assert info["command"] == "python3 agent.py"
+        assert [c["pid"] for c in info["chain"]] == [100, 4242] and info["chain_text"] == "bash → python3 agent.py"
+    final = [m for m in reports if m["t"] == "final"][0]["stats"]
+    assert final["pairs_by_pid"] == {"4242": 3} and final["thread_failures"] == []
