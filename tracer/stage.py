@@ -46,6 +46,7 @@ STALL_S = 120.0              # at the end: a worker making no progress for this 
 MEMFD_MAX_BACKLOG = 256 << 20   # the spool's bound when it has to live in memory (no private directory)
 # the capture is "busy" (the parser waits: SpoolStage._gate) above these rates, over GATE_WINDOW_S
 GATE_WINDOW_S = 0.25
+BUSY_ONSET_S = 0.05
 BUSY_RECORDS_S = int(os.environ.get("TRACER_BUSY_RECORDS_S", 2000))
 BUSY_BYTES_S = 16 << 20
 MAX_HOLD_S = 30.0
@@ -210,10 +211,14 @@ class SpoolStage:
         self._win_records += records
         self._win_bytes += nbytes
         dt = now - self._win_start
-        if dt >= GATE_WINDOW_S:
-            self.busy = self._win_records / dt > BUSY_RECORDS_S or self._win_bytes / dt > BUSY_BYTES_S
-            self._win_records = self._win_bytes = 0
-            self._win_start = now
+        # a burst is recognised within BUSY_ONSET_S (the parser stops competing at once); its end only
+        # over a whole window (the parser does not start and stop with every pause of the target)
+        if dt >= GATE_WINDOW_S or (not self.busy and dt >= BUSY_ONSET_S):
+            fast = self._win_records / dt > BUSY_RECORDS_S or self._win_bytes / dt > BUSY_BYTES_S
+            if dt >= GATE_WINDOW_S or fast:
+                self.busy = fast
+                self._win_records = self._win_bytes = 0
+                self._win_start = now
         if self.spool.written == self.spool.notified:
             return
         if self.busy and not self._ending and not self.viewers and self.spool.backlog <= self.high_water:
