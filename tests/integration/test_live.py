@@ -204,7 +204,7 @@ def test_plain_lines_when_not_a_terminal_and_the_log_is_the_same(mock, tmp_path)
 def test_attach_follow_shows_a_running_process_calls(mock, tmp_path):
     go = tmp_path / "go"
     env = client_env(mock)
-    client = subprocess.Popen(live_client(mock, "--prompt", "attached", "--go-file", str(go), *slow_knobs(5)),
+    client = subprocess.Popen(live_client(mock, "--prompt", "attached", "--go-file", str(go), *slow_knobs(15)),
                               env=env, stdout=subprocess.PIPE, text=True)
     try:
         t, _secs, _lines = start_attach(client.pid, tmp_path / "out", "--follow", env=env)

@@ -150,3 +150,24 @@ def test_cgroup_paths(tmp_path):
     with pytest.raises(Exception) as e:
         cgroup.resolve(str(tmp_path))
     assert "cgroup" in str(e.value)
+
+
+def test_a_file_unreachable_because_the_process_ended_is_no_probing_problem(monkeypatch):
+    """A followed process (git under Claude Code, say) that exits while tracer looks at a library it
+    mapped: the file cannot be reached because the process is gone - the prober reports the process
+    gone (its EXIT record follows), it does not list a TLS library it could not probe. The same
+    unreachable file in a live process stays a problem."""
+    from tracer.processes import procinfo, prober, resolve
+    unreachable = resolve.MappedFile("/usr/lib/libpcre2-8.so.0", 8, 99, "",
+                                     "cannot reach the mapped file: /proc/7/map_files/1-2: No such process")
+    monkeypatch.setattr(resolve, "mapped_files", lambda pid: [unreachable])
+    p = prober.Prober(probes=None, locator=None)
+    gone = Proc(7)
+    monkeypatch.setattr(procinfo, "alive", lambda pid: False)
+    with pytest.raises(OSError):
+        p.probe(gone)
+    assert gone.problems == []
+    running = Proc(8)
+    monkeypatch.setattr(procinfo, "alive", lambda pid: True)
+    p.probe(running)
+    assert running.problems == [f"/usr/lib/libpcre2-8.so.0: {unreachable.error}"]

@@ -12,7 +12,7 @@ from tracer.probes.locate import open_regular
 from tracer.probes.located import FunctionLocation, LocateError, Located
 from tracer.probes.program import FORK_RETURN
 from tracer.probes.verify import check_before_attach
-from tracer.processes import resolve
+from tracer.processes import procinfo, resolve
 from tracer.processes.table import Probed, Proc
 
 TLS_LIBRARIES = ("libssl.so*",)
@@ -46,6 +46,10 @@ class Prober:
                 continue
             proc.looked_at.add(key)
             if not mf.reach:
+                if not procinfo.alive(proc.pid):
+                    # it ended while we looked: the file is unreachable because the process is
+                    # gone, not because it hides TLS code from us (its EXIT record follows)
+                    raise ProcessLookupError(f"pid {proc.pid} ended while its files were examined")
                 proc.problems.append(f"{mf.path}: {mf.error}")
                 continue
             n += self._attach_file(proc, mf.path, mf.reach, key, mapped=True, deleted=mf.deleted)
