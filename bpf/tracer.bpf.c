@@ -197,24 +197,8 @@ static __always_inline int copy_payload(struct tracer_event *e, u64 src, u32 len
     return bpf_probe_read_user((void *)(e + 1), n, (void *)src);
 }
 
-static __always_inline void commit(struct tracer_event *e, int rc, struct call_args *c, u64 id, u64 now,
-                                   u32 total, u32 limit, u32 off, u32 len, u64 base)
-{
-    fill(e, c, id, now, total, off, len, base);
-    if (rc != 0) {
-        e->flags |= TRACER_F_COPY_FAIL;     /* len stays: the consumer records it as a gap */
-        count_drop(len, 0, 1);
-    }
-    if (off + len >= limit && total > limit)
-        e->flags |= TRACER_F_TRUNCATED;
-    events.ringbuf_submit(e, wake_flag(len));
-}
-
 /* One ring record: reserve the smallest payload class that fits `len` (1..CHUNK_MAX), copy,
- * submit. Reserve sizes must be constants, hence the classes; they are close together below 2 KiB,
- * where most records of API traffic are (a request head, one SSE event, a small JSON answer), so
- * that the ring holds as many of them as it can (a 300-byte read takes 576 bytes of ring, not 2 KiB).
- * (BCC rewrites map calls only outside macros, so the ladder is written out.) */
+ * submit. Reserve sizes must be constants, hence the classes. */
 static __always_inline void emit(struct call_args *c, u64 id, u64 now, u32 total, u32 limit,
                                  u32 off, u32 len, u64 base)
 {
@@ -226,26 +210,11 @@ static __always_inline void emit(struct call_args *c, u64 id, u64 now, u32 total
         if (!e)
             goto drop;
         rc = copy_payload(e, src, len, 256 - 1);
-    } else if (len <= 512) {
-        e = events.ringbuf_reserve(sizeof(struct tracer_event) + 512);
-        if (!e)
-            goto drop;
-        rc = copy_payload(e, src, len, 512 - 1);
-    } else if (len <= 1024) {
-        e = events.ringbuf_reserve(sizeof(struct tracer_event) + 1024);
-        if (!e)
-            goto drop;
-        rc = copy_payload(e, src, len, 1024 - 1);
     } else if (len <= 2048) {
         e = events.ringbuf_reserve(sizeof(struct tracer_event) + 2048);
         if (!e)
             goto drop;
         rc = copy_payload(e, src, len, 2048 - 1);
-    } else if (len <= 4096) {
-        e = events.ringbuf_reserve(sizeof(struct tracer_event) + 4096);
-        if (!e)
-            goto drop;
-        rc = copy_payload(e, src, len, 4096 - 1);
     } else if (len <= 16384) {
         e = events.ringbuf_reserve(sizeof(struct tracer_event) + 16384);
         if (!e)
@@ -257,24 +226,17 @@ static __always_inline void emit(struct call_args *c, u64 id, u64 now, u32 total
             goto drop;
         rc = copy_payload(e, src, len, CHUNK_MAX - 1);
     }
-    commit(e, rc, c, id, now, total, limit, off, len, base);
+    fill(e, c, id, now, total, off, len, base);
+    if (rc != 0) {
+        e->flags |= TRACER_F_COPY_FAIL;     /* len stays: the consumer records it as a gap */
+        count_drop(len, 0, 1);
+    }
+    if (off + len >= limit && total > limit)
+        e->flags |= TRACER_F_TRUNCATED;
+    events.ringbuf_submit(e, wake_flag(len));
     return;
 drop:
     count_drop(len, 0, 0);
-}
-
-/* A whole CHUNK_MAX chunk of a longer call (every chunk but the last): one class, no ladder, so the
- * verifier walks the ladder once per program rather than once per chunk. */
-static __always_inline void emit_full(struct call_args *c, u64 id, u64 now, u32 total, u32 limit,
-                                      u32 off, u64 base)
-{
-    struct tracer_event *e = events.ringbuf_reserve(sizeof(struct tracer_event) + CHUNK_MAX);
-    if (!e) {
-        count_drop(CHUNK_MAX, 0, 0);
-        return;
-    }
-    int rc = copy_payload(e, c->buf + off, CHUNK_MAX, CHUNK_MAX - 1);
-    commit(e, rc, c, id, now, total, limit, off, CHUNK_MAX, base);
 }
 
 static __always_inline int leave(struct pt_regs *ctx, u8 dir)
@@ -325,27 +287,25 @@ static __always_inline int leave(struct pt_regs *ctx, u8 dir)
     sk.dir = c.dir;
     u64 base = 0;
     u64 *basep = offsets.lookup(&sk);
-    if (basep) {                /* in place: an update would allocate a new LRU element */
+    if (basep)
         base = *basep;
-        *basep = base + total;
-    } else {
-        u64 next = total;
-        offsets.update(&sk, &next);
-    }
+    u64 next = base + total;
+    offsets.update(&sk, &next);
 
     u64 now = bpf_ktime_get_ns();
     u32 limit = total < COPY_LIMIT ? total : COPY_LIMIT;
     if (total > limit)
         count_drop(total - limit, 1, 0);
 
-    u32 full = (limit - 1) / CHUNK_MAX;     /* chunks before the last one, all CHUNK_MAX long */
-    for (int i = 0; i < MAX_CHUNKS - 1; i++) {
-        if (i >= full)
+    for (int i = 0; i < MAX_CHUNKS; i++) {
+        u32 off = i * CHUNK_MAX;
+        if (off >= limit)
             break;
-        emit_full(&c, id, now, total, limit, i * CHUNK_MAX, base);
+        u32 len = limit - off;
+        if (len > CHUNK_MAX)
+            len = CHUNK_MAX;
+        emit(&c, id, now, total, limit, off, len, base);
     }
-    u32 off = full * CHUNK_MAX;
-    emit(&c, id, now, total, limit, off, limit - off, base);
     return 0;
 }
 
