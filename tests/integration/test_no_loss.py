@@ -19,6 +19,7 @@ import pytest
 
 from tests.integration.conftest import CLIENTS, client_env, read_log, run_traced, wait_for
 from tracer.mock.certs import ensure_certs
+from tracer.testing.helpers import end_process
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -84,12 +85,7 @@ def nginx(tmp_path_factory):
     try:
         yield f"https://127.0.0.1:{port}", d / "ca.pem"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc, 10)
 
 
 @pytest.mark.parametrize("how", ["data-100", "data-60k", "late-100", "late-60k"])

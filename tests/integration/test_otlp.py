@@ -28,7 +28,7 @@ import pytest
 from tests.integration.conftest import (assert_pair_matches, client_env, node_client, py_client, read_log,
                                         start_attach, tracer_cmd)
 from tracer.mock import MockServer, body_bytes
-from tracer.testing.helpers import claude_env
+from tracer.testing.helpers import claude_env, end_process
 from tracer.testing.releases import fetch_npm_release
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,12 +125,7 @@ def phoenix(tmp_path_factory):
             try:
                 yield Phoenix(url, proc, log)
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+                end_process(proc, 15)
             return
         last = log.read_text(errors="replace")[-3000:]
         proc.kill()

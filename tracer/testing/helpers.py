@@ -144,3 +144,13 @@ def wait_for(pred, timeout: float = 10.0, interval: float = 0.02):
             return v
         time.sleep(interval)
     return pred()
+
+
+def end_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a server a test started: SIGTERM, then SIGKILL if it is still there after ``grace`` s."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
