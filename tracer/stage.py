@@ -295,6 +295,8 @@ class SpoolStage:
                 elif t == "viewers":
                     self.viewers = bool(msg.get("on"))
                     self._adjust_priority()
+                elif t == "view":
+                    self.feed.taken()
                 elif t == "echo":
                     then = self._after.pop(msg.get("pid"), None)
                     if then is not None:
@@ -312,6 +314,7 @@ class SpoolStage:
         except (OSError, ValueError) as e:
             self._fail(f"reading its reports failed: {type(e).__name__}: {e}")
         finally:
+            self.feed.gone()
             if self._final is None:
                 self.dead = True
                 self.unparsed_bytes += self.spool.written - self.spool.consumed
@@ -380,19 +383,44 @@ class _RemoteFeed:
     (tracer/live/launch.py) are handed over as descriptors. The feed itself ends with the parsing
     process, after the log is complete."""
 
+    ACK_WAIT_S = 10.0
+
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.clients_served = 0
         self.errors = 0
+        self._sent = 0
+        self._taken = 0
+        self._gone = False
+        self._cond = threading.Condition()
 
     def add_client(self, view: socket.socket) -> None:
+        """Hand the view over and wait until the feed has it: a pair parsed after this returns is
+        shown to the view from its start (run/attach --follow start the view before the traffic)."""
         try:
             socket.send_fds(self.sock, [b"v"], [view.fileno()])
         except OSError as e:
             print(f"tracer: cannot hand the live view to the parsing process: {e.strerror or e}",
                   file=sys.stderr)
+            return
         finally:
             view.close()
+        with self._cond:
+            self._sent += 1
+            if not self._cond.wait_for(lambda: self._taken >= self._sent or self._gone, self.ACK_WAIT_S):
+                print("tracer: the parsing process has not taken the live view yet; it may miss the "
+                      "start of the first answers", file=sys.stderr)
+
+    def taken(self) -> None:
+        """The parsing process reports a view connected to its feed."""
+        with self._cond:
+            self._taken += 1
+            self._cond.notify_all()
+
+    def gone(self) -> None:
+        with self._cond:
+            self._gone = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         self.sock.close()

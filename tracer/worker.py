@@ -21,7 +21,8 @@ run, when everything left is parsed before the summary.
 
 Reports (JSON lines on the report pipe): {"t": "progress", ...} a few times a second while it works,
 {"t": "final", "stats": {...}} once at the end (recorder.stage_summary), {"t": "error", ...} if it
-fails - the session makes that loud.
+fails - the session makes that loud; {"t": "viewers", "on": ...} when the live feed starts or stops
+observing the parsers, {"t": "view"} once a view handed over by the session is connected to it.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def run(args) -> int:
         installed(progress)
         rep.send({"t": "viewers", "on": progress is not None})
     capture.set_progress = set_progress
-    feed = _live_feed(cfg, capture, flt, failures)
+    feed = _live_feed(cfg, capture, flt, failures, rep)
     reader = SpoolReader(args.spool_fd, args.notify_fd)
     set_priority(cfg["priority"])
     rep.send({"t": "ready", "pid": os.getpid()})
@@ -183,7 +184,7 @@ def start_feed(cfg: dict, capture, flt, listen, failures):
     return feed
 
 
-def _live_feed(cfg: dict, capture, flt, failures):
+def _live_feed(cfg: dict, capture, flt, failures, rep):
     """The live feed (tracer/live/feed.py) here, beside the pipeline: on the listening socket the
     session made as the user (inherited), and on the views the session starts (run/attach --follow),
     which arrive as descriptors on the views socket."""
@@ -206,6 +207,7 @@ def _live_feed(cfg: dict, capture, flt, failures):
                     return                  # the session closed its end
                 for fd in fds:
                     feed.add_client(socket.socket(fileno=fd))
+                    rep.send({"t": "view"})     # the session waits for this before the traffic starts
 
         threading.Thread(target=take_views, name="tracer-views", daemon=True).start()
     return feed

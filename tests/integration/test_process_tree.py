@@ -25,6 +25,7 @@ import pytest
 
 from tests.integration.conftest import (CLIENTS, assert_pair_matches, client_env, curl_client, node_client,
                                         py_client, read_log, run_traced, start_attach, tracer_cmd, wait_for)
+from tracer.processes.procinfo import read_cmdline
 
 NODE = shutil.which("node")
 SSL_LIB = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
@@ -380,8 +381,15 @@ def test_interactive_shell_jobs_are_not_shown_stopped(mock, tmp_path):
         pump(b"PROMPT$ ")
         t0 = time.time()
         tr, _, _ = start_attach(pid, tmp_path / "log", "--children")
-        cmd = " ".join(py_client(mock, "--json"))
+        # the command starts its traffic a moment after it starts (as claude does, after seconds of
+        # start-up): not held, it is probed in that moment
+        go = tmp_path / "go"
+        cmd = " ".join(py_client(mock, "--json", "--go-file", str(go)))
         os.write(fd, f"/bin/echo hello; {cmd}; echo after-$((40+2))\n".encode())
+        wait_for(lambda: any(str(go) in " ".join(read_cmdline(int(p)))
+                             for p in os.listdir("/proc") if p.isdigit()), timeout=30)
+        time.sleep(1.0)
+        go.touch()
         pump(b"after-42")
         os.write(fd, b"jobs; exit\n")
         pump(b"exit")
@@ -399,7 +407,7 @@ def test_interactive_shell_jobs_are_not_shown_stopped(mock, tmp_path):
     assert "Stopped" not in text, text
     assert "hello" in text and "after-42" in text
     recs = read_log(tmp_path / "log")
-    assert len(recs) == 1 and logged_ids(recs) == sorted(str(r["id"]) for r in served_since(mock, t0))
+    assert len(recs) == 1 and logged_ids(recs) == sorted(str(r["id"]) for r in served_since(mock, t0)), err
     assert "not held at exec (its parent is a job-control shell)" in err, err
 
 

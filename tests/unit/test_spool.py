@@ -342,3 +342,33 @@ def test_records_name_their_process_from_the_sessions_table(tmp_path):
         assert [c["pid"] for c in info["chain"]] == [100, 4242] and info["chain_text"] == "bash → python3 agent.py"
     final = [m for m in reports if m["t"] == "final"][0]["stats"]
     assert final["pairs_by_pid"] == {"4242": 3} and final["thread_failures"] == []
+
+
+def test_a_view_handed_to_the_parsing_process_observes_before_add_client_returns(tmp_path):
+    """run/attach --follow start their view before the traffic: once the session's add_client returns,
+    the feed in the parsing process already observes the parsers - a pair parsed right after is shown
+    from its start (before, the view could join after the answer's head and show nothing live)."""
+    import socket
+
+    from tracer.live import wire
+    from tracer.stage import SpoolStage
+    log = tmp_path / "stage.jsonl"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    stage = SpoolStage({**_cfg(str(log)), "priority": "idle"}, fd, max_backlog=64 << 20, spool_dir=tmp_path)
+    os.close(fd)
+    views = []
+    try:
+        for _ in range(2):
+            a, b = socket.socketpair()
+            views.append(b)
+            stage.feed.add_client(a)
+            assert stage.viewers, "the feed was not observing the parsers when add_client returned"
+        for b in views:
+            b.settimeout(10)
+            frames = list(wire.Decoder().feed(b.recv(4096)))
+            assert frames[0][0]["t"] == "hello"
+    finally:
+        stage.finish()
+        for b in views:
+            b.close()
+    assert stage.feed.clients_served == 2

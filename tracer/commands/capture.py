@@ -346,8 +346,9 @@ def attach_cmd(pids, children, cgroup_path, allow_other_users, **kw):
     what = f"{len(pids)} process(es)" + (" and their children" if children else "")
     if cgroup_dir is not None:
         what = (what + " and " if pids else "") + f"every process in cgroup {cgroup_dir}"
-    _say(f"tracing {what}; log {session.log_path}; Ctrl-C to stop")
+    # the view first: once tracer says it is tracing, the view sees every answer from its start
     view = _start_view(session, kw, pids=tuple(pids))
+    _say(f"tracing {what}; log {session.log_path}; Ctrl-C to stop")
     tick = _status_printer(session, opts.status)
     deadline = time.monotonic() + kw["duration"] if kw["duration"] else None
     while not stopper.event.is_set():
