@@ -178,6 +178,26 @@ def test_sigterm_loses_no_completed_pair(mock, tmp_path):
             assert_pair_matches(mock, r)
 
 
+def test_ctrl_c_after_the_summary_changes_nothing(mock, tmp_path):
+    """Ctrl-C pressed while tracer exits - its summary printed, the log complete - leaves the exit
+    status alone (it was "killed by SIGINT" when the signal met the interpreter's exit)."""
+    tr = subprocess.Popen(tracer_cmd("run", "--quiet", "--no-html", "-o", str(tmp_path / "log"), "--",
+                                     *py_client(mock, "--json")),
+                          env=client_env(mock), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = []
+    for line in tr.stderr:
+        err.append(line)
+        if line.startswith("log: "):
+            break
+    end = time.monotonic() + 30
+    while tr.poll() is None and time.monotonic() < end:
+        tr.send_signal(signal.SIGINT)
+        time.sleep(0.002)
+    err.append(tr.stderr.read())
+    assert tr.wait(timeout=30) == 0, "".join(err)
+    assert len(read_log(tmp_path / "log")) == 1
+
+
 def test_target_killed_midstream_leaves_note(mock, tmp_path):
     env = client_env(mock)
     cmd = py_client(mock, "--stream", "--header", "x-mock-delay-ms: 100", "--header", "x-mock-deltas: 100")

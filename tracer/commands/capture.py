@@ -223,6 +223,9 @@ def _finish(session: Session, opts: Options, view=None) -> dict:
             write_summary_json(opts.summary_json, summary)
         except (OSError, TracerError) as e:
             _say(f"cannot write the summary to {opts.summary_json}: {getattr(e, 'strerror', None) or e}")
+    # the run is over: a Ctrl-C from now on changes nothing. (The interpreter's exit puts the default
+    # action back for signals with a Python handler; one arriving then killed a complete run.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return summary
 
 
