@@ -178,6 +178,27 @@ def test_sigterm_loses_no_completed_pair(mock, tmp_path):
             assert_pair_matches(mock, r)
 
 
+def test_one_call_longer_than_a_ring_record_and_the_copy_limit(mock, tmp_path):
+    """A 300 KB request body in one SSL_write: split over several ring records (64 KiB each, the last
+    in the smallest size class that fits) and put back together exactly; with --copy-limit-kb 128 the
+    rest of the call is a counted gap in the record and in the summary."""
+    env = client_env(mock)
+    cmd = py_client(mock, "--json", "--prompt-bytes", "300000")
+    p, recs = run_traced(cmd, tmp_path / "whole", env=env)
+    assert p.returncode == 0, p.stderr
+    rec, = recs
+    assert_pair_matches(mock, rec)
+    assert len(rec["request"]["body"]["messages"][0]["content"]) == 300000
+    assert "request_holes" not in rec["tracer"] and "losses: none" in p.stderr
+    p, recs = run_traced(cmd, tmp_path / "cut", env=env, extra=("--copy-limit-kb", "128"))
+    assert p.returncode == 0, p.stderr
+    rec, = recs
+    assert rec["tracer"]["request_holes"], rec["tracer"]
+    assert rec["tracer"]["complete"] is False or rec["request"].get("body_raw") is not None or \
+        rec["tracer"]["request_holes"]
+    assert "per-call copy limit" in p.stderr, p.stderr
+
+
 def test_ctrl_c_after_the_summary_changes_nothing(mock, tmp_path):
     """Ctrl-C pressed while tracer exits - its summary printed, the log complete - leaves the exit
     status alone (it was "killed by SIGINT" when the signal met the interpreter's exit)."""

@@ -1,10 +1,11 @@
 """CPython client (ssl module -> OpenSSL SSL_read_ex/SSL_write_ex) for integration tests.
 
 usage: py_client.py BASE_URL CAFILE [--stream] [--json] [--gzip] [--count N] [--go-file PATH]
-       [--header K:V ...] [--sleep-between S] [--prompt TEXT] [--knob NAME=VALUE ...]
+       [--header K:V ...] [--sleep-between S] [--prompt TEXT] [--prompt-bytes N] [--knob NAME=VALUE ...]
 Makes requests to /v1/messages over one keep-alive connection and prints one JSON line per response
 with the status, the x-mock-record-id and the body's sha256 (as the client received it, decoded).
---prompt: the user message (" #N" appended); --knob: a mock-server knob in the query string (so its
+--prompt: the user message (" #N" appended), padded with "x" to --prompt-bytes (a request body sent
+with one SSL_write of that size); --knob: a mock-server knob in the query string (so its
 value may hold any character, control characters included).
 """
 import argparse
@@ -29,6 +30,7 @@ ap.add_argument("--go-file")
 ap.add_argument("--header", action="append", default=[])
 ap.add_argument("--sleep-between", type=float, default=0.0)
 ap.add_argument("--prompt", default="hello from python")
+ap.add_argument("--prompt-bytes", type=int, default=0)
 ap.add_argument("--knob", action="append", default=[])
 args = ap.parse_args()
 query = "".join(f"&mock-{k}={quote(v, safe='')}" for k, v in (kv.split("=", 1) for kv in args.knob))
@@ -49,7 +51,7 @@ for i in range(args.count):
     for stream in modes:
         body = json.dumps({
             "model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
-            "messages": [{"role": "user", "content": f"{args.prompt} #{i} ünïcode"}],
+            "messages": [{"role": "user", "content": f"{args.prompt} #{i} ünïcode".ljust(args.prompt_bytes, "x")}],
         }).encode()
         headers = {"content-type": "application/json", "x-api-key": "sk-ant-api03-secretsecretsecret",
                    "anthropic-version": "2023-06-01"}
