@@ -452,7 +452,7 @@ int probe_free(struct pt_regs *ctx)
 #define CLONE_VM_FLAG     0x00000100
 #define CLONE_THREAD_FLAG 0x00010000
 #define SIGSTOP_NR        19
-#define EXEC_NAME_MAX     256
+#define EXEC_NAME_MAX     TRACER_PROC_NAME_MAX
 
 BPF_ARRAY(follow, struct tracer_follow, 1);
 BPF_CGROUP_ARRAY(cgroups, 1);
@@ -503,7 +503,8 @@ static __always_inline void proc_record(u16 type, u32 pid, u32 tid, u32 ppid, u6
                                         struct tracer_proc *p, const char *name_kernel, u32 name_len)
 {
     u32 len = name_len < EXEC_NAME_MAX ? name_len : EXEC_NAME_MAX - 1;
-    struct tracer_proc_event *e = events.ringbuf_reserve(sizeof(struct tracer_proc_event) + EXEC_NAME_MAX);
+    struct tracer_proc_event *e = events.ringbuf_reserve(sizeof(struct tracer_proc_event) + EXEC_NAME_MAX +
+                                                         TRACER_PROC_PAD);
     if (!e) {
         count_drop(0, 0, 0);
         return;

@@ -72,6 +72,11 @@ struct tracer_target_ids {    /* per approved process (key: tgid) */
 #define TRACER_EV_EXEC   4   /* a followed process exec'd; payload = the file name as exec was given it */
 #define TRACER_EV_EXIT   5   /* a followed process ended (its last thread exited) */
 #define TRACER_EV_STOP   6   /* a forked child was stopped on its way to its first instruction */
+/* A process record takes sizeof(struct tracer_proc_event) + TRACER_PROC_NAME_MAX + TRACER_PROC_PAD
+ * bytes of ring: a length no data record has (header + a power-of-two class, or header alone), so the
+ * ring thread reads the type of those records only (tracer/capture/ring.py). */
+#define TRACER_PROC_NAME_MAX 256
+#define TRACER_PROC_PAD      8
 
 /* struct tracer_proc.state */
 #define TRACER_PROC_NEW     1   /* forked (own memory), probes not in place: stop it before it runs */

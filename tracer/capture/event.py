@@ -69,6 +69,9 @@ EV_EXEC = CONST["TRACER_EV_EXEC"]
 EV_EXIT = CONST["TRACER_EV_EXIT"]
 EV_STOP = CONST["TRACER_EV_STOP"]
 PROC_TYPES = frozenset({EV_FORK, EV_EXEC, EV_EXIT, EV_STOP})
+# the ring length of every process record, which no data record shares (bpf/tracer_event.h)
+PROC_RECORD_LEN = PROC_EVENT_STRUCT.size + CONST["TRACER_PROC_NAME_MAX"] + CONST["TRACER_PROC_PAD"]
+assert PROC_RECORD_LEN != HEADER_SIZE and (PROC_RECORD_LEN - HEADER_SIZE) & (PROC_RECORD_LEN - HEADER_SIZE - 1)
 
 
 def _offset(fields: list[tuple[str, str]], name: str) -> int:

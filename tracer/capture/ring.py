@@ -38,7 +38,7 @@ from typing import Callable, Protocol
 
 from tracer import libbpf
 from tracer.capture import event as ev
-from tracer.capture.event import RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, RINGBUF_HDR_SZ, decode_drops
+from tracer.capture.event import RINGBUF_BUSY_BIT, RINGBUF_HDR_SZ, decode_drops
 from tracer.probes.program import PERCPU_MAP_TYPES, MapInfo
 
 Callback = Callable[[bytes], object]
@@ -270,19 +270,21 @@ class MappedRing(_Waits):
             if cons >= prod:
                 return records, nbytes, ""
             # the only work per record: its 8-byte ring header (committed? how long?) - and, while
-            # processes are followed, the type of the record
+            # processes are followed, the type of a record with the length of a process record (no
+            # data record has it; a discarded record's length has the discard bit: never equal)
             lim = min(prod, cons + max_b)
             pos, n, stop = cons, 0, ""
             on_process = self.on_process
+            proc_len = ev.PROC_RECORD_LEN if on_process is not None else -1
             while pos < lim:
                 hdr = v32[(pos & mask) >> 2]
                 if hdr & busy:
                     stop = "busy"
                     break
-                if on_process is not None and not hdr & RINGBUF_DISCARD_BIT:
+                if hdr == proc_len:
                     t = pos + RINGBUF_HDR_SZ + ev.TYPE_OFFSET
                     if v8[t & mask] | (v8[(t + 1) & mask] << 8) in ev.PROC_TYPES:
-                        on_process(self._copy(pos + RINGBUF_HDR_SZ, hdr & len_mask))
+                        on_process(self._copy(pos + RINGBUF_HDR_SZ, proc_len))
                 pos += ((hdr & len_mask) + RINGBUF_HDR_SZ + 7) & ~7
                 n += 1
             if pos == cons:
