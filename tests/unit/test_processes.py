@@ -171,3 +171,30 @@ def test_a_file_unreachable_because_the_process_ended_is_no_probing_problem(monk
     monkeypatch.setattr(procinfo, "alive", lambda pid: True)
     p.probe(running)
     assert running.problems == [f"/usr/lib/libpcre2-8.so.0: {unreachable.error}"]
+
+
+def test_a_process_that_ends_between_its_pin_and_the_checks_exited_and_was_not_refused():
+    """CI (arm64 guest, Claude Code): a child that exited after tracer pinned it but before the ptrace
+    rule read its /proc entry was listed as "not traced: no such process" - a loss in the summary.
+    It exited; a refusal is only for a process that lives."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from tracer.processes.follower import Follower
+
+    child = subprocess.Popen(["sleep", "30"])
+    proc = ProcessTable().add(child.pid, ppid=os.getpid(), origin="child")
+
+    def admit(pid):
+        child.kill()
+        child.wait()
+        return False, f"no such process: {pid}"
+
+    nothing = SimpleNamespace(detach_pid=lambda pid: None, forget=lambda pid: None)
+    fake = SimpleNamespace(pins={}, session=SimpleNamespace(admit=admit, probes=nothing, release=lambda pid: None),
+                           prober=SimpleNamespace(attacher=nothing), kernel=nothing, _debug=lambda msg: None)
+    fake._drop = lambda p, why, alive=True: Follower._drop(fake, p, why, alive=alive)
+    assert Follower._admit(fake, proc) is False
+    assert proc.why_not == "it exited before tracer could look at it" and not proc.alive and not proc.traced
+    summary = {"pid": proc.pid, "traced": False, "why_not": proc.why_not, "problems": [], "late": [], "tls": []}
+    assert process_problems([summary]) == []

@@ -239,7 +239,12 @@ class Follower:
         proc.pin = pin
         ok, why = self.session.admit(pid)
         if not ok:
-            self._drop(proc, why)
+            if not pin.alive():
+                # it ended between the pin and the checks ("no such process"): not a refusal. Whether
+                # it could have run TLS code unprobed is for the caller to say (a forked child may)
+                self._drop(proc, "it exited before tracer could look at it", alive=False)
+            else:
+                self._drop(proc, why)
             return False
         proc.traced = True
         return True
