@@ -673,17 +673,31 @@ def test_h2_hook(monkeypatch):
             t.close()
 
 
-def _cached_programs(package_dir: str, rel: str) -> list[str]:
-    """Real client releases already in the test cache (never downloads here)."""
-    try:
-        from tracer.testing.releases import npm_cache_dir
-    except Exception:
-        return []
-    return sorted(str(p) for p in npm_cache_dir().glob(f"{package_dir}/*/package/{rel}") if p.is_file())
+def _release(package: str, version: str) -> str:
+    """A real client release from npm (downloaded once into the test cache, tracer/testing/releases.py):
+    these tests must run on a clean machine too, not only after another test filled the cache."""
+    from tracer.testing.releases import fetch_npm_release
+    return str(fetch_npm_release(package, version))
 
 
-BUNS = _cached_programs("oven+bun-linux-x64", "bin/bun")
-CLAUDES = _cached_programs("anthropic-ai+claude-code-linux-x64", "claude")
+def _bun() -> str:
+    import platform
+    arch = {"x86_64": "x64", "aarch64": "aarch64"}.get(platform.machine(), platform.machine())
+    return _release(f"@oven/bun-linux-{arch}", "1.4.5")
+
+
+def _claude() -> str:
+    """The newest native Claude Code release the locate tests know for this machine."""
+    from pathlib import Path
+
+    from tracer.testing.releases import claude_code_package
+    package = claude_code_package()
+    known = json.loads((Path(__file__).parents[1] / "data" / "locate_known.json").read_text())["releases"]
+    versions = [r["version"] for r in known if r["package"] == package]
+    assert versions, f"no known {package} release in tests/data/locate_known.json"
+    newest = max(versions, key=lambda v: tuple(int(x) for x in v.split(".")))
+    return _release(package, newest)
+
 
 BUN_SCRIPT = r"""
 const r = await fetch(process.argv[2], {method: 'POST', body: process.argv[3],
@@ -692,12 +706,11 @@ console.log(JSON.stringify({status: r.status, headers: Object.fromEntries(r.head
 """
 
 
-@pytest.mark.skipif(not BUNS, reason="no cached Bun release")
 def test_bun_fetch(srv, tmp_path):
     script = tmp_path / "b.mjs"
     script.write_text(BUN_SCRIPT)
     env = dict(os.environ, NODE_EXTRA_CA_CERTS=str(srv.cert_path))
-    out = subprocess.run([BUNS[-1], str(script), srv.url + "/v1/messages?mock-encoding=br",
+    out = subprocess.run([_bun(), str(script), srv.url + "/v1/messages?mock-encoding=br",
                           json.dumps(msg_body(thinking={"type": "enabled", "budget_tokens": 1024}))],
                          env=env, capture_output=True, timeout=60, check=True).stdout
     r = json.loads(out)
@@ -709,7 +722,6 @@ def test_bun_fetch(srv, tmp_path):
     assert rec["content_encoding"] == "br" and body_bytes(rec["response_body"]) == r["text"].encode()
 
 
-@pytest.mark.skipif(not CLAUDES, reason="no cached Claude Code release")
 def test_claude_code_say_hi(tmp_path):
     """`claude -p "say hi"` runs the Bash tool round trip against the mock."""
     home = tmp_path / "home"
@@ -719,7 +731,7 @@ def test_claude_code_say_hi(tmp_path):
         env.update(HOME=str(home), ANTHROPIC_BASE_URL=s.url, ANTHROPIC_API_KEY="sk-ant-mock-key-0123456789",
                    NODE_EXTRA_CA_CERTS=str(s.cert_path), CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
                    DISABLE_AUTOUPDATER="1")
-        out = subprocess.run([CLAUDES[-1], "-p", "say hi", "--allowedTools", "Bash"], env=env,
+        out = subprocess.run([_claude(), "-p", "say hi", "--allowedTools", "Bash"], env=env,
                              cwd=tmp_path, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
         assert out.returncode == 0, out.stderr.decode()[-2000:]
         assert "The command printed: hi" in out.stdout.decode()
