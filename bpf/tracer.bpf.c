@@ -53,7 +53,13 @@ struct active_key {
     u32 pad;
 };
 
-BPF_HASH(active, struct active_key, struct call_args, 16384);
+/* One entry per (thread, direction), reused in place: a call's entry is marked done (depth 0) at
+ * its return instead of deleted, so the next call of that thread writes into it - one lookup per
+ * probe instead of an insert at entry and a delete at return (the two most expensive steps of the
+ * programs here: 270 -> 110 ns at entry, 830 -> 630 ns at return, bpf_stats on wrk). An LRU map, so
+ * entries of threads that ended make room for new ones by themselves; twice the entries of the
+ * largest thread count we expect, because an LRU map keeps part of its free entries per CPU. */
+BPF_TABLE("lru_hash", struct active_key, struct call_args, active, 32768);
 BPF_TABLE("lru_hash", struct stream_key, u64, offsets, 65536);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(drops, struct tracer_drops, 1);
@@ -179,10 +185,20 @@ static __always_inline int enter(struct pt_regs *ctx, u8 dir, u8 ex)
     k.pid_tgid = id;
     k.dir = dir;
     struct call_args *a = active.lookup(&k);
-    if (a && sp < a->sp) {
+    if (a && a->depth && sp < a->sp) {
         /* a probed function called by another of the same direction: the outer call reports the
          * bytes (an entry left by a call whose return we never saw has a lower stack: replaced) */
         a->depth += 1;
+        return 0;
+    }
+    if (a) {                    /* this thread's entry, done or stale: written in place */
+        a->ssl = PT_REGS_PARM1(ctx);
+        a->buf = PT_REGS_PARM2(ctx);
+        a->outp = ex ? PT_REGS_PARM4(ctx) : 0;
+        a->sp = sp;
+        a->dir = dir;
+        a->ex = ex;
+        a->depth = 1;
         return 0;
     }
     struct call_args n = {};
@@ -317,14 +333,14 @@ static __always_inline int leave(struct pt_regs *ctx, u8 dir)
     k.pid_tgid = id;
     k.dir = dir;
     struct call_args *a = active.lookup(&k);
-    if (!a)
-        return 0;
+    if (!a || !a->depth)
+        return 0;               /* a call whose entry was not seen (begun before the probes) */
     if (a->depth > 1) {
         a->depth -= 1;
         return 0;
     }
     struct call_args c = *a;
-    active.delete(&k);
+    a->depth = 0;               /* done; the entry stays for the thread's next call */
 
     long ret = PT_REGS_RC(ctx);
     u64 moved = 0;
