@@ -15,7 +15,7 @@ import click
 
 from tracer.errors import TracerError
 from tracer.invoker import InvokingUser, as_user, child_credentials, invoking_user, user_environment
-from tracer.session import Options, Session, command_files, ssl_library_candidates
+from tracer.session import Options, Session, command_files
 from tracer.sinks.otlp.config import (DEFAULT_SESSION_IDLE_S, DEFAULT_SHUTDOWN_TIMEOUT_S, OtlpConfigError,
                                       OtlpOptions, otel_environment, resolve_endpoint)
 from tracer.sinks.summary import format_summary, write_summary_json
@@ -398,7 +398,8 @@ def _start_view(session: Session, kw: dict, **how):
 
 @click.command("run", context_settings={"ignore_unknown_options": False})
 @click.option("--no-children", is_flag=True,
-              help="Trace only COMMAND's own process, not the processes it starts.")
+              help="Trace only COMMAND's own process (through the programs it execs, each held "
+                   "until probed), not the processes it starts.")
 @capture_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_cmd(command, no_children, **kw):
@@ -427,7 +428,6 @@ def run_cmd(command, no_children, **kw):
     """
     user = _user()
     opts = _options(kw, user)
-    follow = not no_children
     env = user_environment(dict(os.environ), user)   # the command runs as the user (child_credentials)
     with as_user(user):          # resolved and read with the user's permissions, as their exec will be
         files = command_files(command[0], env)
@@ -455,29 +455,21 @@ def run_cmd(command, no_children, **kw):
         _fail(f"cannot start {command[0]}: {e}", 127)
     os.close(r)
     try:
-        if follow:
-            follower = session.follow()
-            # the launcher runs tracer's own Python (as the user): admitted now, probed after it
-            # execs the command, which the kernel side holds until then
-            root = follower.add_root(child.pid, "command", probe=False, env=env,
-                                     command=(files[0], list(command)))
-            if not root.traced:
-                raise TracerError(f"cannot trace {command[0]}: {root.why_not}")
-            tgt = None
-        else:
-            tgt = session.add_target(child.pid, extra_files=files + ssl_library_candidates(), env=env,
-                                     origin="command", command=(files[0], list(command)))
+        # the command's process is followed through its execs either way - the kernel side holds each
+        # new program until it is probed and reports the exec in order with the records, so a short
+        # program exec'd by a script is probed before it runs and its records name it - and with
+        # children (the default) so is every process it starts
+        follower = session.follow()
+        # the launcher runs tracer's own Python (as the user): admitted now, probed after it
+        # execs the command, which the kernel side holds until then
+        root = follower.add_root(child.pid, "command", children=not no_children, probe=False, env=env,
+                                 command=(files[0], list(command)))
+        if not root.traced:
+            raise TracerError(f"cannot trace {command[0]}: {root.why_not}")
     except TracerError as e:
         child.kill()
         session.finish()
         _fail(str(e), 1)
-    if tgt is not None:
-        if not kw["quiet"]:
-            _say_probed(tgt)
-        if not tgt.files:
-            errs = "; ".join(f"{p}: {m}" for p, m in session.locator.errors.items())
-            _say(f"no TLS library found for {command[0]} yet"
-                 + (f" ({errs})" if errs else "") + "; watching its mappings")
     view = _start_view(session, kw, run_stdout=True)
     os.write(w, b"x")      # release the command
     os.close(w)
@@ -499,16 +491,11 @@ def run_cmd(command, no_children, **kw):
         if deadline and time.monotonic() >= deadline:
             child.terminate()
             deadline = None
-        if tgt is not None and tgt.alive:
-            _watch_targets(session)
         tick()
         _wait_exit(child, pidfd, opts.watch_interval)
     if pidfd is not None:
         os.close(pidfd)
-    if follow:
-        session.wait_ring_drained()
-    else:
-        session.target_exited(child.pid)
+    session.wait_ring_drained()
     tick(final=True)
     summary = _finish(session, opts, view)
     rc = child.returncode
