@@ -2,7 +2,7 @@
 127.0.0.1: untraced, with *empty* uprobes, and under `tracer run --include-all-requests`, in one run.
 
     .venv/bin/python bench/throughput.py [--duration 8] [--connections 16] [--rounds 3] [--rate-seconds 20]
-                                         [--tracer-arg=--no-deferred-parsing] [--skip-rate]
+                                         [--tracer-arg=--no-deferred-parsing] [--skip-rate] [--bpf-stats]
 
 Two parts:
   * saturation (issue 14): wrk as fast as it goes, rounds interleaving three modes - untraced, wrk
@@ -14,6 +14,12 @@ Two parts:
     ran (the part that competes with the target: the ring thread moving bytes to the spool) and the
     parsing process' CPU (behind it, at SCHED_IDLE), plus how long parsing went on after wrk ended,
     the spool's peak and the whole run's memory (VmHWM of tracer + its parsing process);
+  * where the time goes (every saturation round): at saturation this setup is bound by wrk's one
+    thread, not by the machine's CPUs - so each round also prints the CPU time of wrk's busiest thread
+    per request and how long it was runnable but waiting for a CPU (/proc/<pid>/task/<tid>/schedstat),
+    and the share of both CPUs left idle (/proc/stat) while wrk ran; the traced - empty difference of
+    wrk's thread is what tracer adds where it counts. With --bpf-stats also the BPF programs' own run
+    time (BPF_ENABLE_STATS; it adds two clock reads to every program run, in every mode alike);
   * fixed rate: one connection, requests due every 10 ms on a wall-clock schedule (open loop, a Lua
     `delay()` with LuaJIT ffi clock_gettime): 100 req/s offered; the reduction of the achieved rate, and
     the added per-request latency (p50/p99 from wrk's latency distribution).
@@ -33,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import ROOT, FamilyWatch, load_line, logs, machine, tracer_cmd, tracer_summary  # noqa: E402
+from _util import ROOT, FamilyWatch, children, comm, load_line, logs, machine, tracer_cmd, tracer_summary  # noqa: E402
 
 from tracer.mock.certs import ensure_certs  # noqa: E402
 
@@ -157,7 +163,85 @@ def parse_wrk(out: str) -> dict:
     return r
 
 
-def run_wrk_empty_probes(args: list[str]) -> dict:
+def _cpu_times() -> list[int]:
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]   # user nice system idle iowait irq softirq steal
+
+
+class WrkWatch:
+    """While wrk runs (the process `root`, or its child named wrk under `tracer run`): its busiest
+    thread's schedstat (CPU ns, runnable-but-waiting ns), the machine's idle share, and - when BPF stats
+    are on - the run time of the BPF programs whose names start with `progs`."""
+
+    def __init__(self, root: int, progs: tuple[str, ...] = (), interval: float = 0.25):
+        import threading
+        self.root, self.progs = root, progs
+        self.thread = (0, 0)            # (run ns, wait ns) of wrk's busiest thread, last seen
+        self.cpu0 = self.cpu1 = None    # /proc/stat while wrk was seen
+        self.bpf: dict[int, tuple[str, int, int]] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._t.start()
+
+    def _wrk(self) -> int | None:
+        if comm(self.root) == "wrk":
+            return self.root
+        return next((c for c in children(self.root) if comm(c) == "wrk"), None)
+
+    def _run(self, interval):
+        while not self._stop.wait(interval):
+            try:
+                pid = self._wrk()
+                if pid is None:
+                    continue
+                best = (0, 0)
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                        run_ns, wait_ns = (int(x) for x in f.read().split()[:2])
+                    best = max(best, (run_ns, wait_ns))
+            except (OSError, ValueError):
+                continue
+            self.thread = best
+            cpu = _cpu_times()
+            self.cpu0 = self.cpu0 or cpu
+            self.cpu1 = cpu
+            if self.progs:
+                from per_call import bpf_prog_stats
+                for pid_, st in bpf_prog_stats().items():
+                    if st[0].startswith(self.progs):
+                        self.bpf[pid_] = st
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(5)
+
+    def figures(self, requests: int) -> dict:
+        n = max(requests, 1)
+        out = {"wrk_us": self.thread[0] / 1e3 / n, "wrk_wait_us": self.thread[1] / 1e3 / n, "idle": None}
+        if self.cpu0 and self.cpu1:
+            d = [b - a for a, b in zip(self.cpu0, self.cpu1)]
+            out["idle"] = (d[3] + d[4]) / max(sum(d), 1)
+        if self.bpf:
+            per: dict[str, list[int]] = {}
+            for name, ns, cnt in self.bpf.values():
+                a = per.setdefault(name, [0, 0])
+                a[0] += ns
+                a[1] += cnt
+            out["bpf_ns_a_run"] = {k: round(a[0] / a[1]) for k, a in sorted(per.items()) if a[1]}
+            out["bpf_us"] = sum(a[0] for a in per.values()) / 1e3 / n
+        return out
+
+
+def describe(f: dict) -> str:
+    txt = f"wrk's thread {f['wrk_us']:.2f} us CPU a request (waiting {f['wrk_wait_us']:.2f})"
+    if f.get("idle") is not None:
+        txt += f", CPUs {100 * f['idle']:.0f} % idle"
+    if "bpf_us" in f:
+        txt += f", BPF {f['bpf_us']:.2f} us a request {f['bpf_ns_a_run']} ns a run"
+    return txt
+
+
+def run_wrk_empty_probes(args: list[str], progs: tuple[str, ...] = ()) -> tuple[dict, dict]:
     """wrk with an empty uprobe+uretprobe on libssl's SSL_read/SSL_write (pid-filtered, put in place
     before wrk execs): the throughput any uprobe-based tracer is bounded by on this machine."""
     from per_call import EmptyProbes
@@ -166,17 +250,22 @@ def run_wrk_empty_probes(args: list[str]) -> dict:
     p = subprocess.Popen([sys.executable, "-c", launcher, wrk, "--latency", *args], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
     probes = EmptyProbes(p.pid)
+    watch = WrkWatch(p.pid, progs)
     try:
         p.stdin.write("x")
         p.stdin.close()
         out = p.stdout.read()
         p.wait(900)
     finally:
+        watch.stop()
         probes.close()
-    return parse_wrk(out)
+    res = parse_wrk(out)
+    return res, watch.figures(res["requests"])
 
 
-def run_wrk(args: list[str], traced: bool, out_dir: Path, tracer_args=()) -> tuple[dict, dict | None, str]:
+def run_wrk(args: list[str], traced: bool, out_dir: Path, tracer_args=(), progs: tuple[str, ...] = (),
+            figures: dict | None = None) -> tuple[dict, dict | None, str]:
+    """wrk untraced or under `tracer run`; `figures`, if given, receives WrkWatch's figures."""
     wrk = shutil.which("wrk")
     cmd = [wrk, "--latency", *args]
     if traced:
@@ -186,11 +275,16 @@ def run_wrk(args: list[str], traced: bool, out_dir: Path, tracer_args=()) -> tup
                          "--summary-json", str(summary), *tracer_args, "--", *cmd)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
     fw = FamilyWatch(proc.pid, target_comm="wrk") if traced else None
+    watch = WrkWatch(proc.pid, progs) if figures is not None else None
     stdout, stderr = proc.communicate(timeout=1800)
+    if watch is not None:
+        watch.stop()
     p = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     if p.returncode != 0:
         raise SystemExit(f"wrk failed ({p.returncode}): {p.stdout}\n{p.stderr}")
     res = parse_wrk(p.stdout)
+    if watch is not None:
+        figures.update(watch.figures(res["requests"]))
     log = None
     if traced:
         fw.stop()
@@ -232,18 +326,29 @@ def saturation(args, tmp: Path, url: str) -> None:
            "-s", str(tmp / "post.lua"), url]
     modes = ["untraced", "empty", "traced"]
     rps = {m: [] for m in modes}
+    wrk_us = {m: [] for m in modes}
+    bpf_us = {m: [] for m in modes}
     traced = []
+    stats_fd = -1
+    if args.bpf_stats:
+        from per_call import enable_bpf_stats
+        stats_fd = enable_bpf_stats()
+        if stats_fd < 0:
+            print("  (BPF_ENABLE_STATS refused: no BPF run times)", flush=True)
     for r in range(args.rounds):
         order = modes[r % 3:] + modes[:r % 3]
         for m in order:
+            fig: dict = {}
             if m == "untraced":
-                res = run_wrk(sat, False, tmp)[0]
-                print(f"  round {r} untraced: {res['rps']:.0f} req/s ({load_line()})", flush=True)
+                res = run_wrk(sat, False, tmp, figures=fig)[0]
+                print(f"  round {r} untraced: {res['rps']:.0f} req/s; {describe(fig)} ({load_line()})", flush=True)
             elif m == "empty":
-                res = run_wrk_empty_probes(sat)
-                print(f"  round {r} empty uprobes: {res['rps']:.0f} req/s ({load_line()})", flush=True)
+                res, fig = run_wrk_empty_probes(sat, ("empty",) if stats_fd >= 0 else ())
+                print(f"  round {r} empty uprobes: {res['rps']:.0f} req/s; {describe(fig)} ({load_line()})",
+                      flush=True)
             else:
-                res, log, _err = run_wrk(sat, True, tmp / f"sat{r}", args.tracer_arg)
+                res, log, _err = run_wrk(sat, True, tmp / f"sat{r}", args.tracer_arg,
+                                         ("probe_",) if stats_fd >= 0 else (), fig)
                 traced.append((res, log))
                 n = max(res["requests"], 1)
                 print(f"  round {r} traced: {res['rps']:.0f} req/s; {log['complete']} complete pairs logged of "
@@ -255,10 +360,15 @@ def saturation(args, tmp: Path, url: str) -> None:
                       f"while wrk ran); parsing done {log.get('parse_after_capture_s', 0):.1f} s after wrk, "
                       f"spool peak {log.get('spool_peak_backlog_bytes', 0) / 1e6:.0f} MB, ring at most "
                       f"{100 * log.get('ring_peak_fill', 0):.0f} % full; VmHWM {log['hwm_mb']:.0f} MB "
-                      f"{log['hwm_parts']}; losses: {log['losses']} ({load_line()})", flush=True)
+                      f"{log['hwm_parts']}; losses: {log['losses']}; {describe(fig)} ({load_line()})", flush=True)
                 for f in log.get("thread_failures") or ():
                     print(f"    FAILED: {f}")
             rps[m].append(res["rps"])
+            wrk_us[m].append(fig["wrk_us"])
+            if "bpf_us" in fig:
+                bpf_us[m].append(fig["bpf_us"])
+    if stats_fd >= 0:
+        os.close(stats_fd)
     b, e, t = (median(rps[m]) for m in modes)
     req = sum(x[0]["requests"] for x in traced)
     comp = sum(x[1]["complete"] for x in traced)
@@ -272,6 +382,14 @@ def saturation(args, tmp: Path, url: str) -> None:
           f"{100 * worst:.2f} %; target >= 99.9 %); CPU per pair: tracer process {crit:.1f} us while wrk ran "
           f"(target <= 10), parsing process {deferred:.1f} us; whole-run VmHWM "
           f"{max(x[1]['hwm_mb'] for x in traced):.0f} MB; ({load_line()})", flush=True)
+    we, wt = median(wrk_us["empty"]), median(wrk_us["traced"])
+    line = (f"where the time goes (medians): wrk's busiest thread {median(wrk_us['untraced']):.2f} us of CPU a "
+            f"request untraced, {we:.2f} with empty probes, {wt:.2f} traced: tracer adds {wt - we:+.2f} us a "
+            f"request in the target's own thread")
+    if bpf_us["empty"] and bpf_us["traced"]:
+        line += (f", of which BPF run time {median(bpf_us['traced']) - median(bpf_us['empty']):+.2f} us "
+                 f"({median(bpf_us['traced']):.2f} traced, {median(bpf_us['empty']):.2f} empty)")
+    print(line, flush=True)
 
 
 def main():
@@ -284,6 +402,8 @@ def main():
     ap.add_argument("--rate-seconds", type=int, default=20)
     ap.add_argument("--skip-saturation", action="store_true")
     ap.add_argument("--skip-rate", action="store_true")
+    ap.add_argument("--bpf-stats", action="store_true",
+                    help="also read the BPF programs' run time (BPF_ENABLE_STATS; slows every mode a little)")
     ap.add_argument("--tracer-arg", action="append", default=[],
                     help="extra option for tracer run, e.g. --tracer-arg=--no-deferred-parsing")
     args = ap.parse_args()

@@ -84,25 +84,6 @@ def ensure_tracefs() -> str:
         return ""
 
 
-def ssl_library_candidates() -> list[str]:
-    """System libssl files a process may load later (dlopen): probes are put on them up front."""
-    out: list[str] = []
-    try:
-        res = _system_tool("ldconfig", "-p")
-        for line in res.stdout.splitlines():
-            if "libssl.so" in line and "=>" in line:
-                out.append(line.split("=>", 1)[1].strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    seen, uniq = set(), []
-    for p in out:
-        rp = os.path.realpath(p)
-        if rp not in seen and os.path.exists(rp):
-            seen.add(rp)
-            uniq.append(rp)
-    return uniq
-
-
 def command_files(argv0: str, env: dict) -> list[str]:
     """The executable a command will run, and its script interpreter (shebang), resolved."""
     files: list[str] = []
