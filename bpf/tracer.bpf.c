@@ -191,16 +191,6 @@ static __always_inline int enter(struct pt_regs *ctx, u8 dir, u8 ex)
         a->depth += 1;
         return 0;
     }
-    if (a) {                    /* this thread's entry, done or stale: written in place */
-        a->ssl = PT_REGS_PARM1(ctx);
-        a->buf = PT_REGS_PARM2(ctx);
-        a->outp = ex ? PT_REGS_PARM4(ctx) : 0;
-        a->sp = sp;
-        a->dir = dir;
-        a->ex = ex;
-        a->depth = 1;
-        return 0;
-    }
     struct call_args n = {};
     n.ssl = PT_REGS_PARM1(ctx);
     n.buf = PT_REGS_PARM2(ctx);
@@ -209,7 +199,10 @@ static __always_inline int enter(struct pt_regs *ctx, u8 dir, u8 ex)
     n.depth = 1;
     n.dir = dir;
     n.ex = ex;
-    active.update(&k, &n);
+    if (a)
+        *a = n;                 /* this thread's entry, done or stale: written in place */
+    else
+        active.update(&k, &n);
     return 0;
 }
 

@@ -12,18 +12,17 @@ import json
 import os
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import assert_pair_matches, run_traced
+from tests.known_releases import versions
 from tracer.probes.locate import locate
 from tracer.testing.helpers import claude_env as _claude_env
 from tracer.testing.releases import claude_code_package, fetch_npm_release
 
-KNOWN = json.loads((Path(__file__).parents[1] / "data" / "locate_known.json").read_text())["releases"]
 PACKAGE = claude_code_package()          # this machine's native build (linux-x64 or linux-arm64)
-NATIVE = [r["version"] for r in KNOWN if r["package"] == PACKAGE]
+NATIVE = versions(PACKAGE)
 JS_RELEASE = "2.0.77"
 NODE = shutil.which("node") or "/usr/bin/node"
 

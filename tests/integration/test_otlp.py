@@ -27,13 +27,13 @@ import pytest
 
 from tests.integration.conftest import (assert_pair_matches, client_env, node_client, py_client, read_log,
                                         start_attach, tracer_cmd)
+from tests.known_releases import versions
 from tracer.mock import MockServer, body_bytes
 from tracer.testing.helpers import claude_env, end_process
 from tracer.testing.releases import fetch_npm_release
 
 ROOT = Path(__file__).resolve().parents[2]
-KNOWN = json.loads((ROOT / "tests" / "data" / "locate_known.json").read_text())["releases"]
-NATIVE = [r["version"] for r in KNOWN if r["package"] == "@anthropic-ai/claude-code-linux-x64"]
+NATIVE = versions("@anthropic-ai/claude-code-linux-x64")
 NODE = shutil.which("node") or "/usr/bin/node"
 JS_RELEASE = "2.0.77"
 

@@ -3,7 +3,6 @@ independently established answers in tests/data/locate_known.json."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from tracer.probes.boringssl import METHOD, analyze_path
 from tracer.probes.locate import locate
 from tracer.testing.releases import fetch_npm_release
 
-KNOWN = json.loads((Path(__file__).parents[1] / "data" / "locate_known.json").read_text())["releases"]
+from tests.known_releases import KNOWN
 
 
 def _id(r):

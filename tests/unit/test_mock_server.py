@@ -688,15 +688,12 @@ def _bun() -> str:
 
 def _claude() -> str:
     """The newest native Claude Code release the locate tests know for this machine."""
-    from pathlib import Path
-
+    from tests.known_releases import versions
     from tracer.testing.releases import claude_code_package
     package = claude_code_package()
-    known = json.loads((Path(__file__).parents[1] / "data" / "locate_known.json").read_text())["releases"]
-    versions = [r["version"] for r in known if r["package"] == package]
-    assert versions, f"no known {package} release in tests/data/locate_known.json"
-    newest = max(versions, key=lambda v: tuple(int(x) for x in v.split(".")))
-    return _release(package, newest)
+    known = versions(package)
+    assert known, f"no known {package} release in tests/data/locate_known.json"
+    return _release(package, known[-1])
 
 
 BUN_SCRIPT = r"""
