@@ -173,6 +173,40 @@ def test_a_file_unreachable_because_the_process_ended_is_no_probing_problem(monk
     assert running.problems == [f"/usr/lib/libpcre2-8.so.0: {unreachable.error}"]
 
 
+def test_a_process_that_ends_while_its_probes_are_attached_is_gone_not_unprobed(monkeypatch, tmp_path):
+    """CI (arm64 guest, Claude Code 2.1.250): a vfork child of claude exited while tracer attached its
+    uprobes; the kernel's "no such process" was listed as "NOT PROBED: attaching uprobes ... failed" -
+    a loss in the summary. The prober reports the process gone (its EXIT record follows); the same
+    failure in a live process stays a problem."""
+    from types import SimpleNamespace
+
+    from tracer.errors import TracerError
+    from tracer.processes import procinfo, prober, resolve
+
+    lib = tmp_path / "libssl.so.3"
+    lib.write_bytes(b"\x7fELF")
+    st = lib.stat()
+    mapped = resolve.MappedFile(str(lib), st.st_dev, st.st_ino, str(lib), "")
+    monkeypatch.setattr(resolve, "mapped_files", lambda pid: [mapped])
+    monkeypatch.setattr(prober, "check_before_attach", lambda fd, loc, display: None)
+    located = SimpleNamespace(library="openssl", functions={})
+    locator = SimpleNamespace(locate_file=lambda path, display: located, errors={})
+
+    def attach(pid, path, loc):
+        raise TracerError(f"attaching uprobes to {path} (pid {pid}) failed: no such process")
+
+    p = prober.Prober(probes=SimpleNamespace(attach=attach), locator=locator)
+    monkeypatch.setattr(procinfo, "alive", lambda pid: False)
+    gone = Proc(7)
+    with pytest.raises(OSError):
+        p.probe(gone)
+    assert gone.problems == [] and gone.files == {}
+    monkeypatch.setattr(procinfo, "alive", lambda pid: True)
+    running = Proc(8)
+    assert p.probe(running) == 0
+    assert running.problems == [f"{lib}: attaching uprobes to {lib} (pid 8) failed: no such process"]
+
+
 def test_a_process_that_ends_between_its_pin_and_the_checks_exited_and_was_not_refused():
     """CI (arm64 guest, Claude Code): a child that exited after tracer pinned it but before the ptrace
     rule read its /proc entry was listed as "not traced: no such process" - a loss in the summary.

@@ -101,6 +101,10 @@ class Prober:
                 check_before_attach(fd, loc, display=path)
                 self._attach(lambda a: a.attach(proc.pid, fd_path, loc))
             except (LocateError, TracerError) as e:
+                if not procinfo.alive(proc.pid):
+                    # the kernel said "no such process": it ended while its probes were being put in
+                    # place - gone, not unprobed TLS code (its EXIT record follows), as above
+                    raise ProcessLookupError(f"pid {proc.pid} ended while its probes were attached") from None
                 (proc.problems if mapped else proc.notes).append(f"{path}: {str(e).replace(fd_path, path)}")
                 return 0
         finally:
